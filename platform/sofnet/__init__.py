@@ -1,0 +1,1 @@
+"""SoF-Net library."""
