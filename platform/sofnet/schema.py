@@ -1,0 +1,124 @@
+"""The configuration schema: plain dataclasses with the defaults (stdlib only, so model code can use them).
+
+``sofnet.config`` turns them into OmegaConf structured configs and loads YAML and overrides on top.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+ARCHS = ("tsn", "tsm", "sofnet", "sofnet_tsm")
+BACKBONES = ("resnet18", "resnet34", "resnet50")
+SHIFTS = ("auto", "bidirectional", "causal")
+ET_MODES = ("reached", "official")
+NUM_BLOCKS = 5  # stem, layer1..layer4: the five places SoF-Net may stop a frame
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "sofnet"  # tsn | tsm | sofnet | sofnet_tsm
+    backbone: str = "resnet50"  # resnet18 | resnet34 | resnet50
+    num_classes: int = 200
+    num_segments: int = 16
+    input_size: int = 224
+    pretrained: str = "none"  # none | imagenet | path to a torchvision ResNet state dict
+    dropout: float = 0.5
+    gate_hidden: int = 512
+    tau0: float = 5.0  # Gumbel temperature tau(epoch) = tau0 * exp(-tau_decay * epoch)
+    tau_decay: float = 0.045
+    shift: str = "auto"  # TSM shift: auto = bidirectional for tsm, causal for sofnet_tsm
+    shift_div: int = 8  # 1/shift_div of the channels move per direction
+    partial_bn: bool = True  # TSN convention: freeze every BatchNorm but the first while training
+    et_chunk: int = 4  # time steps per chunk of the skipping path when early exit is on
+
+
+@dataclass
+class LossConfig:
+    alpha: float = 0.95  # L = alpha * L_acc + (1 - alpha) * L_eff + L_pg
+    beta: Optional[float] = 0.05  # L_pg = beta * L_gate + (1 - beta) * L_aux; null turns L_pg off
+
+
+@dataclass
+class EarlyExitConfig:
+    enabled: bool = False
+    rho: float = 0.999
+    t_min: int = 4
+    mode: str = "reached"  # reached: t_min counts frames that reached the classifier; official: time steps
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "activitynet"  # activitynet | sports1m
+    train_shards: str = ""  # brace pattern or directory of WebDataset shards
+    val_shards: str = ""
+    batch_size: int = 24  # per worker
+    num_workers: int = 4  # dataloader workers per training worker
+    shuffle_buffer: int = 500
+    scales: List[float] = field(default_factory=lambda: [1.0, 0.875, 0.75, 0.66])
+    flip: bool = True
+    resize: int = 256  # eval: resize short side, then centre crop input_size
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_steps: List[int] = field(default_factory=list)  # epochs at which lr is multiplied by lr_gamma
+    lr_gamma: float = 0.1
+    clip_grad: float = 20.0
+    linear_lr_mult: float = 5.0  # the new linear layers learn faster (official: 5x weights, 10x biases)
+
+
+@dataclass
+class StageConfig:
+    enabled: bool = True
+    epochs: int = 15
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    init_from: str = ""  # "", a checkpoint directory, or models:/<name>@<alias>
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 1007
+    stage1: StageConfig = field(default_factory=StageConfig)
+    stage2: StageConfig = field(
+        default_factory=lambda: StageConfig(epochs=60, optim=OptimConfig(lr_steps=[30]))
+    )
+    log_every: int = 20  # steps between progress lines
+    zero_stage: int = 0
+    precision: str = "auto"  # auto (bf16 on GPUs that have it, else fp32) | fp32 | bf16
+    output_dir: str = "runs"
+    keep_checkpoints: int = 2
+    max_failures: int = 2
+    val_every: int = 1
+    decision_map_videos: int = 4
+
+
+@dataclass
+class ScalingConfig:
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+    gpus_per_worker: float = 1.0
+
+
+@dataclass
+class MlflowConfig:
+    tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory
+    experiment: str = "sofnet"
+    registered_model: str = ""  # e.g. sofnet-anet; "" = do not register
+    alias: str = "best"
+
+
+@dataclass
+class Config:
+    name: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    early_exit: EarlyExitConfig = field(default_factory=EarlyExitConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
