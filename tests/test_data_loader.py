@@ -348,5 +348,32 @@ def test_gather_eval_without_a_process_group_returns_the_local_part(shard_dir: P
     for batch in loader:
         ids += batch["id"]
         targets.append(batch["labels"])
-    ids, (labels,) = gather_eval(ids, torch.cat(targets), expected=loader.dataset.num_videos)
+    ids, (labels,) = gather_eval(ids, targets, expected=loader.dataset.num_videos)
     assert ids == sorted(ids) and labels.shape == (sum(UNEVEN), K)
+    assert labels[ids.index("v.000")].tolist() == [1, 1, 0, 0, 0]
+    assert gather_eval([], []) == ([], [])
+
+
+def _gather_rank(rank: int, world_size: int, root: str, init: str, out: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world_size)
+    try:
+        loader = eval_loader(Path(root), rank=rank, world_size=world_size, num_workers=0)
+        ids, targets = [], []
+        for batch in loader:
+            ids += batch["id"]
+            targets.append(batch["labels"])
+        all_ids, (labels,) = gather_eval(ids, targets, expected=loader.dataset.num_videos)
+        Path(out, f"{rank}.json").write_text(json.dumps({"local": ids, "all": all_ids, "rows": labels.tolist()}))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_gather_eval_over_a_real_process_group(shard_dir: Path, tmp_path: Path) -> None:
+    world = 2
+    torch.multiprocessing.spawn(_gather_rank, args=(world, str(shard_dir), f"file://{tmp_path}/pg", str(tmp_path)),
+                                nprocs=world)
+    results = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(world)]
+    expected = [f"v.{v:03d}" for v in range(sum(UNEVEN))]
+    assert sorted(results[0]["local"] + results[1]["local"]) == expected  # disjoint parts of uneven size
+    assert len(results[0]["local"]) != len(results[1]["local"])
+    assert results[0]["all"] == results[1]["all"] == expected and results[0]["rows"] == results[1]["rows"]

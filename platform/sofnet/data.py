@@ -21,8 +21,13 @@ caller gets from Ray Train (``ray.train.get_context().get_world_rank()`` / ``get
         ids += batch["id"]
         scores.append(model(batch["frames"]).softmax(-1))
         targets.append(batch["labels"])
-    ids, (scores, targets) = gather_eval(ids, cat_or_empty(scores), cat_or_empty(targets),
-                                         expected=val.dataset.num_videos)   # all videos, once, sorted by id
+    ids, (scores, targets) = gather_eval(ids, scores, targets, expected=val.dataset.num_videos)
+    # on every rank: all videos, each once, sorted by id; scores and targets as numpy arrays [N, K]
+
+Both loaders split by rank themselves: do not pass them through ``ray.train.torch.prepare_data_loader`` (or
+``deepspeed.initialize(training_data=...)``), which would add a DistributedSampler; move the tensors to the
+device yourself. Evaluation counts differ between ranks, which is fine for a plain forward (DDP, DeepSpeed
+ZeRO 0-2); under ZeRO-3 the forward is itself collective, so there evaluate with gathered parameters.
 
 Every batch is a dict: ``frames`` float32 [B, T, 3, H, W] (normalized); ``labels`` float32 [B, K] multi-hot;
 ``label`` int64 [B] primary label (the first one, -1 for an unlabelled video); ``id`` list of B video ids;
@@ -38,7 +43,8 @@ ranks draw the same permutation of the shards (``seed``, ``epoch``) and see it a
 ``sum(sizes.json)`` samples; with ``N = max(1, total // (W * B))`` batches per rank, every (rank, worker)
 slot reads its own contiguous range of that sequence (``N * B`` samples per rank), shuffles it in a buffer
 of ``shuffle_buffer`` and batches it. Within an epoch every video is seen at most once and all but the
-``total - W * N * B`` (< ``W * B``) left over at the end of the permutation are seen; cost: a slot whose
+``total - W * N * B`` (< ``W * B``) left over at the end of the permutation are seen (given a correct
+``sizes.json`` and no skipped bad sample; a dataset smaller than ``W * B`` repeats videos); cost: a slot whose
 range starts inside a shard reads (without decoding) the shard's first samples to skip them, at most one
 shard per slot per epoch, and shuffling mixes only within a slot's range (plus the shard permutation).
 
@@ -587,7 +593,8 @@ def gather_eval(ids: Sequence[str], *arrays: Union[torch.Tensor, np.ndarray],
 
     Args:
         ids: Video ids of this rank, in the order of the arrays' first dimension.
-        *arrays: Per-video outputs (scores [n, K], multi-hot targets [n, K], ...), tensors or arrays.
+        *arrays: Per-video outputs (scores [n, K], multi-hot targets [n, K], ...): tensors, arrays, or lists of
+            per-batch tensors/arrays (concatenated; an empty list is an empty part).
         expected: Total number of videos (``loader.dataset.num_videos``) to check, or None.
 
     Returns:
@@ -596,7 +603,11 @@ def gather_eval(ids: Sequence[str], *arrays: Union[torch.Tensor, np.ndarray],
     Raises:
         DataError: A video was evaluated twice or the count differs from ``expected``.
     """
-    local = [a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a) for a in arrays]
+    def numpy(a: Any) -> np.ndarray:
+        return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+
+    local = [(np.concatenate([numpy(x) for x in a]) if a else np.empty(0)) if isinstance(a, (list, tuple))
+             else numpy(a) for a in arrays]
     for a in local:
         if len(a) != len(ids):
             raise ValueError(f"an array has {len(a)} rows for {len(ids)} ids")
