@@ -92,7 +92,7 @@ def build(workdir: Path, args: argparse.Namespace) -> tuple[Path, Path, Path]:
             if sink is not None:
                 sink.close()
             names.append(f"training-{len(names):06d}.tar")
-            sink = wds.TarWriter(str(shards / names[-1]))
+            sink = wds.TarWriter(str(shards / names[-1]), mtime=0)  # fixed mtime, as data_prep writes
             sizes[names[-1]] = 0
         width, height = Image.open(io.BytesIO(jpegs[0])).size
         meta = {"id": vid, "key": vid, "subset": "training", "labels": [label], "label_names": [f"class {label}"],

@@ -46,7 +46,7 @@ def video(vid: int, n: int, subset: str) -> dict:
     """One sample in the shard contract; labels: primary vid % K, a second one for even ids."""
     vid_id = f"v.{vid:03d}"  # a '.' in the id: the key replaces it with '_'
     key = vid_id.replace(".", "_")
-    labels = [vid % K] + ([(vid + 1) % K] if vid % 2 == 0 else [])
+    labels = [vid % K] + ([(vid + 1) % K] if vid % 2 == 0 else []) if subset != "testing" else []
     meta = {"id": vid_id, "key": key, "subset": subset, "labels": labels,
             "label_names": [f"class {c}" for c in labels], "segments": [[n / 6, n / 3]],
             "segment_labels": labels[:1], "duration": n / 2, "fps": 25.0,
@@ -209,6 +209,12 @@ def test_batch_layout_dtypes_and_normalisation(shard_dir: Path) -> None:
     assert batch["inside"][0].tolist() == [n // 3 <= i < 2 * n // 3 for i in idx.tolist()]
 
 
+def test_unlabelled_videos_get_primary_minus_one(tmp_path: Path) -> None:
+    write_shards(tmp_path, "testing", [2])
+    batch = next(iter(eval_loader(tmp_path, subset="testing", num_workers=0)))
+    assert batch["label"].tolist() == [-1, -1] and not batch["labels"].any()
+
+
 def test_eval_takes_segment_centres_and_train_random_frames_within_segments(shard_dir: Path) -> None:
     lengths = {f"v.{v:03d}": 12 + (v * 7) % 30 for v in range(sum(UNEVEN))}
     for batch in eval_loader(shard_dir, num_workers=0):
@@ -282,7 +288,7 @@ def test_missing_inputs_raise_errors_naming_the_path(tmp_path: Path, shard_dir: 
         train_loader(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match=r"training-000005.tar does not exist \(and 4 more of 10\)"):
         resolve_shards(str(shard_dir / "training-{000000..000009}.tar"))
-    with pytest.raises(DataError, match="no subset 'testing'"):
+    with pytest.raises(DataError, match="no subset 'testing' \\(it has: training, validation\\)"):
         eval_loader(shard_dir, subset="testing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no validation-\\*.tar shards"):
@@ -293,6 +299,10 @@ def test_missing_inputs_raise_errors_naming_the_path(tmp_path: Path, shard_dir: 
     with pytest.raises(FileNotFoundError, match="sizes.json"):
         train_loader(urls)
     assert resolve_shards(str(shard_dir / "training-{000000..000004}.tar")) == resolve_shards(shard_dir, "training")
+    with pytest.raises(FileNotFoundError, match="empty"):
+        resolve_shards("")
+    with pytest.raises(ValueError, match="resize"):
+        eval_loader(shard_dir, resize=S - 1)
 
 
 @pytest.fixture(scope="module")

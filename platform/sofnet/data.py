@@ -126,6 +126,8 @@ def resolve_shards(shards: Shards, subset: Optional[str] = None) -> list[str]:
     """
     if isinstance(shards, (str, os.PathLike)):
         text = os.fspath(shards)
+        if not text:
+            raise FileNotFoundError("no shards given: the shard path is empty")
         if os.path.isdir(text):
             return _directory_shards(text, subset)
         if _is_local(text) and "{" not in text and not text.endswith(".tar"):
@@ -547,6 +549,8 @@ def make_eval_loader(shards: Shards, *, num_segments: int, input_size: int, resi
     """
     _check(rank, world_size, num_segments=num_segments, input_size=input_size, resize=resize,
            batch_size=batch_size, num_workers=num_workers, num_classes=num_classes)
+    if resize < input_size:
+        raise ValueError(f"resize ({resize}) must be >= input_size ({input_size}): the centre crop would not fit")
     urls = resolve_shards(shards, subset)
     try:
         num_videos: Optional[int] = sum(read_sizes(urls))
