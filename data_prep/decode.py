@@ -268,9 +268,9 @@ def _open(path: str) -> av.container.InputContainer:
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as error:
         raise VideoError(f"not a readable media file: {error}") from None
     if not container.streams.video:
-        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        kinds = sorted({s.type for s in container.streams}) or ["no streams"]
         container.close()
-        raise VideoError(f"no video stream (streams: {', '.join(kinds)})")
+        raise VideoError(f"no video stream: the file has {', '.join(kinds)}")
     return container
 
 

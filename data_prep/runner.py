@@ -1,0 +1,310 @@
+"""Run data preparation: find the videos, plan the shards, write them as Ray tasks, resume after a kill.
+
+Usage (what the ``data_prep.activitynet`` / ``data_prep.sports1m`` commands do)::
+
+    from data_prep.labels import load_activitynet_json
+    from data_prep.runner import prepare
+    from data_prep.shards import PrepParams
+    source = load_activitynet_json("activity_net.v1-3.min.json", subsets=["training", "validation"])
+    summary = prepare(source, "videos/", "shards/", PrepParams(fps=1, short_side=256), num_cpus=8)
+
+One Ray task writes one shard (``num_cpus=1``, one decoder thread) and streams one event per video back, which
+drives a tqdm bar of videos done, failures and rate. A local Ray is started unless Ray is already initialised in
+this process or ``ray_address`` names a cluster; Ray started here is shut down at the end.
+
+Resume: rerunning the same command into the same folder skips every shard that is complete (see
+:mod:`data_prep.shards`), rewrites the rest, and gives the same samples in the same shards. A worker that
+crashes (an FFmpeg segfault on a hostile file) is retried; a video that crashes its worker twice is reported and
+left out of its shard, the rest of the shard is written.
+
+Output on shared storage (cluster): every worker writes its shards straight into ``--out``, and the driver reads
+the ``.state/`` folder there, so ``--out`` must be the same path on every node: an NFS/Lustre/EFS mount, or an
+object store mounted with a FUSE driver (s3fs, gcsfuse, blobfuse), e.g.
+``python -m data_prep.activitynet ... --out /mnt/shared/anet-shards --ray-address auto``. Readers on the mount see
+only whole shards (a rename on NFS is atomic; on object-store FUSE it is a copy of the finished file). The
+package must be importable on the workers (install it in the cluster image, or ship it with a ``runtime_env``);
+``--videos`` must be readable from every node too. One run at a time per output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+from tqdm import tqdm
+
+from data_prep.labels import Entry, LabelSource, problem
+from data_prep.shards import (
+    MAX_CRASHES,
+    STATE,
+    Job,
+    PrepParams,
+    ShardPlan,
+    atomic_write,
+    plan_shards,
+    read_json,
+    shard_done,
+    state_path,
+    video_key,
+    write_outputs,
+    write_shard,
+)
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".flv", ".mpg", ".mpeg", ".ts", ".3gp", ".wmv")
+
+
+class VideoIndex:
+    """Every video file under a folder, found by relative path or by name, with or without ``v_``."""
+
+    def __init__(self, root: str | Path) -> None:
+        """Walk ``root`` once (any depth; files with a common container extension, any case)."""
+        self.root = Path(root)
+        self.by_rel: dict[str, str] = {}
+        self.by_stem: dict[str, list[str]] = {}
+        rank = {ext: i for i, ext in enumerate(VIDEO_EXTENSIONS)}
+        found = []
+        for folder, _, files in os.walk(self.root):
+            for name in files:
+                ext = os.path.splitext(name)[1].lower()
+                if ext in rank:
+                    found.append((rank[ext], os.path.join(folder, name)))
+        for _, path in sorted(found):  # preferred extension first: mp4 wins over mkv for the same name
+            rel = os.path.relpath(path, self.root)
+            self.by_rel.setdefault(os.path.splitext(rel)[0].replace(os.sep, "/"), path)
+            self.by_stem.setdefault(os.path.splitext(os.path.basename(path))[0], []).append(path)
+
+    def find(self, entry: Entry) -> str | None:
+        """The file of a video: the path its annotation names, else its id (``v_`` added or removed)."""
+        if entry.path:
+            direct = Path(entry.path) if Path(entry.path).is_absolute() else self.root / entry.path
+            if direct.is_file():
+                return str(direct)
+        names = [entry.path] if entry.path else []
+        names += [entry.id, f"v_{entry.id}"] + ([entry.id[2:]] if entry.id.startswith("v_") else [])
+        for name in names:
+            stem = os.path.splitext(name)[0] if os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS else name
+            if stem in self.by_rel:
+                return self.by_rel[stem]
+            candidates = self.by_stem.get(os.path.basename(stem), [])
+            if len(candidates) == 1 or (candidates and "/" not in name):
+                return candidates[0]
+        return None
+
+
+def build_jobs(source: LabelSource, index: VideoIndex) -> tuple[list[Job], list[dict[str, str]]]:
+    """Match annotations to files; videos without a file, or whose key repeats, are reported.
+
+    Returns:
+        ``(jobs, skipped)`` where ``skipped`` holds ``report.json`` entries (with the label problems of the source).
+    """
+    jobs, skipped, keys = [], list(source.problems), set()
+    for entry in source.entries:
+        path = index.find(entry)
+        key = video_key(entry.id)
+        if path is None:
+            skipped.append(problem(entry, f"no video file found: no {entry.id}.* or v_{entry.id}.* under {index.root}"))
+        elif key in keys:
+            skipped.append(problem(entry, f"duplicate key: {key}", path))
+        else:
+            keys.add(key)
+            names = [source.classes[i] for i in entry.labels]
+            jobs.append(
+                Job(key, entry.id, entry.subset, path, list(entry.labels), names, entry.segments,
+                    entry.segment_labels, entry.has_segments, entry.warnings)
+            )
+    return jobs, skipped
+
+
+def _check_run(out: Path, run: dict, overwrite: bool) -> None:
+    """Refuse to mix parameters or classes in one folder (unless ``overwrite``: then old shards are removed)."""
+    old = read_json(state_path(out, "run"))
+    if old is None or old == run:
+        return
+    if not overwrite:
+        raise RuntimeError(
+            f"{out} holds shards made with other parameters or classes: use another --out, or --overwrite"
+        )
+    log.warning("removing the shards of the earlier run in %s", out)
+    for state in (out / STATE).glob("*.json"):
+        data = read_json(state) or {}
+        if data.get("name"):
+            (out / data["name"]).unlink(missing_ok=True)
+        state.unlink()
+
+
+def _remove_stale(out: Path, plans: list[ShardPlan]) -> None:
+    """Delete temporary files of killed runs, and our shards of these subsets that the plan no longer has."""
+    for tmp in out.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+    planned = {plan.name for plan in plans}
+    subsets = {plan.subset for plan in plans}
+    for state_file in (out / STATE).glob("*.tar.json"):
+        name = state_file.name[: -len(".json")]
+        match = re.fullmatch(r"(.+)-\d{6}\.tar", name)
+        if match and match.group(1) in subsets and name not in planned:
+            log.info("removing %s: not in the current plan", name)
+            (out / name).unlink(missing_ok=True)
+            state_file.unlink(missing_ok=True)
+
+
+class _Progress:
+    """Counts videos once each (a retried shard reports its videos again) and feeds the bar."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.bar = tqdm(total=total, unit="video", disable=not enabled, dynamic_ncols=True, smoothing=0.1)
+        self.seen: set[str] = set()
+        self.failed = 0
+
+    def video(self, event: dict) -> None:
+        if event["key"] in self.seen:
+            return
+        self.seen.add(event["key"])
+        if not event["ok"]:
+            self.failed += 1
+            log.info("skipped %s: %s", event["id"], event["reason"])
+        self.bar.update(1)
+        self.bar.set_postfix(failed=self.failed, refresh=False)
+
+
+def _run_inline(todo: list[ShardPlan], out: Path, params: PrepParams, progress: _Progress) -> list[dict]:
+    for plan in todo:
+        for event in write_shard(plan, out, params):
+            if event["type"] == "video":
+                progress.video(event)
+    return []
+
+
+def _run_ray(
+    todo: list[ShardPlan], out: Path, params: PrepParams, progress: _Progress, address: str | None, num_cpus: int | None
+) -> list[dict]:
+    """Run shard tasks on Ray; returns report entries for shards that failed even after retries."""
+    import ray  # imported here: the inline mode and the label tools do not need Ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address or None, num_cpus=None if address else num_cpus, include_dashboard=False,
+                 logging_level=logging.WARNING)
+    try:
+        task = ray.remote(num_cpus=1, max_retries=0)(write_shard)
+        crashes: Counter[str] = Counter()
+        excluded: set[str] = set()
+        attempts: Counter[str] = Counter()
+        failed: list[dict] = []
+
+        def submit(plan: ShardPlan) -> tuple[object, ShardPlan, list[str]]:
+            attempts[plan.name] += 1
+            return task.remote(plan, str(out), params, frozenset(excluded)), plan, []
+
+        running = [submit(plan) for plan in todo]
+        while running:
+            ready, _ = ray.wait([gen for gen, _, _ in running], num_returns=1)
+            position = next(i for i, (gen, _, _) in enumerate(running) if gen is ready[0])
+            gen, plan, reported = running[position]
+            try:
+                event = ray.get(next(gen))
+            except StopIteration:
+                running.pop(position)
+                continue
+            except ray.exceptions.RayError as error:
+                running.pop(position)
+                pending = [job for job in plan.jobs if job.key not in reported]
+                suspect = pending[0] if pending else None
+                if suspect is not None:
+                    crashes[suspect.key] += 1
+                    if crashes[suspect.key] >= MAX_CRASHES:
+                        excluded.add(suspect.key)
+                log.warning("shard %s failed (%s) at %s", plan.name, type(error).__name__, suspect and suspect.path)
+                if attempts[plan.name] <= len(plan.jobs) * MAX_CRASHES + 1:
+                    running.append(submit(plan))
+                else:
+                    reason = f"shard failed: {plan.name}, {type(error).__name__}"
+                    failed += [{"id": j.id, "path": j.path, "subset": j.subset, "reason": reason} for j in pending]
+                continue
+            if event["type"] == "video":
+                reported.append(event["key"])
+                progress.video(event)
+        return failed
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def prepare(
+    source: LabelSource,
+    videos_dir: str | Path,
+    out_dir: str | Path,
+    params: PrepParams | None = None,
+    ray_address: str | None = None,
+    num_cpus: int | None = None,
+    use_ray: bool = True,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> dict:
+    """Write the shards of a label source (resuming whatever an earlier run into ``out_dir`` finished).
+
+    Args:
+        source: Classes and videos (see :mod:`data_prep.labels`).
+        videos_dir: Folder searched for the video files (any depth).
+        out_dir: Output folder; created if missing.
+        params: Sampling and sharding parameters (default :class:`PrepParams`).
+        ray_address: Ray cluster to use (``auto``, ``ray://host:10001``); None starts a local Ray.
+        num_cpus: CPUs of the local Ray (None: all).
+        use_ray: False writes the shards one by one in this process (debugging).
+        progress: Show the tqdm bar.
+        overwrite: Allow replacing shards made with other parameters or classes.
+
+    Returns:
+        Summary: the report's counts plus ``out``, ``seconds``, ``processed`` (videos decoded in this run) and
+        ``failed_shards``.
+    """
+    params = params or PrepParams()
+    start = time.monotonic()
+    out = Path(out_dir)
+    (out / STATE).mkdir(parents=True, exist_ok=True)
+    run = {"dataset": source.dataset, "classes": source.classes, "params": asdict(params)}
+    _check_run(out, run, overwrite)
+    atomic_write(state_path(out, "run"), json.dumps(run, ensure_ascii=False))
+    jobs, skipped = build_jobs(source, VideoIndex(videos_dir))
+    for subset in sorted({e.subset for e in source.entries} | {p["subset"] for p in skipped}):
+        mine = [item for item in skipped if item["subset"] == subset]
+        atomic_write(state_path(out, f"skipped-{subset}"), json.dumps({"skipped": mine}, ensure_ascii=False))
+    plans = plan_shards(jobs, params.shard_size)
+    _remove_stale(out, plans)
+    todo = [plan for plan in plans if not shard_done(out, plan, params)]
+    total = sum(len(plan.jobs) for plan in todo)
+    log.info("%d videos in %d shards; %d shards to write (%d videos), %d not found or not labelled",
+             len(jobs), len(plans), len(todo), total, len(skipped))
+    bar = _Progress(total, progress)
+    try:
+        failed = (_run_ray(todo, out, params, bar, ray_address, num_cpus) if use_ray
+                  else _run_inline(todo, out, params, bar))
+    finally:
+        bar.bar.close()
+    failed_file = state_path(out, "skipped-failed-shards")
+    if failed:
+        atomic_write(failed_file, json.dumps({"skipped": failed}, ensure_ascii=False))
+    else:
+        failed_file.unlink(missing_ok=True)
+    counts = write_outputs(out)
+    seconds = time.monotonic() - start
+    return {**counts, "out": str(out), "seconds": round(seconds, 2), "processed": total,
+            "failed_shards": len({item["reason"] for item in failed})}
+
+
+def iter_summary_lines(summary: dict) -> Iterator[str]:
+    """Human lines for the CLI's final summary."""
+    yield (f"{summary['written']} videos in {summary['shards']} shards in {summary['out']}; "
+           f"{summary['skipped']} skipped, {summary['warnings']} warnings (report.json)")
+    if summary["skipped_by_reason"]:
+        yield "skipped: " + ", ".join(f"{reason} x{n}" for reason, n in summary["skipped_by_reason"].items())
+    rate = summary["processed"] / summary["seconds"] if summary["seconds"] else 0.0
+    yield f"{summary['processed']} videos decoded in this run in {summary['seconds']:.1f}s ({rate:.2f} videos/s)"

@@ -1,0 +1,326 @@
+"""WebDataset shards: deterministic plan, atomic writing, resume state, and the files beside the shards.
+
+Usage::
+
+    from data_prep.shards import Job, PrepParams, plan_shards, write_shard, write_outputs
+    plans = plan_shards(jobs, shard_size=64)            # same jobs -> same shards, always
+    for event in write_shard(plans[0], out_dir, PrepParams()):   # the body of one Ray task
+        ...
+    write_outputs(out_dir)                              # sizes.json, manifest.json, report.json
+
+Layout of ``out_dir``::
+
+    training-000000.tar ...   one sample per video: {key}.json, {key}.0000.jpg, {key}.0001.jpg, ...
+    sizes.json                {"training-000000.tar": samples, ...}
+    manifest.json             {"dataset", "classes", "subsets": {subset: {"videos", "shards", "per_class"}}, "params"}
+    report.json               {"skipped": [{"id", "path", "subset", "reason"}], "warnings": [...], "counts": {...}}
+    .state/                   resume bookkeeping: run.json, one {shard}.json per finished shard, skipped-{subset}.json
+
+A shard is written to ``.{name}.tmp`` and renamed when complete; only then is its ``.state/{name}.json`` written,
+so a shard counts as done only if both exist and the state lists the same videos with the same parameters.
+Videos go to shards by the SHA-1 of their key (a stable pseudo-random order that mixes classes), chunked by
+``shard_size`` per subset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import tarfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from data_prep.decode import SampledVideo, VideoError, sample_video
+
+log = logging.getLogger(__name__)
+
+STATE = ".state"
+MAX_CRASHES = 2  # a video that kills its worker this many times is left out of its shard
+
+
+@dataclass(frozen=True)
+class PrepParams:
+    """How videos become samples; stored in the manifest, and a resumed run must use the same."""
+
+    fps: float = 1.0
+    min_frames: int = 16
+    short: str = "dense"
+    short_side: int = 256
+    quality: int = 90
+    shard_size: int = 64
+    seek_gap: float = 8.0
+
+    def sampling(self) -> dict:
+        """The keyword arguments of :func:`data_prep.decode.sample_video`."""
+        options = asdict(self)
+        del options["shard_size"]
+        return options
+
+
+@dataclass
+class Job:
+    """One video to write: its annotation and the file found for it."""
+
+    key: str
+    id: str
+    subset: str
+    path: str
+    labels: list[int] = field(default_factory=list)
+    label_names: list[str] = field(default_factory=list)
+    segments: list[list[float]] = field(default_factory=list)
+    segment_labels: list[int] = field(default_factory=list)
+    has_segments: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ShardPlan:
+    """The videos of one shard, in write order."""
+
+    subset: str
+    index: int
+    jobs: list[Job]
+
+    @property
+    def name(self) -> str:
+        """File name, ``{subset}-{index:06d}.tar``."""
+        return shard_name(self.subset, self.index)
+
+
+def video_key(video_id: str) -> str:
+    """Sample key: the id with ``.``, ``/`` and ``\\`` replaced by ``_`` (WebDataset splits fields at a dot)."""
+    return video_id.replace(".", "_").replace("/", "_").replace("\\", "_")
+
+
+def shard_name(subset: str, index: int) -> str:
+    """``training``, 3 -> ``training-000003.tar``."""
+    return f"{subset}-{index:06d}.tar"
+
+
+def plan_shards(jobs: list[Job], shard_size: int) -> list[ShardPlan]:
+    """Assign videos to shards: per subset, sorted by SHA-1 of the key, in chunks of ``shard_size``.
+
+    Args:
+        jobs: Videos with files; keys must be unique.
+        shard_size: Videos per shard (the last shard of a subset may have fewer).
+
+    Returns:
+        Shard plans, subsets in sorted order, indices from 0 without gaps.
+    """
+    by_subset: dict[str, list[Job]] = {}
+    for job in jobs:
+        by_subset.setdefault(job.subset, []).append(job)
+    plans = []
+    for subset in sorted(by_subset):
+        ordered = sorted(by_subset[subset], key=lambda job: hashlib.sha1(job.key.encode()).hexdigest())
+        for index, start in enumerate(range(0, len(ordered), shard_size)):
+            plans.append(ShardPlan(subset, index, ordered[start : start + shard_size]))
+    return plans
+
+
+def inside_flags(timestamps: list[float], segments: list[list[float]]) -> list[int]:
+    """1 for each timestamp inside any ``[start, end]`` segment (ends included), else 0."""
+    return [int(any(start <= t <= end for start, end in segments)) for t in timestamps]
+
+
+def sample_record(job: Job, video: SampledVideo) -> dict:
+    """The ``{key}.json`` of a sample (the shard format's metadata)."""
+    segments, segment_labels = job.segments, job.segment_labels
+    if not job.has_segments and job.labels:  # a list without times: the whole video is the action
+        segments, segment_labels = [[0.0, round(video.duration, 4)]], [job.labels[0]]
+    return {
+        "id": job.id,
+        "key": job.key,
+        "subset": job.subset,
+        "labels": job.labels,
+        "label_names": job.label_names,
+        "segments": segments,
+        "segment_labels": segment_labels,
+        "duration": round(video.duration, 4),
+        "fps": round(video.fps, 4),
+        "timestamps": video.timestamps,
+        "inside": inside_flags(video.timestamps, segments),
+        "num_frames": len(video.jpegs),
+        "source": job.path,
+        "width": video.width,
+        "height": video.height,
+    }
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o444  # fixed headers: reruns write the same bytes
+    tar.addfile(info, _Reader(data))
+
+
+class _Reader:
+    """Minimal file object over bytes for ``tarfile.addfile`` (avoids a BytesIO copy per frame)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.view, self.pos = memoryview(data), 0
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self.view) if size < 0 else self.pos + size
+        chunk, self.pos = self.view[self.pos : end], min(end, len(self.view))
+        return bytes(chunk)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write a text file under a temporary name, flush it to disk, rename it into place."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def state_path(out_dir: str | Path, name: str) -> Path:
+    """Where the state of shard ``name`` (or another bookkeeping file) lives."""
+    return Path(out_dir) / STATE / f"{name}.json"
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON file's content, or None if it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def shard_done(out_dir: str | Path, plan: ShardPlan, params: PrepParams) -> bool:
+    """The shard file exists and its state lists exactly the planned videos, written with ``params``."""
+    state = read_json(state_path(out_dir, plan.name))
+    return (
+        state is not None
+        and (Path(out_dir) / plan.name).is_file()
+        and state.get("keys") == [job.key for job in plan.jobs]
+        and state.get("params") == asdict(params)
+    )
+
+
+def write_shard(
+    plan: ShardPlan, out_dir: str | Path, params: PrepParams, exclude: frozenset[str] = frozenset()
+) -> Iterator[dict]:
+    """Write one shard; yields one event per video, then one for the shard (the body of a Ray task).
+
+    The environment variable ``DATA_PREP_CRASH_KEY`` is a fault-injection hook for the tests: the process is
+    killed (SIGKILL, like an FFmpeg segfault) when it reaches the video with that key.
+
+    Args:
+        plan: The videos of the shard.
+        out_dir: Output folder (shared storage on a cluster).
+        params: Sampling and encoding parameters.
+        exclude: Keys of videos not to decode (they crashed workers before); reported as skipped.
+
+    Yields:
+        ``{"type": "video", "key", "id", "ok", "reason" or "warnings"}`` per video, in plan order, then
+        ``{"type": "shard", "name", "samples"}`` after the shard was renamed into place.
+    """
+    out = Path(out_dir)
+    state_file = state_path(out, plan.name)
+    state_file.unlink(missing_ok=True)  # from here until the rename the old shard (if any) counts as not done
+    tmp = out / f".{plan.name}.tmp"
+    written: list[dict] = []
+    skipped: list[dict] = []
+    warnings: list[dict] = []
+    start = time.monotonic()
+    with open(tmp, "wb") as handle:
+        with tarfile.open(fileobj=handle, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for job in plan.jobs:
+                event: dict = {"type": "video", "key": job.key, "id": job.id}
+                if os.environ.get("DATA_PREP_CRASH_KEY") == job.key:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                try:
+                    if job.key in exclude:
+                        raise VideoError(f"worker crashed: decoding killed the worker process {MAX_CRASHES} times")
+                    video = sample_video(job.path, **params.sampling())
+                    record = sample_record(job, video)
+                except VideoError as error:
+                    reason = str(error)
+                except Exception as error:  # noqa: BLE001 - a bug or an FFmpeg surprise must not lose the shard
+                    log.exception("unexpected error on %s", job.path)
+                    reason = f"unexpected error: {type(error).__name__}: {error}"
+                else:
+                    _add(tar, f"{job.key}.json", json.dumps(record, ensure_ascii=False).encode())
+                    for i, jpeg in enumerate(video.jpegs):
+                        _add(tar, f"{job.key}.{i:04d}.jpg", jpeg)
+                    notes = job.warnings + video.warnings
+                    written.append({"key": job.key, "labels": record["label_names"], "frames": len(video.jpegs)})
+                    warnings.extend({"id": job.id, "path": job.path, "warning": note} for note in notes)
+                    yield {**event, "ok": True, "warnings": notes}
+                    continue
+                skipped.append({"id": job.id, "path": job.path, "subset": job.subset, "reason": reason})
+                yield {**event, "ok": False, "reason": reason}
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, out / plan.name)
+    state = {
+        "name": plan.name,
+        "subset": plan.subset,
+        "keys": [job.key for job in plan.jobs],
+        "params": asdict(params),
+        "written": written,
+        "skipped": skipped,
+        "warnings": warnings,
+        "seconds": round(time.monotonic() - start, 3),
+    }
+    atomic_write(state_file, json.dumps(state, ensure_ascii=False))
+    yield {"type": "shard", "name": plan.name, "samples": len(written)}
+
+
+def write_outputs(out_dir: str | Path) -> dict:
+    """Write ``sizes.json``, ``manifest.json`` and ``report.json`` from the state of every finished shard.
+
+    A reason in ``report.json`` reads ``category: details``; ``counts.skipped_by_reason`` counts the categories.
+
+    Shards of subsets made by earlier runs into the same folder are included (the run parameters are the same:
+    the runner refuses to mix them).
+
+    Returns:
+        The report's counts.
+    """
+    out = Path(out_dir)
+    run = read_json(state_path(out, "run")) or {}
+    states = []
+    for path in sorted((out / STATE).glob("*.tar.json")):
+        state = read_json(path)
+        if state is not None and (out / state["name"]).is_file():
+            states.append(state)
+    sizes = {state["name"]: len(state["written"]) for state in states}
+    subsets: dict[str, dict] = {}
+    skipped: list[dict] = []
+    warnings: list[dict] = []
+    for path in sorted((out / STATE).glob("skipped-*.json")):
+        skipped.extend((read_json(path) or {}).get("skipped", []))
+    for state in states:
+        entry = subsets.setdefault(state["subset"], {"videos": 0, "shards": [], "per_class": Counter()})
+        entry["videos"] += len(state["written"])
+        entry["shards"].append(state["name"])
+        entry["per_class"].update(name for sample in state["written"] for name in sample["labels"])
+        skipped.extend(state["skipped"])
+        warnings.extend(state["warnings"])
+    classes = run.get("classes", [])
+    for entry in subsets.values():
+        counts = entry["per_class"]
+        entry["per_class"] = {name: counts[name] for name in classes if counts[name]}
+    reasons = Counter(item["reason"].split(":")[0] for item in skipped)
+    counts = {
+        "written": sum(sizes.values()),
+        "skipped": len(skipped),
+        "warnings": len(warnings),
+        "shards": len(sizes),
+        "skipped_by_reason": dict(sorted(reasons.items())),
+    }
+    manifest = {"dataset": run.get("dataset"), "classes": classes, "subsets": subsets, "params": run.get("params")}
+    atomic_write(out / "sizes.json", json.dumps(sizes, indent=1))
+    atomic_write(out / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False))
+    report = {"skipped": skipped, "warnings": warnings, "counts": counts}
+    atomic_write(out / "report.json", json.dumps(report, indent=1, ensure_ascii=False))
+    return counts

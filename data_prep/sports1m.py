@@ -1,0 +1,68 @@
+"""Mini-Sports1M (or any video list / CSV) into WebDataset shards.
+
+Usage::
+
+    # the mini-Sports1M list: "train/23701 716 237" lines (CRLF fine), labels index sports1m_labels.txt
+    python -m data_prep.sports1m --list train.csv test.csv --classes sports1m_labels.txt --videos DIR --out DIR \\
+        [--fps 1] [--min-frames 16] [--short-side 256] [--quality 90] [--shard-size 64] [--ray-address ADDR]
+    # a generic CSV: path,label[,start,end] (optional header; label = class id or name; rows of one path = segments)
+    python -m data_prep.sports1m --list clips.csv --subset validation [--classes names.txt] --videos DIR --out DIR
+
+A list entry ``train/23701`` is looked up as ``DIR/train/23701.<ext>`` (any common container extension), else as
+a file named ``23701.<ext>`` if only one exists; its id keeps the folder (train and test ids overlap), so its
+sample key is ``train_23701``. Its subset is the folder (``train`` -> ``training``, ``test`` -> ``testing``)
+unless ``--subset`` is given. Without start/end times a video is all action: segments ``[[0, duration]]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from data_prep.cli import add_prep_args, run_prep
+from data_prep.labels import LabelSource, detect_format, load_csv, load_whitespace_list, merge_sources, read_classes
+
+
+def load_lists(lists: list[str], classes_file: str | None, subset: str | None = None) -> LabelSource:
+    """Read mini-Sports1M lists and/or CSV files into one source.
+
+    Args:
+        lists: List files (``<subset>/<id> <num_frames> <label>``) or CSV files (``path,label[,start,end]``).
+        classes_file: Class names, one a line (``sports1m_labels.txt``) or ``idx,name``; required for lists,
+            for CSV it defaults to the sorted label names of the file.
+        subset: Subset of every video (default: list folder prefix, else file name; CSV: ``training``).
+
+    Returns:
+        The merged source.
+
+    Raises:
+        ValueError: A list without ``classes_file``, or files with different class lists.
+    """
+    classes = read_classes(classes_file) if classes_file else None
+    sources = []
+    for path in lists:
+        if detect_format(path) == "csv":
+            source = load_csv(path, classes, subset or "training")
+            source.dataset = "sports1m" if classes_file else "csv"
+        elif classes is None:
+            raise ValueError(f"{path} is a video list: give its class list with --classes (sports1m_labels.txt)")
+        else:
+            source = load_whitespace_list(path, classes, subset, dataset="sports1m")
+        sources.append((path, source))
+    return merge_sources(sources)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the flags and write the shards; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m data_prep.sports1m", description=__doc__.split("\n")[0])
+    parser.add_argument("--list", nargs="+", required=True, help="mini-Sports1M lists and/or CSV files")
+    parser.add_argument("--classes", default=None, help="class names (sports1m_labels.txt); required for lists")
+    parser.add_argument("--videos", required=True, help="folder with the video files (any depth)")
+    parser.add_argument("--subset", default=None, help="subset of every video (default: from the list)")
+    add_prep_args(parser)
+    args = parser.parse_args(argv)
+    return run_prep(load_lists(args.list, args.classes, args.subset), args.videos, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
