@@ -310,8 +310,8 @@ def sample_frames(
             stream.codec_context.thread_count = threads
             if stream.duration is not None:
                 result.header_duration = float(stream.duration * stream.time_base)
-            elif container.duration is not None:
-                result.header_duration = container.duration / av.time_base
+            elif container.duration is not None:  # some muxers (Matroska) store the end time there
+                result.header_duration = (container.duration - (container.start_time or 0)) / av.time_base
             sampler = _Sampler(fps, timestamps, short_side, quality)
             try:
                 gap = seek_gap if attempt == 0 else 0.0
