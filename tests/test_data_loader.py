@@ -387,3 +387,12 @@ def test_gather_eval_over_a_real_process_group(shard_dir: Path, tmp_path: Path) 
     assert sorted(results[0]["local"] + results[1]["local"]) == expected  # disjoint parts of uneven size
     assert len(results[0]["local"]) != len(results[1]["local"])
     assert results[0]["all"] == results[1]["all"] == expected and results[0]["rows"] == results[1]["rows"]
+
+
+def test_train_survives_a_shard_that_vanishes_after_start(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="sofnet.data")
+    urls = write_shards(tmp_path, "training", [3, 3, 3])
+    loader, steps = train_loader(tmp_path, num_workers=0, batch_size=2)
+    Path(urls[1]).unlink()
+    assert [len(b["id"]) for b in loader] == [2] * steps == [2] * 4
+    assert "training-000001.tar" in caplog.text

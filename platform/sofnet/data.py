@@ -404,10 +404,19 @@ class TrainClips(IterableDataset):
 
     def _shard_samples(self, index: int, skip: int) -> Iterator[dict[str, Any]]:
         url, count = self.urls[index], 0
-        for sample in wds.tarfile_samples([{"url": url}], handler=_log_and_skip):
-            count += 1
-            if count > skip:
-                yield sample
+        try:
+            stream = gopen(url, "rb")
+        except OSError as e:
+            _log_and_skip(e)
+            return
+        try:  # closed here, also when the epoch ends inside the shard
+            files = wds.tariterators.tar_file_expander([{"url": url, "stream": stream}], handler=_log_and_skip)
+            for sample in wds.tariterators.group_by_keys(files, handler=_log_and_skip):
+                count += 1
+                if count > skip:
+                    yield sample
+        finally:
+            stream.close()
         if count != self.sizes[index]:
             logger.warning("%s: sizes.json says %d samples, the shard has %d", url, self.sizes[index], count)
 
