@@ -17,8 +17,10 @@ Decoding only what is needed: packets are demuxed (cheap) but a group of picture
 frame that a target needs. When a keyframe packet arrives whose time is at or before the next target, the
 undecoded packets before it are dropped, so at 1 fps a video with a keyframe every second or so decodes a small
 part of its frames. When the next target is more than ``seek_gap`` seconds away (low ``fps``, explicit sparse
-timestamps), the container seeks; a seek that overshoots the target makes the video decode again from the start
-without seeking, so a bad index costs time, never a wrong frame.
+timestamps) and more than twice the longest keyframe interval seen so far, the container seeks (skipping the
+reading too); a seek that lands behind what was read stops seeking for that video, and one that overshoots its
+target makes the video decode again from the start without seeking, so a bad index costs time, never a wrong
+frame.
 
 Short videos (fewer samples than ``min_frames``): ``short="dense"`` (default) samples ``min_frames`` timestamps
 evenly over the decoded duration instead, so a 5 s clip gives 16 distinct frames if it has them; a frame is
@@ -201,6 +203,8 @@ def _sample_pass(
     seeking = seek_gap > 0 and stream.start_time is not None
     sought: float | None = None  # the target of a seek whose landing is not checked yet
     last_sought = -math.inf  # never seek twice for one target: the second would land at the same keyframe
+    last_key: float | None = None  # time of the last keyframe packet read
+    key_interval: float | None = None  # longest distance between keyframes read so far
     packets = container.demux(stream)
     while (target := sampler.target()) is not None:
         try:
@@ -227,13 +231,22 @@ def _sample_pass(
             sought = None
         if dts is not None:
             position = dts
+        if packet.is_keyframe and pts is not None:
+            if last_key is not None and pts > last_key:
+                key_interval = max(key_interval or 0.0, pts - last_key)
+            last_key = pts
         if skip_packets and packet.is_keyframe and pts is not None and pts <= target:
             buffer = []  # the frame on screen at the target is this keyframe or a later one
         buffer.append(packet)
         if dts is None or pts is None or dts > target:
             feed(buffer)  # every later packet shows a later frame: decode what the target needs
             buffer = []
-        elif seeking and target - position > seek_gap and target > last_sought:
+        elif (
+            seeking
+            and key_interval is not None  # a seek pays only if a keyframe is likely between here and the target
+            and target - position > max(seek_gap, 2 * key_interval)
+            and target > last_sought
+        ):
             container.seek(int((base + target) / time_base), stream=stream, backward=True)
             codec.flush_buffers()
             buffer, sought, last_sought, packets = [], target, target, container.demux(stream)

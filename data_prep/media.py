@@ -147,3 +147,32 @@ def write_audio_only(path: str | Path, seconds: float = 2.0) -> Path:
     with av.open(str(path), "w", format="mp4") as output:
         _write_silence(output, _audio_stream(output, "aac"), seconds)
     return path
+
+
+def truncate(path: str | Path, fraction: float, out: str | Path | None = None) -> Path:
+    """Keep the first ``fraction`` of a file's bytes (in place, or into ``out``), like an interrupted download."""
+    data = Path(path).read_bytes()
+    target = Path(out or path)
+    target.write_bytes(data[: int(len(data) * fraction)])
+    return target
+
+
+def patch_avi_frame_count(path: str | Path, frames: int) -> Path:
+    """Make an AVI header lie: set the total frame count (``avih``) and the video stream length (``strh``).
+
+    Args:
+        path: An AVI file (changed in place).
+        frames: The count to write (0 to make it absent).
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    data = bytearray(path.read_bytes())
+    avih = data.find(b"avih")
+    data[avih + 8 + 16 : avih + 8 + 20] = frames.to_bytes(4, "little")  # MainAVIHeader.dwTotalFrames
+    strh = data.find(b"vids") - 8  # the video stream's "strh" chunk: id, size, then fccType "vids"
+    assert data[strh : strh + 4] == b"strh", "no video stream header"
+    data[strh + 8 + 32 : strh + 8 + 36] = frames.to_bytes(4, "little")  # AVIStreamHeader.dwLength
+    path.write_bytes(bytes(data))
+    return path
