@@ -14,6 +14,7 @@ ignored key. Errors surface as one :class:`ConfigError` line naming the key and 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -44,7 +45,7 @@ def validate(cfg: Any, src: str = "<config>") -> None:
     checks = [
         (m.num_classes >= 1, "model.num_classes", "must be >= 1"),
         (m.num_segments >= 1, "model.num_segments", "must be >= 1"),
-        (m.input_size >= 32 and m.input_size % 32 == 0, "model.input_size", "must be a multiple of 32, >= 32"),
+        (m.input_size >= 32, "model.input_size", "must be >= 32"),
         (0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)"),
         (m.gate_hidden >= 1, "model.gate_hidden", "must be >= 1"),
         (m.tau0 > 0 and m.tau_decay >= 0, "model.tau0", "tau0 must be > 0 and tau_decay >= 0"),
@@ -143,3 +144,12 @@ def flatten(cfg: Any) -> dict[str, Any]:
 
     walk(OmegaConf.to_container(cfg, resolve=True), "")
     return out
+
+
+def load_config_or_exit(yaml_path: Optional[str | Path], dotlist: Sequence[str] = ()) -> DictConfig:
+    """For entry points: :func:`load_config`, or the error as one line on stderr and exit status 2."""
+    try:
+        return load_config(yaml_path, dotlist)
+    except ConfigError as e:
+        sys.stderr.write(f"error: {e}\n")
+        raise SystemExit(2) from None
