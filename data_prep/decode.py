@@ -279,7 +279,7 @@ def _open(path: str) -> av.container.InputContainer:
     try:
         container = av.open(path, metadata_errors="ignore")
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as error:
-        raise VideoError(f"not a readable media file: {error}") from None
+        raise VideoError(f"not a readable media file: {getattr(error, 'strerror', None) or error}") from None
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams}) or ["no streams"]
         container.close()

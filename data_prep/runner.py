@@ -59,7 +59,10 @@ from data_prep.shards import (
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".flv", ".mpg", ".mpeg", ".ts", ".3gp", ".wmv")
+VIDEO_EXTENSIONS = (  # in order of preference when one id has several files; audio-only last (reported, not lost)
+    ".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".flv", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".vob", ".3gp",
+    ".wmv", ".ogv", ".m4a", ".mka",
+)
 
 
 class VideoIndex:
@@ -285,8 +288,10 @@ def prepare(
              len(jobs), len(plans), len(todo), total, len(skipped))
     bar = _Progress(total, progress)
     try:
-        failed = (_run_ray(todo, out, params, bar, ray_address, num_cpus) if use_ray
-                  else _run_inline(todo, out, params, bar))
+        if use_ray and todo:
+            failed = _run_ray(todo, out, params, bar, ray_address, num_cpus)
+        else:
+            failed = _run_inline(todo, out, params, bar)
     finally:
         bar.bar.close()
     failed_file = state_path(out, "skipped-failed-shards")
