@@ -38,7 +38,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import av
-from PIL import Image
 
 log = logging.getLogger(__name__)
 

@@ -86,7 +86,11 @@ class VideoIndex:
             self.by_stem.setdefault(os.path.splitext(os.path.basename(path))[0], []).append(path)
 
     def find(self, entry: Entry) -> str | None:
-        """The file of a video: the path its annotation names, else its id (``v_`` added or removed)."""
+        """The file of a video: the path its annotation names, else its id (``v_`` added or removed).
+
+        A name with a folder (``train/23701``) matches ``<videos>/train/23701.<ext>`` or a top-level
+        ``<videos>/23701.<ext>``, never a file in another folder; a plain id matches a file at any depth.
+        """
         if entry.path:
             direct = Path(entry.path) if Path(entry.path).is_absolute() else self.root / entry.path
             if direct.is_file():
@@ -97,9 +101,14 @@ class VideoIndex:
             stem = os.path.splitext(name)[0] if os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS else name
             if stem in self.by_rel:
                 return self.by_rel[stem]
-            candidates = self.by_stem.get(os.path.basename(stem), [])
-            if len(candidates) == 1 or (candidates and "/" not in name):
-                return candidates[0]
+            if "/" in stem:  # a folder is part of the id (train/00313 vs test/00313): at most a flat layout
+                flat = self.by_rel.get(stem.rsplit("/", 1)[1])
+                if flat is not None:
+                    return flat
+                continue
+            candidates = self.by_stem.get(stem, [])
+            if candidates:
+                return candidates[0]  # any depth; the preferred extension first
         return None
 
 

@@ -9,7 +9,7 @@ Usage::
     python -m data_prep.sports1m --list clips.csv --subset validation [--classes names.txt] --videos DIR --out DIR
 
 A list entry ``train/23701`` is looked up as ``DIR/train/23701.<ext>`` (any common container extension), else as
-a file named ``23701.<ext>`` if only one exists; its id keeps the folder (train and test ids overlap), so its
+``DIR/23701.<ext>`` (never in another folder); its id keeps the folder (train and test ids overlap), so its
 sample key is ``train_23701``. Its subset is the folder (``train`` -> ``training``, ``test`` -> ``testing``)
 unless ``--subset`` is given. Without start/end times a video is all action: segments ``[[0, duration]]``.
 """
