@@ -160,7 +160,7 @@ def generate(
         duration: Range of video durations, seconds.
         size: ``(width, height)`` of the videos, even numbers (H.264 with yuv420p).
         fps: Frame rate of the videos.
-        val_fraction: Share of each class in the validation subset.
+        val_fraction: Share of each class in the validation subset (at least one video of each class that has two).
 
     Returns:
         Path of ``activity_net.synthetic.json``.
@@ -174,17 +174,20 @@ def generate(
     validation = set()
     for k in range(classes):
         members = [i for i in range(videos) if labels[i] == k]
-        validation.update(members[: int(round(len(members) * val_fraction))])
+        share = max(1, round(len(members) * val_fraction)) if len(members) >= 2 and val_fraction > 0 else 0
+        validation.update(members[:share])  # every class with two videos or more is in both subsets
     database = {}
     for i, video_id in enumerate(_video_ids(rng, videos)):
         length = float(rng.uniform(*duration))
         segment_length = length * rng.uniform(0.3, 0.5)
+        margin = min(0.5, length / 8)  # background before, after and between segments
         if rng.random() < 0.25:  # two shorter segments of the same action, background between them
-            first = float(rng.uniform(0.5, length / 2 - segment_length / 2))
-            second = float(rng.uniform(length / 2 + 0.5, length - segment_length / 2 - 0.5))
-            segments = [[first, first + segment_length / 2], [second, second + segment_length / 2]]
+            half = segment_length / 2
+            first = float(rng.uniform(margin, length / 2 - half))
+            second = float(rng.uniform(length / 2 + margin, length - half - margin))
+            segments = [[first, first + half], [second, second + half]]
         else:
-            begin = float(rng.uniform(0.5, length - segment_length - 0.5))
+            begin = float(rng.uniform(margin, length - segment_length - margin))
             segments = [[begin, begin + segment_length]]
         segments = [[round(a, 3), round(b, 3)] for a, b in segments]
         style = styles[labels[i]][1:]
