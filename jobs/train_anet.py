@@ -1,0 +1,13 @@
+"""Train SoF-Net on ActivityNet: stage 1 (backbone as TSN/TSM) then stage 2 (SoF-Net), on Ray Train + DeepSpeed.
+
+    ray job submit --working-dir . --runtime-env infra/runtime_env.yaml -- \
+        python jobs/train_anet.py --config jobs/configs/anet_sofnet.yaml scaling.num_workers=8 scaling.use_gpu=true
+    python jobs/train_anet.py --config jobs/configs/demo.yaml --smoke-test     # laptop check, local Ray
+"""
+
+import sys
+
+from sofnet.train.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main("activitynet"))

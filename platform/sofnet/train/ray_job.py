@@ -1,0 +1,118 @@
+"""Submit the two-stage training to Ray Train: ``TorchTrainer`` + DeepSpeed workers, checkpoints, retries.
+
+Usage (what ``jobs/train_anet.py`` does)::
+
+    from sofnet.config import load_config
+    from sofnet.train.ray_job import run_training
+    cfg = load_config("jobs/configs/anet_sofnet.yaml", ["scaling.num_workers=8", "scaling.use_gpu=true"])
+    result = run_training(cfg)          # connects to $RAY_ADDRESS (set by `ray job submit`) or starts a local Ray
+
+The run lives in ``<train.output_dir>/<name>`` (Ray Train's storage: checkpoints, retention ``keep_checkpoints``).
+Running the same config again with the same name and output directory resumes from the latest checkpoint, after
+a stopped job as after a crash; ``FailureConfig(max_failures)`` restarts failed workers from it automatically.
+The MLflow tracking store is checked before anything starts (:class:`~sofnet.train.tracking.TrackingError`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from omegaconf import OmegaConf
+
+from sofnet.train.tracking import check_tracking, resolve_tracking_uri
+
+logger = logging.getLogger(__name__)
+
+
+def git_commit(cwd: Optional[str] = None) -> str:
+    """The commit of the working directory (``$SOFNET_GIT_COMMIT`` first, ``unknown`` outside git)."""
+    if os.environ.get("SOFNET_GIT_COMMIT"):
+        return os.environ["SOFNET_GIT_COMMIT"]
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_name(cfg: Any) -> str:
+    """The Ray Train run name: ``cfg.name``, else ``<dataset>_<arch>``."""
+    return cfg.name or f"{cfg.data.dataset}_{cfg.model.arch}"
+
+
+def _absolute(path: str) -> str:
+    return path if not path or "://" in path or os.path.isabs(path) else str(Path(path).resolve())
+
+
+def prepare_config(cfg: Any) -> Any:
+    """A copy with paths made absolute (Ray workers run in other directories)."""
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    for key in ("train_shards", "val_shards"):
+        cfg.data[key] = _absolute(cfg.data[key])
+    cfg.train.output_dir = _absolute(cfg.train.output_dir)
+    for stage in ("stage1", "stage2"):
+        init = cfg.train[stage].init_from
+        if init and not init.startswith(("models:/", "runs:/")):
+            cfg.train[stage].init_from = _absolute(init)
+    return cfg
+
+
+def _ray_job_id() -> str:
+    import ray
+
+    return os.environ.get("RAY_JOB_SUBMISSION_ID") or ray.get_runtime_context().get_job_id()
+
+
+def make_trainer(cfg: Any, tracking_uri: str, tags: Dict[str, str], pid_dir: str = "") -> Any:
+    """The ``TorchTrainer`` of a prepared config (see :func:`prepare_config`)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from sofnet.train.worker import train_loop_per_worker
+
+    s = cfg.scaling
+    resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if s.use_gpu else {})}
+    env = {"DS_ACCELERATOR": "cpu"} if not s.use_gpu else {}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": OmegaConf.to_container(cfg, resolve=True), "tracking_uri": tracking_uri,
+                           "tags": tags, "pid_dir": pid_dir},
+        torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=run_name(cfg), storage_path=cfg.train.output_dir,
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            worker_runtime_env={"env_vars": env} if env else None),
+    )
+
+
+def run_training(cfg: Any, *, pid_dir: str = "") -> Any:
+    """Check MLflow, connect to (or start) Ray, train both stages; returns Ray Train's ``Result``.
+
+    Args:
+        cfg: Our config (paths may be relative to the current directory).
+        pid_dir: Where each training worker writes ``rank<r>.pid`` (tests kill a worker through it).
+
+    Raises:
+        TrackingError: The MLflow store is unreachable (before Ray starts).
+    """
+    import ray
+
+    cfg = prepare_config(cfg)
+    tracking_uri = resolve_tracking_uri(cfg.mlflow.tracking_uri)
+    check_tracking(tracking_uri, cfg.mlflow.experiment)
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
+    tags = {"git_commit": git_commit(), "ray_job_id": _ray_job_id(), "ray_run_name": run_name(cfg)}
+    logger.info("training %s: stages to %s/%s, MLflow %s (experiment %s), Ray job %s", run_name(cfg),
+                cfg.train.output_dir, run_name(cfg), tracking_uri, cfg.mlflow.experiment, tags["ray_job_id"])
+    result = make_trainer(cfg, tracking_uri, tags, pid_dir).fit()
+    logger.info("done: %s, last checkpoint %s", {k: v for k, v in (result.metrics or {}).items()
+                                                  if k in ("stage", "epoch", "val/mAP", "val/top1")},
+                result.checkpoint)
+    return result
