@@ -48,6 +48,7 @@ from data_prep.shards import (
     PrepParams,
     ShardPlan,
     atomic_write,
+    crash_suspect,
     plan_shards,
     read_json,
     shard_done,
@@ -229,7 +230,8 @@ def _run_ray(
             except ray.exceptions.RayError as error:
                 running.pop(position)
                 pending = [job for job in plan.jobs if job.key not in reported]
-                suspect = pending[0] if pending else None
+                suspect_key = crash_suspect(out, plan)  # events in flight die with the worker: ask the disk
+                suspect = next((job for job in plan.jobs if job.key == suspect_key), None)
                 if suspect is not None:
                     crashes[suspect.key] += 1
                     if crashes[suspect.key] >= MAX_CRASHES:

@@ -181,6 +181,14 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def crash_suspect(out_dir: str | Path, plan: ShardPlan) -> str | None:
+    """Key of the video a shard task was decoding when its process died (None if it was not decoding)."""
+    try:
+        return state_path(out_dir, f"{plan.name}.current").read_text() or None
+    except OSError:
+        return None
+
+
 def state_path(out_dir: str | Path, name: str) -> Path:
     """Where the state of shard ``name`` (or another bookkeeping file) lives."""
     return Path(out_dir) / STATE / f"{name}.json"
@@ -227,6 +235,7 @@ def write_shard(
     state_file = state_path(out, plan.name)
     state_file.unlink(missing_ok=True)  # from here until the rename the old shard (if any) counts as not done
     tmp = out / f".{plan.name}.tmp"
+    current = state_path(out, f"{plan.name}.current")  # the video being decoded: the suspect if the worker dies
     written: list[dict] = []
     skipped: list[dict] = []
     warnings: list[dict] = []
@@ -235,11 +244,12 @@ def write_shard(
         with tarfile.open(fileobj=handle, mode="w", format=tarfile.PAX_FORMAT) as tar:
             for job in plan.jobs:
                 event: dict = {"type": "video", "key": job.key, "id": job.id}
-                if os.environ.get("DATA_PREP_CRASH_KEY") == job.key:
-                    os.kill(os.getpid(), signal.SIGKILL)
+                current.write_text(job.key)
                 try:
                     if job.key in exclude:
                         raise VideoError(f"worker crashed: decoding killed the worker process {MAX_CRASHES} times")
+                    if os.environ.get("DATA_PREP_CRASH_KEY") == job.key:
+                        os.kill(os.getpid(), signal.SIGKILL)
                     video = sample_video(job.path, **params.sampling())
                     record = sample_record(job, video)
                 except VideoError as error:
@@ -261,6 +271,7 @@ def write_shard(
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, out / plan.name)
+    current.unlink(missing_ok=True)
     state = {
         "name": plan.name,
         "subset": plan.subset,
