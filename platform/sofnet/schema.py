@@ -58,6 +58,8 @@ class DataConfig:
     scales: List[float] = field(default_factory=lambda: [1.0, 0.875, 0.75, 0.66])
     flip: bool = True
     resize: int = 256  # eval: resize short side, then centre crop input_size
+    train_subset: str = "training"  # subset read from a shard directory for training
+    val_subset: str = "validation"  # ... and for validation (mini-Sports1M: testing)
 
 
 @dataclass

@@ -170,11 +170,11 @@ def _run_stage(cfg: Any, stage: str, engine: Any, start_epoch: int, runs: Dict[s
                                       num_workers=d.num_workers, num_classes=cfg.model.num_classes, rank=rank,
                                       world_size=world, epoch=start_epoch, seed=cfg.train.seed,
                                       shuffle_buffer=d.shuffle_buffer, scales=list(d.scales), flip=d.flip,
-                                      pin_memory=cfg.scaling.use_gpu)
+                                      subset=d.train_subset, pin_memory=cfg.scaling.use_gpu)
     val = make_eval_loader(d.val_shards, num_segments=cfg.model.num_segments, input_size=cfg.model.input_size,
                            resize=d.resize, batch_size=d.batch_size, num_workers=d.num_workers,
                            num_classes=cfg.model.num_classes, rank=rank, world_size=world,
-                           pin_memory=cfg.scaling.use_gpu)
+                           subset=d.val_subset, pin_memory=cfg.scaling.use_gpu)
     if stage == "stage2":
         costs = model.cost_table(cfg.model.input_size, cfg.model.input_size)
         loss_fn = partial(sofnet_loss, costs=costs, alpha=cfg.loss.alpha, beta=cfg.loss.beta)
