@@ -1,0 +1,102 @@
+"""Replay early termination on cached per-frame results, without running the network again.
+
+Early exit only changes which frames are processed after the last decision point: a frame's gate decisions
+and classifier logits do not depend on any later frame (causal gates, causal shift). So one skipping-path
+pass without early exit, cached per video, determines the result of every (rho, T_min) setting:
+
+    cache = ETCache.from_outputs(outputs, cost_by_decision=model.cost_table(H, W).by_decision())
+    cache.save("val_cache.pt")                       # tensors only; loads with weights_only=True
+    out = replay(ETCache.load("val_cache.pt"), rho=0.99, t_min=4)
+    out.logits, out.gflops, out.decisions, out.exit_step   # == model.infer(x, rho=0.99, t_min=4)
+
+It uses the same functions as the network's own paths (``first_exit``, ``aggregate``, ``accounted_gflops``),
+so a replayed point equals a full evaluation, as tests prove.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, List, Sequence, Union
+
+import torch
+
+from sofnet.models.output import PASSED, SoFOutput, accounted_gflops, aggregate, drop_after_exit, first_exit
+
+
+@dataclass
+class ETCache:
+    """What replaying early exit needs, per video, from a skipping-path pass without early exit.
+
+    Attributes:
+        decisions: [N, T] int8 decisions (no -1: every frame was processed).
+        frame_logits: [N, T, K] classifier logits (zeros where a frame did not reach the classifier).
+        logits: [N, K] video logits without early exit (the fallback logits where ``fallback``).
+        fallback: [N] bool, no frame reached the classifier (then early exit never fires either).
+        cost_by_decision: [7] GMACs of a frame by decision + 1.
+    """
+
+    decisions: torch.Tensor
+    frame_logits: torch.Tensor
+    logits: torch.Tensor
+    fallback: torch.Tensor
+    cost_by_decision: torch.Tensor
+
+    @classmethod
+    def from_outputs(cls, outputs: Iterable[SoFOutput], cost_by_decision: Sequence[float]) -> "ETCache":
+        """Build from ``model.infer(x)`` outputs (early exit off), one per batch, in dataset order."""
+        outs: List[SoFOutput] = list(outputs)
+        if not outs:
+            raise ValueError("ETCache.from_outputs() needs at least one output")
+        dec = torch.cat([o.decisions for o in outs]).cpu()
+        if (dec < 0).any():
+            raise ValueError("ETCache needs outputs computed without early exit (found dropped frames)")
+        return cls(decisions=dec.to(torch.int8),
+                   frame_logits=torch.cat([o.frame_logits for o in outs]).float().cpu(),
+                   logits=torch.cat([o.logits for o in outs]).float().cpu(),
+                   fallback=torch.cat([o.fallback for o in outs]).cpu(),
+                   cost_by_decision=torch.tensor(list(cost_by_decision), dtype=torch.float64))
+
+    def __len__(self) -> int:
+        return self.decisions.shape[0]
+
+    def save(self, path: Union[str, Path]) -> Path:
+        """Write atomically as a dict of tensors."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save({k: getattr(self, k) for k in self.__dataclass_fields__}, tmp)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: Union[str, Path]) -> "ETCache":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: early-exit cache not found (write it with jobs/evaluate.py)")
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        missing = set(cls.__dataclass_fields__) - set(data)
+        if missing:
+            raise ValueError(f"{path}: not an early-exit cache (missing {sorted(missing)})")
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+
+def replay(cache: ETCache, rho: float, t_min: int, mode: str = "reached") -> SoFOutput:
+    """The output ``model.infer(x, rho, t_min, mode)`` would give, from the cache alone.
+
+    Only ``logits``, ``decisions``, ``exit_step``, ``frame_logits``, ``gflops`` and ``fallback`` are
+    meaningful; the gate and auxiliary tensors are empty.
+    """
+    dec = cache.decisions.long()
+    n, t = dec.shape
+    fire = first_exit(cache.frame_logits, dec == PASSED, rho, t_min, mode)
+    decisions = dec.masked_fill(drop_after_exit(dec, fire), -1)
+    frame_logits = cache.frame_logits.masked_fill((decisions != PASSED).unsqueeze(-1), 0)
+    no_aux = frame_logits.new_zeros(n, t, 0, frame_logits.shape[-1])
+    logits, _ = aggregate(frame_logits, no_aux, decisions, fire=fire)
+    logits = torch.where(cache.fallback.unsqueeze(-1), cache.logits, logits)
+    exit_step = torch.where(fire >= 0, fire + 1, torch.full_like(fire, t))
+    return SoFOutput(logits=logits, decisions=decisions, exit_step=exit_step, frame_logits=frame_logits,
+                     aux_logits=no_aux, gate_logits=frame_logits.new_zeros(n, t, 0, 2),
+                     reach=(decisions.unsqueeze(-1) >= torch.arange(6)).float(),
+                     gflops=accounted_gflops(decisions, cache.cost_by_decision.tolist()), fallback=cache.fallback)

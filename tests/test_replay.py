@@ -1,0 +1,42 @@
+"""Replaying early exit from a cache equals running the skipping path with early exit, point by point."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import clips, gated
+from sofnet.replay import ETCache, replay
+
+
+@pytest.mark.parametrize("arch", ["sofnet", "sofnet_tsm"])
+def test_replay_equals_full_evaluation_on_a_grid(arch, tmp_path):
+    x = clips(4, 8, 64, 11)
+    model = gated(arch, x, seed=11, survival=(0.9, 0.8, 0.7, 0.6, 0.5))
+    batches = [x[:2], x[2:]]
+    cache = ETCache.from_outputs([model.infer(b) for b in batches], model.cost_table(64, 64).by_decision())
+    cache = ETCache.load(cache.save(tmp_path / "cache.pt"))
+    fired = 0
+    for rho in (0.6, 0.99):
+        for t_min in (1, 3):
+            for mode in ("reached", "official"):
+                full = [model.infer(b, rho=rho, t_min=t_min, mode=mode) for b in batches]
+                got = replay(cache, rho, t_min, mode)
+                assert torch.equal(got.decisions, torch.cat([o.decisions for o in full]))
+                assert torch.equal(got.exit_step, torch.cat([o.exit_step for o in full]))
+                torch.testing.assert_close(got.logits, torch.cat([o.logits for o in full]).float())
+                torch.testing.assert_close(got.gflops, torch.cat([o.gflops for o in full]))
+                fired += int((got.exit_step < 8).sum())
+    assert fired > 0
+
+
+def test_cache_rejects_early_exit_outputs_and_bad_files(tmp_path):
+    x = clips(2, 6, 64, 12)
+    model = gated("sofnet", x, seed=12, survival=(1, 1, 1, 1, 1))
+    with pytest.raises(ValueError, match="without early exit"):
+        ETCache.from_outputs([model.infer(x, rho=1e-9, t_min=1)], [0.0] * 7)
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        ETCache.load(tmp_path / "missing.pt")
+    torch.save({"decisions": torch.zeros(1)}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="bad.pt"):
+        ETCache.load(tmp_path / "bad.pt")
