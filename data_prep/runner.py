@@ -213,15 +213,15 @@ def _run_ray(
         attempts: Counter[str] = Counter()
         failed: list[dict] = []
 
-        def submit(plan: ShardPlan) -> tuple[object, ShardPlan, list[str]]:
+        def submit(plan: ShardPlan) -> tuple[object, ShardPlan]:
             attempts[plan.name] += 1
-            return task.remote(plan, str(out), params, frozenset(excluded)), plan, []
+            return task.remote(plan, str(out), params, frozenset(excluded)), plan
 
         running = [submit(plan) for plan in todo]
         while running:
-            ready, _ = ray.wait([gen for gen, _, _ in running], num_returns=1)
-            position = next(i for i, (gen, _, _) in enumerate(running) if gen is ready[0])
-            gen, plan, reported = running[position]
+            ready, _ = ray.wait([gen for gen, _ in running], num_returns=1)
+            position = next(i for i, (gen, _) in enumerate(running) if gen is ready[0])
+            gen, plan = running[position]
             try:
                 event = ray.get(next(gen))
             except StopIteration:
@@ -229,22 +229,23 @@ def _run_ray(
                 continue
             except ray.exceptions.RayError as error:
                 running.pop(position)
-                pending = [job for job in plan.jobs if job.key not in reported]
+                task_error = isinstance(error, ray.exceptions.RayTaskError)  # a Python error, not a dead process
                 suspect_key = crash_suspect(out, plan)  # events in flight die with the worker: ask the disk
                 suspect = next((job for job in plan.jobs if job.key == suspect_key), None)
-                if suspect is not None:
+                if suspect is not None and not task_error:
                     crashes[suspect.key] += 1
                     if crashes[suspect.key] >= MAX_CRASHES:
                         excluded.add(suspect.key)
                 log.warning("shard %s failed (%s) at %s", plan.name, type(error).__name__, suspect and suspect.path)
-                if attempts[plan.name] <= len(plan.jobs) * MAX_CRASHES + 1:
+                # a Python error (disk full, a bug) gets one more try; a dead process, MAX_CRASHES per suspect
+                limit = 2 if task_error else len(plan.jobs) * MAX_CRASHES + 1
+                if attempts[plan.name] < limit:
                     running.append(submit(plan))
                 else:
                     reason = f"shard failed: {plan.name}, {type(error).__name__}"
-                    failed += [{"id": j.id, "path": j.path, "subset": j.subset, "reason": reason} for j in pending]
+                    failed += [{"id": j.id, "path": j.path, "subset": j.subset, "reason": reason} for j in plan.jobs]
                 continue
             if event["type"] == "video":
-                reported.append(event["key"])
                 progress.video(event)
         return failed
     finally:

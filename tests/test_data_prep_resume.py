@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -88,3 +89,19 @@ def test_a_video_that_kills_its_worker_is_reported_and_the_shard_written(tmp_pat
     written = keys_by_shard(tmp_path / "out")
     assert sorted(k for keys in written.values() for k in keys) == sorted(set(jobs_keys) - {victim})
     assert summary["written"] == len(jobs_keys) - 1 and summary["failed_shards"] == 0
+
+
+def test_a_shard_that_cannot_be_written_is_reported_and_retried_by_the_next_run(tmp_path: Path) -> None:
+    annotation = generate(tmp_path / "data", videos=8, classes=2, seed=7, duration=(3.0, 4.0), size=(64, 48), fps=8)
+    source = load_activitynet_json(annotation, subsets=["training"])  # 6 videos: 3 shards
+    params = PrepParams(shard_size=2, short_side=48)
+    out = tmp_path / "out"
+    (out / "training-000001.tar" / "clash").mkdir(parents=True)  # a folder where the shard must go
+    summary = prepare(source, annotation.parent / "videos", out, params, num_cpus=2, progress=False)
+    report = json.loads((out / "report.json").read_text())
+    assert summary["failed_shards"] == 1 and summary["written"] == 4 and len(report["skipped"]) == 2
+    assert all(item["reason"].startswith("shard failed: training-000001.tar") for item in report["skipped"])
+    shutil.rmtree(out / "training-000001.tar")
+    summary = prepare(source, annotation.parent / "videos", out, params, use_ray=False, progress=False)
+    assert summary["failed_shards"] == 0 and summary["written"] == 6 and summary["processed"] == 2
+    assert json.loads((out / "report.json").read_text())["skipped"] == []
