@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         import ray
 
         start = time.perf_counter()
-        ray.init(num_cpus=args.cores, include_dashboard=False, logging_level=logging.WARNING)
+        ray.init(address="local", num_cpus=args.cores, include_dashboard=False, logging_level=logging.WARNING)
         ray_start = time.perf_counter() - start
         rows = []
         methods = [

@@ -9,8 +9,9 @@ Usage (what the ``data_prep.activitynet`` / ``data_prep.sports1m`` commands do):
     summary = prepare(source, "videos/", "shards/", PrepParams(fps=1, short_side=256), num_cpus=8)
 
 One Ray task writes one shard (``num_cpus=1``, one decoder thread) and streams one event per video back, which
-drives a tqdm bar of videos done, failures and rate. A local Ray is started unless Ray is already initialised in
-this process or ``ray_address`` names a cluster; Ray started here is shut down at the end.
+drives a tqdm bar of videos done, failures and rate. A local Ray is started (``address="local"``: a cluster that
+``ray start`` left on this machine is not joined by accident) unless Ray is already initialised in this process or
+``ray_address`` names a cluster (``auto`` for the one on this machine); Ray started here is shut down at the end.
 
 Resume: rerunning the same command into the same folder skips every shard that is complete (see
 :mod:`data_prep.shards`), rewrites the rest, and gives the same samples in the same shards. A worker that
@@ -204,7 +205,7 @@ def _run_ray(
 
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address or None, num_cpus=None if address else num_cpus, include_dashboard=False,
+        ray.init(address=address or "local", num_cpus=None if address else num_cpus, include_dashboard=False,
                  logging_level=logging.WARNING)
     try:
         task = ray.remote(num_cpus=1, max_retries=0)(write_shard)
@@ -253,6 +254,13 @@ def _run_ray(
             ray.shutdown()
 
 
+def _write_skipped(out: Path, kind: str, subsets: list[str], items: list[dict]) -> None:
+    """Record report entries of this run per subset (``.state/{kind}-{subset}.json``, read by write_outputs)."""
+    for subset in subsets:
+        mine = [item for item in items if item["subset"] == subset]
+        atomic_write(state_path(out, f"{kind}-{subset}"), json.dumps({"skipped": mine}, ensure_ascii=False))
+
+
 def prepare(
     source: LabelSource,
     videos_dir: str | Path,
@@ -289,9 +297,8 @@ def prepare(
     _check_run(out, run, overwrite)
     atomic_write(state_path(out, "run"), json.dumps(run, ensure_ascii=False))
     jobs, skipped = build_jobs(source, VideoIndex(videos_dir))
-    for subset in sorted({e.subset for e in source.entries} | {p["subset"] for p in skipped}):
-        mine = [item for item in skipped if item["subset"] == subset]
-        atomic_write(state_path(out, f"skipped-{subset}"), json.dumps({"skipped": mine}, ensure_ascii=False))
+    subsets = sorted({e.subset for e in source.entries} | {p["subset"] for p in skipped})
+    _write_skipped(out, "skipped", subsets, skipped)
     plans = plan_shards(jobs, params.shard_size)
     _remove_stale(out, plans)
     todo = [plan for plan in plans if not shard_done(out, plan, params)]
@@ -306,11 +313,7 @@ def prepare(
             failed = _run_inline(todo, out, params, bar)
     finally:
         bar.bar.close()
-    failed_file = state_path(out, "skipped-failed-shards")
-    if failed:
-        atomic_write(failed_file, json.dumps({"skipped": failed}, ensure_ascii=False))
-    else:
-        failed_file.unlink(missing_ok=True)
+    _write_skipped(out, "failed", subsets, failed)  # a later run of these subsets retries those shards
     counts = write_outputs(out)
     seconds = time.monotonic() - start
     return {**counts, "out": str(out), "seconds": round(seconds, 2), "processed": total,

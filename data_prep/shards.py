@@ -14,7 +14,7 @@ Layout of ``out_dir``::
     sizes.json                {"training-000000.tar": samples, ...}
     manifest.json             {"dataset", "classes", "subsets": {subset: {"videos", "shards", "per_class"}}, "params"}
     report.json               {"skipped": [{"id", "path", "subset", "reason"}], "warnings": [...], "counts": {...}}
-    .state/                   resume bookkeeping: run.json, one {shard}.json per finished shard, skipped-{subset}.json
+    .state/                   resume bookkeeping: run.json, {shard}.json per finished shard, skipped-/failed-{subset}
 
 A shard is written to ``.{name}.tmp`` and renamed when complete; only then is its ``.state/{name}.json`` written,
 so a shard counts as done only if both exist and the state lists the same videos with the same parameters.
@@ -268,10 +268,10 @@ def write_shard(
                     continue
                 skipped.append({"id": job.id, "path": job.path, "subset": job.subset, "reason": reason})
                 yield {**event, "ok": False, "reason": reason}
+        current.unlink(missing_ok=True)  # no video to blame for what may fail from here on
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, out / plan.name)
-    current.unlink(missing_ok=True)
     state = {
         "name": plan.name,
         "subset": plan.subset,
@@ -308,8 +308,9 @@ def write_outputs(out_dir: str | Path) -> dict:
     subsets: dict[str, dict] = {}
     skipped: list[dict] = []
     warnings: list[dict] = []
-    for path in sorted((out / STATE).glob("skipped-*.json")):
-        skipped.extend((read_json(path) or {}).get("skipped", []))
+    for pattern in ("skipped-*.json", "failed-*.json"):  # written by the runner for each subset it ran
+        for path in sorted((out / STATE).glob(pattern)):
+            skipped.extend((read_json(path) or {}).get("skipped", []))
     for state in states:
         entry = subsets.setdefault(state["subset"], {"videos": 0, "shards": [], "per_class": Counter()})
         entry["videos"] += len(state["written"])
