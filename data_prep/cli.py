@@ -25,7 +25,7 @@ def add_prep_args(parser: argparse.ArgumentParser, out_flag: str = "--out", out_
     """Add the output (``args.shards_out``), sampling, sharding and Ray flags."""
     defaults = PrepParams()
     parser.add_argument(
-        out_flag, dest="shards_out", required=out_required, help="output folder (shared storage on a cluster)"
+        out_flag, dest="shards_out", metavar="DIR", required=out_required, help="output folder (shared storage too)"
     )
     parser.add_argument("--fps", type=float, default=defaults.fps, help="frames sampled per second of video")
     parser.add_argument("--min-frames", type=int, default=defaults.min_frames, help="fewest frames a sample may have")

@@ -223,7 +223,8 @@ def make_shards(
     Args:
         annotation: The JSON :func:`generate` returned; the videos are in ``videos/`` beside it.
         out_dir: Shard folder.
-        params: Default: ``PrepParams(short_side=128)`` (the videos are 160x120; no point in upscaling).
+        params: Default: ``PrepParams(short_side=128, shard_size=8)`` (160x120 videos: no point in upscaling;
+            several shards per subset, so that ranks and loader workers each get some).
         num_cpus: CPUs of the local Ray (None: all); ignored when Ray is already initialised.
         use_ray: False writes the shards in this process.
         progress: Show the tqdm bar.
@@ -233,7 +234,7 @@ def make_shards(
     """
     annotation = Path(annotation)
     source = load_activitynet_json(annotation, subsets=["training", "validation"])
-    return prepare(source, annotation.parent / "videos", out_dir, params or PrepParams(short_side=128),
+    return prepare(source, annotation.parent / "videos", out_dir, params or PrepParams(short_side=128, shard_size=8),
                    num_cpus=num_cpus, use_ray=use_ray, progress=progress)
 
 
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-duration", type=float, default=10.0, help="shortest video, seconds")
     parser.add_argument("--max-duration", type=float, default=20.0, help="longest video, seconds")
     add_prep_args(parser, out_flag="--shards", out_required=False)
-    parser.set_defaults(short_side=128)
+    parser.set_defaults(short_side=128, shard_size=8)  # small videos; several shards for ranks and workers
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     annotation = generate(args.out, args.videos, args.classes, args.seed, (args.min_duration, args.max_duration))

@@ -106,6 +106,7 @@ def test_make_shards_in_process(dataset: Path, tmp_path: Path) -> None:
     assert summary["written"] == 8 and summary["skipped"] == 0
     manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
     assert manifest["classes"] == class_names(4) and manifest["params"]["short_side"] == 128
+    assert manifest["params"]["shard_size"] == 8
     assert manifest["subsets"]["training"]["videos"] + manifest["subsets"]["validation"]["videos"] == 8
 
 
