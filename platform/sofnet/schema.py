@@ -71,6 +71,7 @@ class OptimConfig:
     lr_gamma: float = 0.1
     clip_grad: float = 20.0
     linear_lr_mult: float = 5.0  # the new linear layers learn faster (official: 5x weights, 10x biases)
+    gate_lr_mult: float = 1.0  # extra lr multiplier of the gates (official 1; short demo runs raise it)
 
 
 @dataclass

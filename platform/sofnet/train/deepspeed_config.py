@@ -40,7 +40,8 @@ def resolve_precision(precision: str, use_gpu: bool) -> str:
     return precision
 
 
-def param_groups(model: nn.Module, lr: float, weight_decay: float, linear_lr_mult: float) -> List[Dict[str, Any]]:
+def param_groups(model: nn.Module, lr: float, weight_decay: float, linear_lr_mult: float,
+                 gate_lr_mult: float = 1.0) -> List[Dict[str, Any]]:
     """Split the trainable parameters into the official learning-rate groups (empty groups are left out).
 
     Args:
@@ -48,37 +49,45 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, linear_lr_mul
         lr: Base learning rate.
         weight_decay: Weight decay of the groups that have it.
         linear_lr_mult: Multiplier of linear weights; linear biases get twice this.
+        gate_lr_mult: Extra multiplier of every parameter under ``gates.`` (its groups are named ``gate_*``).
 
     Returns:
         Torch optimizer parameter groups with ``lr``, ``weight_decay``, ``lr_mult`` and ``name``.
     """
-    buckets: Dict[str, List[nn.Parameter]] = {"base": [], "conv_bias": [], "bn": [], "linear_weight": [],
-                                              "linear_bias": []}
+    kinds = ("base", "conv_bias", "bn", "linear_weight", "linear_bias")
+    buckets: Dict[str, List[nn.Parameter]] = {f"{pre}{k}": [] for pre in ("", "gate_") for k in kinds}
     seen: set[int] = set()
-    for module in model.modules():
+    for mname, module in model.named_modules():
+        pre = "gate_" if mname == "gates" or mname.startswith("gates.") else ""
         for pname, p in module.named_parameters(recurse=False):
             if not p.requires_grad or id(p) in seen:
                 continue
             seen.add(id(p))
             if isinstance(module, nn.Linear):
-                buckets["linear_weight" if pname == "weight" else "linear_bias"].append(p)
+                kind = "linear_weight" if pname == "weight" else "linear_bias"
             elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-                buckets["bn"].append(p)
+                kind = "bn"
             elif isinstance(module, nn.modules.conv._ConvNd) and pname == "bias":
-                buckets["conv_bias"].append(p)
+                kind = "conv_bias"
             else:
-                buckets["base"].append(p)
-    rules = {  # name: (lr multiplier, weight decay)
+                kind = "base"
+            buckets[pre + kind].append(p)
+    rules = {  # kind: (lr multiplier, weight decay)
         "base": (1.0, weight_decay), "conv_bias": (2.0, 0.0), "bn": (1.0, 0.0),
         "linear_weight": (linear_lr_mult, weight_decay), "linear_bias": (2.0 * linear_lr_mult, 0.0),
     }
-    return [{"params": params, "lr": lr * rules[name][0], "lr_mult": rules[name][0], "weight_decay": rules[name][1],
-             "name": name} for name, params in buckets.items() if params]
+    groups = []
+    for name, params in buckets.items():
+        if params:
+            mult, wd = rules[name.removeprefix("gate_")]
+            mult *= gate_lr_mult if name.startswith("gate_") else 1.0
+            groups.append({"params": params, "lr": lr * mult, "lr_mult": mult, "weight_decay": wd, "name": name})
+    return groups
 
 
 def build_optimizer(model: nn.Module, optim: Any) -> torch.optim.Optimizer:
     """SGD with momentum over :func:`param_groups` (``optim`` is an ``OptimConfig``)."""
-    groups = param_groups(model, optim.lr, optim.weight_decay, optim.linear_lr_mult)
+    groups = param_groups(model, optim.lr, optim.weight_decay, optim.linear_lr_mult, optim.gate_lr_mult)
     return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
 
 

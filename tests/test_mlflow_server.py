@@ -1,0 +1,133 @@
+"""MLflow through a real `mlflow server` (infra/mlflow_server.sh): runs, registry aliases, the pyfunc model."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sofnet.config import load_config
+from sofnet.models import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+NAME = "sofnet-server-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("mlflow_server")
+    port = _free_port()
+    env = dict(os.environ, MLFLOW_BIN=str(Path(sys.executable).parent / "mlflow"))
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen([str(REPO / "infra" / "mlflow_server.sh"), "--port", str(port), "--dir", str(root)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, (root / "server.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "mlflow server did not answer in 90 s"
+            time.sleep(0.5)
+        yield uri
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def _cfg(uri: str):
+    return load_config(REPO / "jobs" / "configs" / "demo.yaml", [
+        "name=server-test", f"mlflow.tracking_uri={uri}", "mlflow.experiment=server-test",
+        f"mlflow.registered_model={NAME}", "model.num_classes=3", "model.num_segments=4", "model.input_size=32",
+        "model.gate_hidden=16", "train.decision_map_videos=1"])
+
+
+def _model(cfg, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    m = build_model(cfg.model)
+    with torch.no_grad():  # decisive gates and classifier, so that predictions differ between versions
+        for gate in m.gates:
+            gate.head.bias.copy_(torch.tensor([-1.0, 1.0]))
+        m.fc.weight.normal_(0, 0.5)
+    return m.eval()
+
+
+@pytest.mark.slow
+def test_runs_registry_alias_and_pyfunc_predict(server: str) -> None:
+    import mlflow
+
+    from sofnet.train.tracking import RunTracker
+
+    cfg = _cfg(server)
+    tracker = RunTracker(cfg, server, tags={"git_commit": "abc", "ray_job_id": "test"})
+    models = {}
+    for seed, score in ((0, 0.5), (1, 0.7), (2, 0.6)):
+        run_id = tracker.start("stage2", "sofnet")
+        tracker.log_metrics({"val/mAP": score, "val/gflops_per_video": 0.1}, step=0)
+        models[tracker.log_model(_model(cfg, seed), register=True, score=score)] = seed
+        tracker.end()
+    client = mlflow.MlflowClient(tracking_uri=server)
+    run = client.get_run(run_id)
+    assert run.data.tags["stage"] == "stage2" and run.data.tags["git_commit"] == "abc"
+    assert run.data.params["model.arch"] == "sofnet" and run.info.run_name == "server-test/stage2 sofnet resnet18 4x32"
+    assert "config.yaml" in {a.path for a in client.list_artifacts(run_id)}
+    best = client.get_model_version_by_alias(NAME, "best")
+    assert models[best.version] == 1  # the version with the best val score, not the newest
+
+    mlflow.set_tracking_uri(server)
+    loaded = mlflow.pyfunc.load_model(f"models:/{NAME}@best")
+    clip = torch.randn(2, 4, 3, 32, 32)
+    probs = loaded.predict(clip.numpy())
+    expected = _model(cfg, 1).infer(clip, rho=cfg.early_exit.rho, t_min=cfg.early_exit.t_min).logits.softmax(-1)
+    assert probs.shape == (2, 3)
+    np.testing.assert_allclose(probs, expected.numpy(), rtol=1e-4, atol=1e-6)
+    single = loaded.predict(clip[0].numpy())  # one clip [T, 3, H, W]
+    np.testing.assert_allclose(single[0], probs[0], rtol=1e-4, atol=1e-6)
+    # no pickled Python object in the model: code + model.json + a weights-only state dict
+    files = {Path(a).name for a in _walk(client, best.source)}
+    assert "python_model.pkl" not in files and {"weights.pt", "model.json"} <= files
+
+
+def _walk(client, uri: str) -> list[str]:
+    import mlflow
+
+    local = mlflow.artifacts.download_artifacts(artifact_uri=uri)
+    return [str(p) for p in Path(local).rglob("*") if p.is_file()]
+
+
+@pytest.mark.slow
+def test_unreachable_server_is_a_clear_error_before_training(tmp_path: Path) -> None:
+    port = _free_port()  # nothing listens there
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "jobs/train_anet.py", "--config", "jobs/configs/demo.yaml",
+                           f"mlflow.tracking_uri=http://127.0.0.1:{port}", f"train.output_dir={tmp_path}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"error: MLflow tracking store http://127.0.0.1:{port} is not usable" in done.stderr
+    assert "Started a local Ray instance" not in done.stderr + done.stdout  # nothing started
+    assert not any(tmp_path.iterdir())
+    assert time.monotonic() - start < 90

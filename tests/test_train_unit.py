@@ -1,0 +1,106 @@
+"""sofnet.train building blocks: lr groups, the generated DeepSpeed config, stage models, tracking URIs, configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from sofnet.config import load_config
+from sofnet.models import build_model
+from sofnet.train.deepspeed_config import (build_optimizer, deepspeed_config, lr_at, param_groups, resolve_precision,
+                                           set_lr)
+from sofnet.train.tracking import TrackingError, check_tracking, resolve_tracking_uri
+from sofnet.train.worker import enabled_stages, stage_model_config
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "jobs" / "configs").glob("*.yaml"))
+
+
+def _cfg(*over: str):
+    return load_config(REPO / "jobs" / "configs" / "demo.yaml", ["model.input_size=32", "model.num_segments=2",
+                                                                 "model.gate_hidden=8", *over])
+
+
+def test_lr_groups_follow_the_official_code() -> None:
+    model = build_model(_cfg().model).train()
+    groups = {g["name"]: g for g in param_groups(model, lr=0.01, weight_decay=1e-4, linear_lr_mult=5.0)}
+    assert groups["linear_weight"]["lr"] == pytest.approx(0.05) and groups["linear_weight"]["weight_decay"] == 1e-4
+    assert groups["linear_bias"]["lr"] == pytest.approx(0.1) and groups["linear_bias"]["weight_decay"] == 0.0
+    assert groups["gate_linear_bias"]["lr"] == pytest.approx(0.1)  # gate_lr_mult defaults to 1 (official)
+    assert groups["bn"]["weight_decay"] == 0.0 and groups["base"]["lr"] == pytest.approx(0.01)
+    assert model.fc.weight in groups["linear_weight"]["params"] and model.fc.bias in groups["linear_bias"]["params"]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    grouped = [p for g in groups.values() for p in g["params"]]
+    assert len(grouped) == len(trainable) == len({id(p) for p in grouped})  # each trainable parameter once
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert not bns[1].weight.requires_grad  # partial BN: frozen ones are left out
+    doubled = {g["name"]: g["lr"] for g in param_groups(model, 0.01, 1e-4, 5.0, gate_lr_mult=10.0)}
+    assert doubled["gate_linear_weight"] == pytest.approx(0.5) and doubled["linear_weight"] == pytest.approx(0.05)
+
+
+def test_step_schedule_and_set_lr() -> None:
+    cfg = _cfg("train.stage2.optim.lr=0.002", "train.stage2.optim.lr_steps=[3,5]")
+    optim = cfg.train.stage2.optim
+    assert [lr_at(optim, e) for e in (0, 2, 3, 4, 5)] == pytest.approx([0.002, 0.002, 2e-4, 2e-4, 2e-5])
+    opt = build_optimizer(build_model(cfg.model), optim)
+    set_lr(opt, 1e-3)
+    assert {g["name"]: g["lr"] for g in opt.param_groups}["linear_bias"] == pytest.approx(1e-2)
+
+
+def test_deepspeed_config_is_generated_from_ours() -> None:
+    cfg = _cfg("data.batch_size=6", "train.zero_stage=2", "train.stage1.optim.clip_grad=20")
+    ds = deepspeed_config(cfg, stage_optim=cfg.train.stage1.optim, world_size=4, precision="fp32")
+    assert ds["train_micro_batch_size_per_gpu"] == 6 and ds["train_batch_size"] == 24
+    assert ds["gradient_clipping"] == 20.0 and ds["zero_optimization"]["stage"] == 2
+    assert ds["zero_allow_untested_optimizer"] and not ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
+    assert deepspeed_config(cfg, stage_optim=cfg.train.stage1.optim, world_size=1, precision="bf16")["bf16"]["enabled"]
+    with pytest.raises(ValueError, match="zero_stage"):
+        deepspeed_config(_cfg("train.zero_stage=3"), stage_optim=cfg.train.stage1.optim, world_size=1,
+                         precision="fp32")
+    assert resolve_precision("auto", use_gpu=False) == "fp32"
+    with pytest.raises(ValueError):
+        resolve_precision("fp16", use_gpu=False)
+
+
+def test_stage_models() -> None:
+    cfg = _cfg("model.arch=sofnet_tsm", "model.shift=causal")
+    assert stage_model_config(cfg, "stage1")["arch"] == "tsm" and stage_model_config(cfg, "stage1")["shift"] == "causal"
+    assert stage_model_config(cfg, "stage2")["arch"] == "sofnet_tsm"
+    # stage 1 of SoF-Net^TSM has exactly the trunk/classifier parameters of stage 2
+    s1 = set(build_model(stage_model_config(cfg, "stage1")).state_dict())
+    s2 = {k for k in build_model(stage_model_config(cfg, "stage2")).state_dict() if not k.startswith("gates.")}
+    assert s1 == s2
+    assert enabled_stages(_cfg("model.arch=tsn")) == ["stage1"]
+    assert enabled_stages(_cfg()) == ["stage1", "stage2"]
+
+
+def test_tracking_uri_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri("", cwd=str(tmp_path)) == f"sqlite:///{tmp_path}/mlflow.db"
+    assert resolve_tracking_uri("sqlite:///x.db", cwd=str(tmp_path)) == f"sqlite:///{tmp_path}/x.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://example:5000")
+    assert resolve_tracking_uri("") == "http://example:5000"
+    assert resolve_tracking_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
+    exp = check_tracking(f"sqlite:///{tmp_path}/m.db", "e")
+    assert check_tracking(f"sqlite:///{tmp_path}/m.db", "e") == exp
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(TrackingError, match="is not usable"):
+        check_tracking(f"sqlite:///{tmp_path}/file/m.db", "e")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_job_config_loads_and_says_what_it_reproduces(path: Path) -> None:
+    cfg = load_config(path)
+    assert path.read_text().startswith("#") and ("Reproduces" in path.read_text() or "demo" in path.stem)
+    assert cfg.name == path.stem
+    if path.stem != "demo":
+        m, s1, s2 = cfg.model, cfg.train.stage1, cfg.train.stage2
+        assert (m.num_segments, m.backbone, cfg.data.batch_size) == (16, "resnet50", 24)
+        assert (s1.epochs, s1.optim.lr, s1.optim.clip_grad, s1.optim.weight_decay) == (15, 0.001, 20.0, 1e-4)
+        assert s1.optim.momentum == 0.9 and s1.optim.linear_lr_mult == 5.0
+        assert s2.enabled == m.arch.startswith("sofnet")
+        if s2.enabled:
+            assert (s2.epochs, s2.optim.lr, list(s2.optim.lr_steps)) == (60, 0.001, [30])
+            assert (cfg.loss.alpha, cfg.loss.beta, cfg.early_exit.rho, cfg.early_exit.t_min) == (0.95, 0.05, 0.999, 4)
