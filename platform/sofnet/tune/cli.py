@@ -1,0 +1,64 @@
+"""The command line of ``jobs/tune_alpha_beta.py`` and ``jobs/tune_early_exit.py``.
+
+Usage::
+
+    python jobs/tune_alpha_beta.py --sweep jobs/configs/tune/alpha_beta.yaml [--smoke-test] [--resume] [key=value ...]
+    python jobs/tune_early_exit.py --sweep jobs/configs/tune/early_exit.yaml checkpoint=runs/demo [--smoke-test]
+
+``key=value`` overrides apply to the sweep file (``storage_path=/tmp/t``, ``mlflow.tracking_uri=...``,
+``checkpoint=...``, ``'overrides=[scaling.num_workers=2]'``). ``--smoke-test`` merges the file's ``smoke`` section
+and the training job's smoke settings (synthetic data when no shards are named). ``--resume`` continues an
+interrupted sweep (``Tuner.restore``). Exit status: 0 done, 2 bad sweep/config or unusable MLflow store, 1 a
+trial failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Optional, Sequence
+
+from sofnet.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def main(kind: str, argv: Optional[Sequence[str]] = None) -> int:
+    """Parse, run the sweep of ``kind`` (alpha_beta | early_exit), print its table; return the exit status."""
+    title = {"alpha_beta": "Table D: alpha/beta sweep, each trial a Ray Train + DeepSpeed training run",
+             "early_exit": "Table C: rho/T_min sweep of early exit, replayed from a cache"}[kind]
+    p = argparse.ArgumentParser(description=title)
+    p.add_argument("--sweep", required=True, help="sweep YAML (jobs/configs/tune/*.yaml)")
+    p.add_argument("--smoke-test", action="store_true", help="tiny sweep on synthetic data to check the pipeline")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep (Tuner.restore)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the sweep file")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from sofnet.train.tracking import TrackingError
+    from sofnet.tune.sweep import load_sweep
+
+    try:
+        sweep = load_sweep(args.sweep, args.overrides, smoke=args.smoke_test)
+        if sweep.kind != kind:
+            raise ConfigError(f"{args.sweep}: kind={sweep.kind}, this job runs {kind} sweeps")
+        if kind == "alpha_beta":
+            from sofnet.tune.alpha_beta import run_alpha_beta_sweep as run
+        else:
+            from sofnet.tune.early_exit import run_early_exit_sweep as run
+        outcome = run(sweep, smoke=args.smoke_test, resume=args.resume)
+    except (ConfigError, TrackingError, FileNotFoundError) as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 2
+    print(f"\n{title} ({sweep.name}; MLflow parent run {outcome['parent_run_id']})\n")
+    print(outcome["table"])
+    best = outcome["best"]
+    if best is None:
+        print(f"no trial reported {sweep.metric}")
+        return 1
+    print(f"best trial {best['trial_id']}: {sweep.metric} = {best[sweep.metric]:.4f}"
+          + (f"; registered {outcome['registered']}" if outcome.get("registered") else ""))
+    if outcome["failed"]:
+        print(f"failed trials: {', '.join(outcome['failed'])}")
+        return 1
+    return 0

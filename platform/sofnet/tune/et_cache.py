@@ -1,0 +1,161 @@
+"""The early-exit cache of a trained model on validation shards, and the metrics of a replayed (rho, T_min) point.
+
+One skipping-path pass without early exit over the validation videos fixes the result of every early-exit
+setting (:mod:`sofnet.replay`). This module writes that pass to a directory and scores replayed points with the
+same metric code as the full evaluation (``sofnet.train.loop``), so a replayed point's mAP, GFLOPs and frame usage
+equal those of ``jobs/evaluate.py --rho R --t-min T``::
+
+    from sofnet.tune.et_cache import ETBundle, write_cache, replay_metrics
+    write_cache(model, cfg, "runs/tune/early_exit/et_cache")            # cfg.data: shards, subset, batch size
+    bundle = ETBundle.load("runs/tune/early_exit/et_cache")
+    replay_metrics(bundle, rho=0.99, t_min=4)["val/et/mAP"]
+
+Directory layout: ``cache.pt`` (:class:`sofnet.replay.ETCache`, tensors only), ``targets.npz`` (multi-hot targets
+and single labels, in the cache's video order), ``ids.json`` (video ids, sorted as the evaluation sorts them) and
+``meta.json`` (model hyper-parameters, shards, subset, number of videos).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from sofnet.data import make_eval_loader
+from sofnet.replay import ETCache, replay
+# The full evaluation's own scoring: the replayed metrics must be computed by the same code to be comparable.
+from sofnet.train.loop import _variant_metrics
+
+logger = logging.getLogger(__name__)
+
+CACHE, TARGETS, IDS, META = "cache.pt", "targets.npz", "ids.json", "meta.json"
+PREFIX = "val/et/"  # the metric names of a full evaluation with early exit (jobs/evaluate.py, training)
+
+
+@dataclass
+class ETBundle:
+    """A cache with what scoring needs beside it: targets, labels and ids of the same videos, in the same order."""
+
+    cache: ETCache
+    targets: np.ndarray  # [N, K] multi-hot
+    label: np.ndarray  # [N] single label (-1 unlabelled)
+    ids: List[str]
+    meta: Dict[str, Any]
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "ETBundle":
+        """Read a directory written by :func:`write_cache`.
+
+        Raises:
+            FileNotFoundError: a file is missing (the message says how to write the cache).
+        """
+        d = Path(directory)
+        for name in (CACHE, TARGETS, IDS, META):
+            if not (d / name).is_file():
+                raise FileNotFoundError(f"{d / name}: early-exit cache incomplete (write it with "
+                                        f"jobs/evaluate.py --et-cache {d} or jobs/tune_early_exit.py --checkpoint)")
+        arrays = np.load(d / TARGETS)
+        bundle = cls(cache=ETCache.load(d / CACHE), targets=arrays["targets"], label=arrays["label"],
+                     ids=json.loads((d / IDS).read_text()), meta=json.loads((d / META).read_text()))
+        if not len(bundle.cache) == len(bundle.targets) == len(bundle.ids):
+            raise ValueError(f"{d}: cache, targets and ids disagree on the number of videos")
+        return bundle
+
+
+@torch.no_grad()
+def write_cache(model: torch.nn.Module, cfg: Any, out_dir: str | Path, *, shards: str = "", subset: str = "",
+                source: str = "") -> Path:
+    """Run the skipping path without early exit over the validation videos and write the cache directory.
+
+    Args:
+        model: The trained network (causal: SoF-Net or SoF-Net^TSM); put in eval mode here.
+        cfg: Our config; its ``data`` section gives shards, subset, batch size, workers and resize.
+        out_dir: The cache directory (created; files replaced atomically).
+        shards: Shards instead of ``cfg.data.val_shards``; subset: instead of ``cfg.data.val_subset``.
+        source: Where the model came from (recorded in ``meta.json``).
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        ValueError: the model cannot exit early (bidirectional shift), or the shards hold no video.
+    """
+    if getattr(model, "shift", None) == "bidirectional":
+        raise ValueError("early exit needs a causal model; a bidirectional TSM reads frames it would not compute")
+    hp, d = model.hparams(), cfg.data
+    shards, subset = shards or d.val_shards, subset or d.val_subset
+    # The same loader as the full evaluation (sofnet.train.evaluation.evaluate_model): same frames, same crop.
+    loader = make_eval_loader(shards, num_segments=hp["num_segments"], input_size=hp["input_size"],
+                              resize=max(d.resize, hp["input_size"]), batch_size=d.batch_size,
+                              num_workers=d.num_workers, num_classes=hp["num_classes"], subset=subset)
+    model.eval()
+    dtype = next(model.parameters()).dtype
+    outputs, ids, targets, labels = [], [], [], []
+    start = time.perf_counter()
+    for batch in loader:
+        outputs.append(model.infer(batch["frames"].to(dtype=dtype)))
+        ids += list(batch["id"])
+        targets.append(batch["labels"].numpy())
+        labels.append(batch["label"].numpy())
+    if not ids:
+        raise ValueError(f"{shards} ({subset}): no video to cache")
+    expected = loader.dataset.num_videos
+    if expected is not None and expected != len(ids):
+        raise ValueError(f"{shards}: cached {len(ids)} videos, sizes.json says {expected}")
+    cache = ETCache.from_outputs(outputs, model.cost_table(hp["input_size"], hp["input_size"]).by_decision())
+    # Sorted by id, as the full evaluation gathers them: the same row order gives the same tie-breaking in mAP.
+    order = sorted(range(len(ids)), key=ids.__getitem__)
+    index = torch.tensor(order)
+    cache = ETCache(decisions=cache.decisions[index], frame_logits=cache.frame_logits[index],
+                    logits=cache.logits[index], fallback=cache.fallback[index],
+                    cost_by_decision=cache.cost_by_decision)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cache.save(out / CACHE)
+    with open(out / (TARGETS + ".tmp"), "wb") as f:
+        np.savez(f, targets=np.concatenate(targets)[order], label=np.concatenate(labels)[order])
+    (out / (TARGETS + ".tmp")).replace(out / TARGETS)
+    _write_json(out / IDS, [ids[i] for i in order])
+    _write_json(out / META, {"model": hp, "shards": shards, "subset": subset, "videos": len(ids),
+                             "source": source, "seconds": time.perf_counter() - start})
+    logger.info("early-exit cache of %d videos written to %s in %.1fs", len(ids), out, time.perf_counter() - start)
+    return out
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
+
+
+def replay_metrics(bundle: ETBundle, rho: float, t_min: int, mode: str = "reached",
+                   prefix: str = PREFIX) -> Dict[str, float]:
+    """The metrics a full evaluation with early exit ``(rho, t_min, mode)`` reports, from the cache alone.
+
+    Returns:
+        ``{prefix + "mAP", "top1", "top5", "gflops_per_video", "gflops_per_frame", "frame_usage",
+        "frames_processed", "fallback_rate", "survival/<block>"}``, as ``sofnet.train.loop.evaluate`` names them.
+    """
+    out = replay(bundle.cache, rho, int(t_min), mode)
+    metrics, _ = _variant_metrics(prefix, out.logits.float().softmax(-1).numpy(), bundle.targets, bundle.label,
+                                  out.decisions.numpy(), out.gflops.double().numpy(), out.fallback.numpy())
+    return metrics
+
+
+def load_model(checkpoint: str, tracking_uri: Optional[str] = None) -> torch.nn.Module:
+    """The trained network of a run/checkpoint directory or an MLflow model URI (``models:/name@alias``)."""
+    from sofnet.train.evaluation import load_trained
+
+    if checkpoint.startswith(("models:/", "runs:/")):
+        import mlflow
+
+        if tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)
+        return load_trained(model_uri=checkpoint)[0]
+    return load_trained(checkpoint=checkpoint)[0]
