@@ -115,13 +115,13 @@ class TemporalShift(nn.Module):
         if carry is None:
             carry = x.new_zeros(ctx.num_videos, fold, h, w)
         src = torch.cat([head, carry, x.new_zeros(1, fold, h, w)], dim=0)
-        prev = src.index_select(0, ctx.prev_idx)
+        prev = src[ctx.prev_idx]
         if ctx.prev_weight is not None:
             prev = prev * ctx.prev_weight.view(-1, 1, 1, 1).to(prev.dtype)
         if ctx.carry is not None and ctx.last_idx is not None:
             # Remember each video's last frame here for the next time chunk; zeros where it is absent.
             keep = torch.cat([head, x.new_zeros(1, fold, h, w)], dim=0)
-            ctx.carry[self] = keep.index_select(0, torch.where(ctx.last_idx < 0, m, ctx.last_idx))
+            ctx.carry[self] = keep[torch.where(ctx.last_idx < 0, m, ctx.last_idx)]
         return torch.cat([prev, x[:, fold:]], dim=1)
 
 

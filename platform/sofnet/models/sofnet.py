@@ -230,8 +230,9 @@ class SoFNet(VideoModel):
             out.aux_logits[bb, tt, k] = gate.aux(hs)
             fwd = gl[:, 1] > gl[:, 0]
             out.decisions[bb[~fwd], tt[~fwd]] = k
-            keep = fwd.nonzero().squeeze(1)
-            feats, tt, bb = feats.index_select(0, keep), tt[keep], bb[keep]
+            if not bool(fwd.all()):  # compact to the frames that go on (advanced indexing: a parallel copy)
+                keep = fwd.nonzero().squeeze(1)
+                feats, tt, bb = feats[keep], tt[keep], bb[keep]
         if tt.numel():
             out.frame_logits[bb, tt] = self.fc(feats.mean(dim=(2, 3)))
             out.decisions[bb, tt] = PASSED
