@@ -104,3 +104,16 @@ def test_every_job_config_loads_and_says_what_it_reproduces(path: Path) -> None:
         if s2.enabled:
             assert (s2.epochs, s2.optim.lr, list(s2.optim.lr_steps)) == (60, 0.001, [30])
             assert (cfg.loss.alpha, cfg.loss.beta, cfg.early_exit.rho, cfg.early_exit.t_min) == (0.95, 0.05, 0.999, 4)
+
+
+def test_gates_get_accuracy_gradient_when_every_frame_stops() -> None:
+    """The fallback (no frame reached the classifier) must still tell the gates that passing would help."""
+    torch.manual_seed(0)
+    model = build_model(_cfg().model).train()
+    with torch.no_grad():
+        for k, gate in enumerate(model.gates):  # the first gate stops every frame, the others would forward
+            gate.head.bias.copy_(torch.tensor([20.0, -20.0] if k == 0 else [-20.0, 20.0]))
+    out = model(torch.randn(2, 2, 3, 32, 32))
+    assert bool(out.fallback.all())
+    torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 1])).backward()
+    assert model.gates[0].head.weight.grad.abs().sum() > 0

@@ -146,7 +146,11 @@ def aggregate(frame_logits: torch.Tensor, aux_logits: torch.Tensor, decisions: t
         k = deepest.view(-1, 1, 1, 1).expand(-1, aux_logits.shape[1], 1, aux_logits.shape[-1])
         aux = aux_logits.gather(2, k).squeeze(2)  # [B, T, K] at each video's deepest gate
         fb = (aux * sel.unsqueeze(-1)).sum(dim=1) / sel.sum(dim=1).clamp(min=1).unsqueeze(-1)
-        logits = torch.where(fallback.unsqueeze(-1), fb, logits)
+        # Training: num is exactly 0 on these rows, so adding (num - num.detach()) keeps the value and gives the
+        # gates the official gradient (its divisor is clamped at 1): passing a frame adds its classifier logits.
+        # Without it no accuracy gradient reaches the gates of a video that stopped every frame, and the
+        # efficiency loss alone drives them all to stop at the first gate.
+        logits = torch.where(fallback.unsqueeze(-1), fb + (num - num.detach()), logits)
     return logits, fallback
 
 

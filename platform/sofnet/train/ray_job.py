@@ -15,6 +15,7 @@ The MLflow tracking store is checked before anything starts (:class:`~sofnet.tra
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -61,10 +62,15 @@ def prepare_config(cfg: Any) -> Any:
     return cfg
 
 
-def _ray_job_id() -> str:
+def ray_job_id() -> str:
+    """The ``ray job submit`` submission id of this driver, else Ray's job id (a driver started by hand)."""
     import ray
 
-    return os.environ.get("RAY_JOB_SUBMISSION_ID") or ray.get_runtime_context().get_job_id()
+    try:  # the job supervisor hands the job's metadata to the entrypoint in this variable
+        meta = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("metadata") or {}
+    except ValueError:
+        meta = {}
+    return meta.get("job_submission_id") or ray.get_runtime_context().get_job_id()
 
 
 def make_trainer(cfg: Any, tracking_uri: str, tags: Dict[str, str], pid_dir: str = "") -> Any:
@@ -108,7 +114,7 @@ def run_training(cfg: Any, *, pid_dir: str = "") -> Any:
     check_tracking(tracking_uri, cfg.mlflow.experiment)
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
-    tags = {"git_commit": git_commit(), "ray_job_id": _ray_job_id(), "ray_run_name": run_name(cfg)}
+    tags = {"git_commit": git_commit(), "ray_job_id": ray_job_id(), "ray_run_name": run_name(cfg)}
     logger.info("training %s: stages to %s/%s, MLflow %s (experiment %s), Ray job %s", run_name(cfg),
                 cfg.train.output_dir, run_name(cfg), tracking_uri, cfg.mlflow.experiment, tags["ray_job_id"])
     result = make_trainer(cfg, tracking_uri, tags, pid_dir).fit()
