@@ -105,6 +105,7 @@ class ScalingConfig:
     use_gpu: bool = False
     cpus_per_worker: int = 1
     gpus_per_worker: float = 1.0
+    ray_address: str = ""  # "" = $RAY_ADDRESS (set by `ray job submit`) else a new local Ray; "auto" = the running one
 
 
 @dataclass

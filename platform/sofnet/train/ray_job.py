@@ -5,7 +5,7 @@ Usage (what ``jobs/train_anet.py`` does)::
     from sofnet.config import load_config
     from sofnet.train.ray_job import run_training
     cfg = load_config("jobs/configs/anet_sofnet.yaml", ["scaling.num_workers=8", "scaling.use_gpu=true"])
-    result = run_training(cfg)          # connects to $RAY_ADDRESS (set by `ray job submit`) or starts a local Ray
+    result = run_training(cfg)          # $RAY_ADDRESS (set by `ray job submit`), scaling.ray_address, or a new local Ray
 
 The run lives in ``<train.output_dir>/<name>`` (Ray Train's storage: checkpoints, retention ``keep_checkpoints``).
 Running the same config again with the same name and output directory resumes from the latest checkpoint, after
@@ -113,7 +113,8 @@ def run_training(cfg: Any, *, pid_dir: str = "") -> Any:
     tracking_uri = resolve_tracking_uri(cfg.mlflow.tracking_uri)
     check_tracking(tracking_uri, cfg.mlflow.experiment)
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
+        address = cfg.scaling.ray_address or os.environ.get("RAY_ADDRESS") or "local"
+        ray.init(address=address, log_to_driver=True)
     tags = {"git_commit": git_commit(), "ray_job_id": ray_job_id(), "ray_run_name": run_name(cfg)}
     logger.info("training %s: stages to %s/%s, MLflow %s (experiment %s), Ray job %s", run_name(cfg),
                 cfg.train.output_dir, run_name(cfg), tracking_uri, cfg.mlflow.experiment, tags["ray_job_id"])
