@@ -7,7 +7,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -80,3 +83,71 @@ def test_early_exit_job_equals_full_evaluation_at_every_point(env, trained, tmp_
         fired += logged["val/et/frames_processed"] < 1.0
         distinct.add(round(logged["val/et/gflops_per_frame"], 9))
     assert fired > 0 and len(distinct) >= 2  # early exit really fires, and differently across the grid
+
+
+def _trial_states(tune_dir: Path) -> dict:
+    states = {}
+    for f in sorted(tune_dir.glob("experiment_state-*.json")):
+        try:
+            data = json.loads(f.read_text())
+        except (OSError, ValueError):  # being rewritten
+            continue
+        for trial_json, _ in data["trial_data"]:
+            t = json.loads(trial_json)
+            states[t["trial_id"]] = t["status"]
+    return states
+
+
+def test_alpha_beta_sweep_interrupted_and_resumed(env, trained, tmp_path):
+    """jobs/tune_alpha_beta.py --smoke-test, killed and resumed. The first run trains the shared stage 1, then one
+    Ray Train + DeepSpeed stage-2 run per (alpha, beta) inside Tune trials; its driver is killed (SIGKILL) once the
+    first trial has finished. --resume (Tuner.restore) keeps that trial (not trained again), reruns the other, and
+    finishes the same MLflow parent: the training runs are its children with their alpha/beta, Table D is printed
+    and logged with the Pareto figure, and the best trial's model is registered under the alias."""
+    shards, _ = trained
+    db = tmp_path / "mlflow.db"
+    args = [th.REPO / "jobs/tune_alpha_beta.py", "--sweep", th.REPO / "jobs/configs/tune/alpha_beta.yaml",
+            "--smoke-test", f"storage_path={tmp_path / 'tune'}", f"mlflow.tracking_uri=sqlite:///{db}",
+            f"overrides=[scaling.num_workers=1,model.num_classes=3,data.train_shards={shards},"
+            f"data.val_shards={shards}]"]
+    sweep = tmp_path / "tune" / "alpha_beta_smoke"
+    log = open(tmp_path / "first.log", "w")
+    driver = subprocess.Popen([sys.executable, *map(str, args)], env=env, cwd=th.REPO, stdout=log,
+                              stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 500
+    while time.monotonic() < deadline and driver.poll() is None:
+        if "TERMINATED" in _trial_states(sweep / "tune").values():
+            break
+        time.sleep(0.5)
+    assert driver.poll() is None, (tmp_path / "first.log").read_text()[-4000:]
+    driver.send_signal(signal.SIGKILL)  # a real interruption: no cleanup, no final save
+    driver.wait()
+    log.close()
+    before = _trial_states(sweep / "tune")
+    done = [t for t, s in before.items() if s == "TERMINATED"]
+    assert len(done) == 1 and len(before) == 2, before
+    parent = json.loads((sweep / "parent_run.json").read_text())
+    time.sleep(3)  # the dead driver's trial actors are reaped by Ray
+
+    proc = th.run_job(args + ["--resume"], env, th.REPO)
+    assert proc.returncode == 0, _fail(proc)
+    after = _trial_states(sweep / "tune")
+    assert set(after) == set(before) and set(after.values()) == {"TERMINATED"}
+    assert json.loads((sweep / "parent_run.json").read_text()) == parent
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    assert client.get_run(parent["run_id"]).info.status == "FINISHED"
+    runs = _children(client, parent)
+    assert len([r for r in runs if r.data.tags.get("stage") == "stage1"]) == 1  # stage 1 trained once, shared
+    first = [r for r in runs if r.data.tags.get("tune_trial_id") == done[0]]
+    assert len(first) == 1 and first[0].info.status == "FINISHED"  # the finished trial was not trained again
+    assert len(list((sweep / "trials" / f"trial_{done[0]}").glob("checkpoint-stage2-*"))) == 1
+    stage2 = [r for r in runs if r.data.tags.get("stage") == "stage2" and "val/mAP" in r.data.metrics]
+    assert sorted((r.data.params["loss.alpha"], r.data.params["loss.beta"]) for r in stage2) == \
+        [("0.9", "0.5"), ("1.0", "None")]
+    assert all("val/gflops_per_video" in r.data.metrics for r in stage2)
+    assert "Table D" in proc.stdout
+    assert proc.stdout.count("| 1.00 | none |") == 1 and proc.stdout.count("| 0.90 | 0.50 |") == 1
+    assert {"table_d.md", "pareto.png", "trials.json"} <= {a.path for a in client.list_artifacts(parent["run_id"])}
+    best = max(stage2, key=lambda r: r.data.metrics["val/mAP"])
+    version = client.get_model_version_by_alias("sofnet-alpha-beta-smoke", "best")
+    assert client.get_run(version.run_id).data.metrics["val/mAP"] == best.data.metrics["val/mAP"]

@@ -1,0 +1,164 @@
+"""Table D: a Ray Tune sweep over the loss weights, each trial a Ray Train + DeepSpeed run of the training job.
+
+Usage (what ``jobs/tune_alpha_beta.py`` does)::
+
+    from sofnet.tune.alpha_beta import run_alpha_beta_sweep
+    from sofnet.tune.sweep import load_sweep
+    outcome = run_alpha_beta_sweep(load_sweep("jobs/configs/tune/alpha_beta.yaml", smoke=True), smoke=True)
+    print(outcome["table"])
+
+A trial builds the training job's own ``TorchTrainer`` (``sofnet.train.ray_job.make_trainer``: workers and
+resources from ``scaling.*``) for its (alpha, beta) and runs it inside the Tune trial; ``TuneReportCallback``
+forwards every epoch's ``ray.train.report`` to Tune, so ASHA sees ``val/mAP`` per epoch. The training's MLflow
+runs carry the sweep's ``mlflow.parentRunId``. With ``shared_stage1`` the stage-1 backbone (independent of alpha and
+beta) is trained once before the sweep and every trial trains stage 2 from it. A trial's training lives in
+``<sweep dir>/trials/trial_<id>`` and resumes from its last checkpoint when a resumed sweep runs the trial again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from omegaconf import OmegaConf
+
+from sofnet.tune.report import SweepRun, pareto_figure, register_run_model, table_d
+from sofnet.tune.runner import base_config, best_row, init_ray, trial_resources, plain, result_rows, run_tuner
+from sofnet.tune.sweep import sweep_dir, trial_config, trial_params
+
+logger = logging.getLogger(__name__)
+
+STAGE1_FILE = "stage1.json"
+
+
+def train_stage1(sweep: Any, cfg: Any, tracking_uri: str, parent: SweepRun) -> str:
+    """Train stage 1 once for the whole sweep (or reuse it: ``stage1.json``); returns its last checkpoint."""
+    from sofnet.train.ray_job import git_commit, make_trainer
+
+    record = sweep_dir(sweep) / STAGE1_FILE
+    if record.is_file():
+        return json.loads(record.read_text())["checkpoint"]
+    s1 = OmegaConf.create(plain(cfg))
+    s1.name, s1.train.output_dir = "stage1", str(sweep_dir(sweep))
+    s1.train.stage2.enabled = False
+    s1.mlflow.registered_model = ""
+    logger.info("training the shared stage 1 in %s/stage1", sweep_dir(sweep))
+    tags = {**parent.child_tags("stage1"), "git_commit": git_commit()}
+    result = make_trainer(s1, tracking_uri, tags).fit()
+    if result.error is not None or result.checkpoint is None:
+        raise RuntimeError(f"shared stage 1 failed: {result.error}")
+    record.write_text(json.dumps({"checkpoint": result.checkpoint.path}))
+    return result.checkpoint.path
+
+
+def train_trial(config: Dict[str, Any], *, base: Dict[str, Any], trials_dir: str, stage1: str, tracking_uri: str,
+                tags: Dict[str, str]) -> None:
+    """Tune trainable: the training job with this trial's parameters, as a TorchTrainer inside the trial."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from sofnet.train.ray_job import make_trainer
+
+    trial_id = tune.get_context().get_trial_id()
+    params = trial_params(config)
+    cfg = trial_config(base, params, src=f"trial {trial_id}")
+    cfg.name, cfg.train.output_dir = f"trial_{trial_id}", trials_dir  # same name on a rerun: training resumes
+    cfg.mlflow.registered_model = ""  # the sweep registers its best trial, not every trial
+    if stage1:
+        cfg.train.stage1.enabled = False
+        cfg.train.stage2.init_from = stage1
+    done = _finished(Path(trials_dir) / cfg.name, cfg)
+    if done is not None:
+        # A resumed sweep reran a trial whose training had finished (the driver died before Tune saved that):
+        # training again would report nothing, so report what its last epoch logged.
+        tune.report(_logged_metrics(tracking_uri, done))
+        return
+    trainer = make_trainer(cfg, tracking_uri, {**tags, "tune_trial_id": trial_id})
+    # Forward each ray.train.report of the workers to this Tune trial (per epoch: what ASHA decides on).
+    trainer.run_config.callbacks.append(TuneReportCallback())
+    trainer.fit()
+
+
+def _finished(run_dir: Path, cfg: Any) -> Optional[Path]:
+    """The last checkpoint of a trial's training when its final stage has run all its epochs, else None."""
+    from sofnet.train.evaluation import latest_checkpoint
+    from sofnet.train.worker import enabled_stages
+
+    try:
+        ckpt = latest_checkpoint(run_dir)
+    except FileNotFoundError:
+        return None
+    meta = json.loads((ckpt / "meta.json").read_text())
+    last = enabled_stages(cfg)[-1]
+    return ckpt if meta["stage"] == last and meta["epoch"] + 1 >= cfg.train[last].epochs else None
+
+
+def _logged_metrics(tracking_uri: str, ckpt: Path) -> Dict[str, Any]:
+    from mlflow.tracking import MlflowClient
+
+    meta = json.loads((ckpt / "meta.json").read_text())
+    run = MlflowClient(tracking_uri=tracking_uri).get_run(meta["runs"][meta["stage"]])
+    return {**run.data.metrics, "stage": 2 if meta["stage"] == "stage2" else 1, "epoch": meta["epoch"],
+            "checkpoint_path": str(ckpt)}
+
+
+def _trial_run_id(row: Dict[str, Any]) -> str:
+    """The MLflow run of the trial's last stage, from the ``meta.json`` of its last checkpoint."""
+    meta = json.loads((Path(row["checkpoint_path"]) / "meta.json").read_text())
+    return meta["runs"][meta["stage"]]
+
+
+def run_alpha_beta_sweep(sweep: Any, *, smoke: bool = False, resume: bool = False) -> Dict[str, Any]:
+    """Shared stage 1, the Tune sweep of stage-2 trainings, Table D, the Pareto figure, the best model registered.
+
+    Returns:
+        ``{"rows", "table", "best", "parent_run_id", "registered" ("name@alias version N" or ""), "failed"}``.
+    """
+    from ray import tune
+
+    from sofnet.train.ray_job import git_commit
+    from sofnet.train.tracking import resolve_tracking_uri
+
+    cfg = base_config(sweep, smoke=smoke)
+    tracking_uri = resolve_tracking_uri(sweep.mlflow.tracking_uri)
+    parent = SweepRun.open(sweep, tracking_uri, sweep_dir(sweep))
+    cfg.mlflow.experiment = sweep.mlflow.experiment  # trials' runs sit beside their parent
+    init_ray()
+    if sweep.stage1_checkpoint:
+        from sofnet.train.evaluation import latest_checkpoint
+
+        stage1 = str(latest_checkpoint(Path(sweep.stage1_checkpoint).resolve()))
+    else:
+        stage1 = train_stage1(sweep, cfg, tracking_uri, parent) if sweep.shared_stage1 else ""
+    tags = {"mlflow.parentRunId": parent.run_id, "sweep": sweep.name, "git_commit": git_commit()}
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, base=plain(cfg), trials_dir=str(sweep_dir(sweep) / "trials"),
+                             stage1=stage1, tracking_uri=tracking_uri, tags=tags),
+        trial_resources(sweep))
+    results = run_tuner(sweep, trainable, resume=resume)
+    rows = result_rows(results)
+    for r in rows:
+        r.setdefault("loss.alpha", cfg.loss.alpha)
+        r.setdefault("loss.beta", cfg.loss.beta)
+        r["mlflow_run_id"] = _trial_run_id(r) if r.get("checkpoint_path") else ""
+    failed = [r["trial_id"] for r in rows if r["status"] != "ok"]
+    done = [r for r in rows if r["status"] == "ok" or sweep.metric in r]
+    table = table_d(done)
+    best = best_row(done, sweep.metric, sweep.mode)
+    fig = None if not done else pareto_figure(done, x="val/gflops_per_video", y=sweep.metric,
+                        label=lambda r: f"{r['loss.alpha']:g}/{'none' if r['loss.beta'] is None else r['loss.beta']}",
+                        title=f"{sweep.name}: alpha/beta")
+    registered = ""
+    if sweep.mlflow.registered_model and best and best.get("mlflow_run_id"):
+        version = register_run_model(tracking_uri, best["mlflow_run_id"], sweep.mlflow.registered_model,
+                                     sweep.mlflow.alias)
+        registered = f"{sweep.mlflow.registered_model}@{sweep.mlflow.alias} (version {version})"
+    parent.finish({"table_d.md": table}, figure=fig, best=best, records=rows)
+    if fig is not None:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return {"rows": rows, "table": table, "best": best, "parent_run_id": parent.run_id, "registered": registered,
+            "failed": failed}
