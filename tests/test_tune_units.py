@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,3 +141,23 @@ def test_cache_errors(trained, tmp_path):
     tsm = tiny_model("tsm", classes=th.CLASSES, segments=th.SEGMENTS, size=th.SIZE, dtype=torch.float32)
     with pytest.raises(ValueError, match="causal"):
         write_cache(tsm, th.eval_config(trained[0]), tmp_path / "c")
+
+
+def test_evaluate_job_writes_the_cache(trained, tmp_path):
+    """jobs/evaluate.py --et-cache: the cache it writes replays its own early-exit columns (metrics.json)."""
+    import importlib.util
+    import json
+
+    shards, ckpt = trained
+    spec = importlib.util.spec_from_file_location("evaluate_job", th.REPO / "jobs/evaluate.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    assert job.main(["--config", str(th.REPO / "jobs/configs/demo.yaml"), "--checkpoint", str(ckpt),
+                     "--out", str(tmp_path / "out"), "--et-cache", str(tmp_path / "cache"), "--rho", "0.95",
+                     "--t-min", "2", f"data.val_shards={shards}", f"data.train_shards={shards}", "data.resize=73",
+                     "data.num_workers=0", "model.num_classes=3"]) == 0
+    report = json.loads((tmp_path / "out/metrics.json").read_text())["metrics"]
+    got = replay_metrics(ETBundle.load(tmp_path / "cache"), 0.95, 2, "reached")
+    assert got["val/et/frames_processed"] < 1.0
+    for k, v in got.items():
+        assert math.isclose(report[k], v, rel_tol=1e-9, abs_tol=1e-12), k

@@ -125,7 +125,7 @@ def run_alpha_beta_sweep(sweep: Any, *, smoke: bool = False, resume: bool = Fals
     tracking_uri = resolve_tracking_uri(sweep.mlflow.tracking_uri)
     parent = SweepRun.open(sweep, tracking_uri, sweep_dir(sweep))
     cfg.mlflow.experiment = sweep.mlflow.experiment  # trials' runs sit beside their parent
-    init_ray()
+    init_ray(cfg)
     if sweep.stage1_checkpoint:
         from sofnet.train.evaluation import latest_checkpoint
 

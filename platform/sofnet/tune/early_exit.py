@@ -83,7 +83,7 @@ def run_early_exit_sweep(sweep: Any, *, smoke: bool = False, resume: bool = Fals
     if not resume:
         parent.client.log_param(parent.run_id, "cache", str(cache))
     defaults = {k: cfg.early_exit[k.split(".")[1]] for k in ET_KEYS}
-    init_ray()
+    init_ray(cfg)
     trainable = tune.with_resources(
         tune.with_parameters(replay_trial, cache=str(cache), defaults=defaults, tracking_uri=tracking_uri,
                              parent={"experiment_id": parent.experiment_id, "run_id": parent.run_id,

@@ -167,7 +167,8 @@ def _fmt(v: Any, scale: float = 1.0, digits: int = 2) -> str:
 
 def table_d(rows: Sequence[Mapping[str, Any]]) -> str:
     """Table D: alpha, beta (none = L_pg off), mAP (%) and GFLOPs/V, without and with early exit, markdown."""
-    lines = ["| alpha | beta | mAP (%) | GFLOPs/V | mAP ET (%) | GFLOPs/V ET | trial |", "|---|---|---|---|---|---|---|"]
+    lines = ["| alpha | beta | mAP (%) | GFLOPs/V | mAP ET (%) | GFLOPs/V ET | trial |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         beta = "none" if r.get("loss.beta") is None else _fmt(r["loss.beta"])
         lines.append(f"| {_fmt(r.get('loss.alpha'))} | {beta} | {_fmt(r.get('val/mAP'), 100)} | "

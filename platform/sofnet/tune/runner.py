@@ -44,12 +44,14 @@ def base_config(sweep: Any, smoke: bool = False) -> Any:
     return prepare_config(cfg)
 
 
-def init_ray() -> None:
-    """Connect to ``$RAY_ADDRESS`` or start a local Ray (once per process)."""
+def init_ray(cfg: Any) -> None:
+    """Connect to ``scaling.ray_address`` or ``$RAY_ADDRESS`` (``ray job submit``), else start a new local Ray,
+    never a stray local cluster of someone else (what ``address=None`` would attach to); once per process."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
+        address = cfg.scaling.get("ray_address") or os.environ.get("RAY_ADDRESS") or "local"
+        ray.init(address=address, log_to_driver=True)
 
 
 def trial_resources(sweep: Any) -> Dict[str, float]:
