@@ -161,3 +161,21 @@ def test_evaluate_job_writes_the_cache(trained, tmp_path):
     assert got["val/et/frames_processed"] < 1.0
     for k, v in got.items():
         assert math.isclose(report[k], v, rel_tol=1e-9, abs_tol=1e-12), k
+
+
+def test_asha_max_t_stays_above_the_reports_of_a_trial():
+    """A trial stopped by Tune at its last report kills its TorchTrainer mid-shutdown (leaking its placement
+    group): max_t is raised above the epochs a trial reports."""
+    from sofnet.config import load_config
+    from sofnet.tune.alpha_beta import _fit_asha
+
+    base = load_config(th.REPO / "jobs/configs/demo.yaml", ["train.stage1.epochs=2", "train.stage2.epochs=3"])
+    sweep = load_sweep(TUNE / "alpha_beta.yaml", ["scheduler.max_t=3"])
+    _fit_asha(sweep, base)
+    assert sweep.scheduler.max_t == 4  # shared stage 1: only the 3 stage-2 epochs are reported by a trial
+    sweep = load_sweep(TUNE / "alpha_beta.yaml", ["scheduler.max_t=3", "shared_stage1=false"])
+    _fit_asha(sweep, base)
+    assert sweep.scheduler.max_t == 6
+    sweep = load_sweep(TUNE / "alpha_beta.yaml", ["scheduler.max_t=9"])
+    _fit_asha(sweep, base)
+    assert sweep.scheduler.max_t == 9

@@ -104,6 +104,24 @@ def _logged_metrics(tracking_uri: str, ckpt: Path) -> Dict[str, Any]:
             "checkpoint_path": str(ckpt)}
 
 
+def _fit_asha(sweep: Any, cfg: Any) -> None:
+    """Keep ASHA's ``max_t`` above the reports a trial makes, so that a trial ends by itself.
+
+    A trial that reaches ``max_t`` is stopped by Tune at its last report, while its TorchTrainer is still shutting
+    down: the Train controller is killed before it frees its workers' placement group, and Ray's detached cleaner
+    (which finds the cluster through ``$RAY_ADDRESS`` or ``/tmp/ray/ray_current_cluster``) can miss it on a machine
+    with several Ray clusters; the leaked CPUs then starve the next trials.
+    """
+    from sofnet.train.worker import enabled_stages
+
+    reports = sum(cfg.train[s].epochs for s in enabled_stages(cfg)
+                  if not (s == "stage1" and (sweep.shared_stage1 or sweep.stage1_checkpoint)))
+    if sweep.scheduler.type == "asha" and sweep.scheduler.max_t <= reports:
+        logger.warning("scheduler.max_t=%d <= %d reports per trial: using %d (a trial must end by itself)",
+                       sweep.scheduler.max_t, reports, reports + 1)
+        sweep.scheduler.max_t = reports + 1
+
+
 def _trial_run_id(row: Dict[str, Any]) -> str:
     """The MLflow run of the trial's last stage, from the ``meta.json`` of its last checkpoint."""
     meta = json.loads((Path(row["checkpoint_path"]) / "meta.json").read_text())
@@ -132,6 +150,7 @@ def run_alpha_beta_sweep(sweep: Any, *, smoke: bool = False, resume: bool = Fals
         stage1 = str(latest_checkpoint(Path(sweep.stage1_checkpoint).resolve()))
     else:
         stage1 = train_stage1(sweep, cfg, tracking_uri, parent) if sweep.shared_stage1 else ""
+    _fit_asha(sweep, cfg)
     tags = {"mlflow.parentRunId": parent.run_id, "sweep": sweep.name, "git_commit": git_commit()}
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, base=plain(cfg), trials_dir=str(sweep_dir(sweep) / "trials"),
