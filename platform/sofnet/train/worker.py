@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from sofnet.data import make_eval_loader, make_train_loader, read_manifest
 from sofnet.losses import classification_loss, sofnet_loss
 from sofnet.models import build_model, load_backbone_state
-from sofnet.train.deepspeed_config import build_optimizer, deepspeed_config, lr_at, resolve_precision, set_lr
+from sofnet.train.deepspeed_config import build_engine, lr_at, resolve_precision, set_lr
 from sofnet.train.loop import evaluate, primary_metric, seed_everything, train_one_epoch
 from sofnet.train.pyfunc import write_artifacts
 
@@ -109,8 +109,6 @@ def train_loop_per_worker(config: Dict[str, Any]) -> None:
     else:
         os.environ["DS_ACCELERATOR"] = "cpu"
         device = torch.device("cpu")
-    import deepspeed  # after DS_ACCELERATOR is set
-
     precision = resolve_precision(cfg.train.precision, cfg.scaling.use_gpu)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     meta = _read_meta(ray.train.get_checkpoint())
@@ -141,9 +139,7 @@ def train_loop_per_worker(config: Dict[str, Any]) -> None:
             if state is not None:
                 load_backbone_state(model, state, sc.init_from or "stage 1") if stage == "stage2" \
                     else model.load_state_dict(state)
-        ds_config = deepspeed_config(cfg, stage_optim=sc.optim, world_size=world, precision=precision)
-        engine, _, _, _ = deepspeed.initialize(model=model.to(device), optimizer=build_optimizer(model, sc.optim),
-                                               config=ds_config)
+        engine = build_engine(model.to(device), cfg, sc.optim, world_size=world, precision=precision)
         start_epoch = 0
         if resume is not None:
             with ray.train.get_checkpoint().as_directory() as d:
