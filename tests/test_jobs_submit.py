@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -152,7 +153,8 @@ def test_submit_smoke_job_succeeds_and_is_tracked(head: str, shards: Path, tmp_p
     assert set(by_stage) == {"stage1", "stage2"} and all(r.info.status == "FINISHED" for r in runs)
     for stage, run in by_stage.items():
         tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
-        assert tags["ray_job_id"] == "sofnet-smoke" and tags["dataset"] == "activitynet" and tags["git_commit"]
+        assert tags["ray_job_id"] == "sofnet-smoke" and tags["dataset"] == "activitynet" and tags["stage"] == stage
+        assert re.fullmatch(r"[0-9a-f]{40}", tags["git_commit"]), tags["git_commit"]  # .git travels with the job
         assert run.info.run_name.startswith(f"smoke/{stage} ")
         assert params["model.backbone"] == "resnet18" and params["train.stage1.epochs"] == "1"
         for key in ("val/mAP", "val/top1", "val/gflops_per_video", "val/gflops_per_frame", "val/frame_usage",
