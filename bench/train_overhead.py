@@ -4,8 +4,8 @@ Same model (SoF-Net, dense training path), same batch (one fixed in-memory batch
 picture), same loss (``sofnet_loss``), same optimizer groups and gradient clipping, same number of CPU threads.
 The plain loop runs in this process before and after the Ray run (their mean is the reference); the Ray run is a
 ``TorchTrainer`` with one worker whose DeepSpeed engine (ZeRO stage of the config, fp32 on CPU) trains through
-``train_one_epoch``. Prints one JSON line: wall-clock steps/s of both and their ratio (goal >= 0.95), and CPU time per step
-(``cpu_ratio``, the same comparison insensitive to other load on the machine; 1 thread keeps it meaningful).
+``train_one_epoch``. Prints one JSON line: wall-clock steps/s of both and their ratio (goal >= 0.95), and CPU time
+per step (``cpu_ratio``, the same comparison insensitive to other load on the machine; 1 thread keeps it meaningful).
 
     .venv/bin/python bench/train_overhead.py [--steps 30] [--threads 1] [--size 64] [--segments 8] [--batch 4]
 """

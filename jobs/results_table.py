@@ -29,7 +29,8 @@ def main(argv=None) -> int:
         return 1
     primary = "top1" if cfg.data.dataset == "sports1m" else "mAP"
     arch = cfg.model.arch
-    methods = [("TSN" if arch == "sofnet" else "TSM (causal)" if arch == "sofnet_tsm" else arch.upper(), stages["stage1"])]
+    baseline = {"sofnet": "TSN", "sofnet_tsm": "TSM (causal)"}.get(arch, arch.upper())
+    methods = [(baseline, stages["stage1"])]
     if "stage2" in stages or args.eval:
         sof = json.loads(open(args.eval).read())["metrics"] if args.eval else stages["stage2"]
         methods.append(("SoF-Net" if arch == "sofnet" else "SoF-Net^TSM", sof))

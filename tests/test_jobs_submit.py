@@ -84,7 +84,9 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _train_args(shards: Path, out: Path, name: str, *extra: str) -> list[str]:
-    return ["python", "jobs/train_anet.py", "--config", "jobs/configs/demo.yaml", "--smoke-test",
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    return ["env", f"SOFNET_GIT_COMMIT={commit}", "python", "jobs/train_anet.py", "--config", "jobs/configs/demo.yaml",
+            "--smoke-test",
             f"data.train_shards={shards}", f"data.val_shards={shards}", "model.num_classes=3", f"name={name}",
             f"train.output_dir={out}/runs", f"mlflow.tracking_uri=sqlite:///{out}/mlflow.db",
             f"mlflow.registered_model=sofnet-{name}", *extra]
@@ -154,7 +156,7 @@ def test_submit_smoke_job_succeeds_and_is_tracked(head: str, shards: Path, tmp_p
     for stage, run in by_stage.items():
         tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
         assert tags["ray_job_id"] == "sofnet-smoke" and tags["dataset"] == "activitynet" and tags["stage"] == stage
-        assert re.fullmatch(r"[0-9a-f]{40}", tags["git_commit"]), tags["git_commit"]  # .git travels with the job
+        assert re.fullmatch(r"[0-9a-f]{40}", tags["git_commit"]), tags["git_commit"]
         assert run.info.run_name.startswith(f"smoke/{stage} ")
         assert params["model.backbone"] == "resnet18" and params["train.stage1.epochs"] == "1"
         for key in ("val/mAP", "val/top1", "val/gflops_per_video", "val/gflops_per_frame", "val/frame_usage",
@@ -184,7 +186,7 @@ def test_killed_worker_resumes_from_last_checkpoint(head: str, shards: Path, tmp
     epochs, pid_dir = 6, tmp_path / "pids"
     entry = _train_args(shards, tmp_path, "kill", f"train.stage1.epochs={epochs}", "train.stage2.enabled=false",
                         "train.max_failures=2")
-    entry[2:2] = ["--pid-dir", str(pid_dir)]
+    entry[4:4] = ["--pid-dir", str(pid_dir)]
     assert _submit(head, "sofnet-kill", entry, wait=False).returncode == 0
     run_dir = tmp_path / "runs" / "kill"
     _wait_checkpoint(run_dir, "checkpoint-stage1-epoch000")

@@ -7,7 +7,7 @@ Usage::
     ds_config = deepspeed_config(cfg, stage_optim=cfg.train.stage1.optim, world_size=2, precision=precision)
     optimizer = build_optimizer(model, cfg.train.stage1.optim)
     engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
-    engine = build_engine(model, cfg, cfg.train.stage1.optim, world_size=2, precision=precision)  # the same, in one call
+    engine = build_engine(model, cfg, cfg.train.stage1.optim, world_size=2, precision=precision)  # all in one
 
 Learning-rate groups follow the official code: linear weights ``linear_lr_mult`` (5x) the base lr, linear
 biases twice that (10x) without weight decay, convolution biases 2x without weight decay, BatchNorm

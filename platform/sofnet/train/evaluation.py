@@ -85,7 +85,8 @@ def evaluate_model(model: torch.nn.Module, cfg: Any, *, out_dir: str | Path, et:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = {"model": hp, "early_exit": list(et) if et else None, "shards": shards, "metrics": result.metrics,
-              "per_class_ap": {"class": names, **{("ap_" + k if k else "ap"): v for k, v in result.per_class_ap.items()}}}
+              "per_class_ap": {"class": names,
+                               **{("ap_" + k if k else "ap"): v for k, v in result.per_class_ap.items()}}}
     (out / "metrics.json").write_text(json.dumps(report, indent=1))
     export_submission(result.ids, result.arrays["scores"], names, out / "submission.json")
     if "et_scores" in result.arrays:

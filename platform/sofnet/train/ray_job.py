@@ -5,7 +5,7 @@ Usage (what ``jobs/train_anet.py`` does)::
     from sofnet.config import load_config
     from sofnet.train.ray_job import run_training
     cfg = load_config("jobs/configs/anet_sofnet.yaml", ["scaling.num_workers=8", "scaling.use_gpu=true"])
-    result = run_training(cfg)          # $RAY_ADDRESS (set by `ray job submit`), scaling.ray_address, or a new local Ray
+    result = run_training(cfg)   # Ray: scaling.ray_address, $RAY_ADDRESS (`ray job submit`) or a new local one
 
 The run lives in ``<train.output_dir>/<name>`` (Ray Train's storage: checkpoints, retention ``keep_checkpoints``).
 Running the same config again with the same name and output directory resumes from the latest checkpoint, after

@@ -33,8 +33,8 @@ def stage_metrics(tracking_uri: str, experiment: str, run_name: str) -> Dict[str
 
 def results_table(methods: Sequence[Tuple[str, Mapping[str, float]]], primary: str = "mAP") -> str:
     """A Markdown table: method, ET, ``primary`` (%), top-1 (%), GFLOPs/V, frame usage, GFLOPs vs the first row."""
-    rows: List[str] = [f"| method | ET | {primary} (%) | top-1 (%) | GFLOPs/V | frame usage | GFLOPs vs {methods[0][0]} |",
-                       "|---|---|---|---|---|---|---|"]
+    rows: List[str] = [f"| method | ET | {primary} (%) | top-1 (%) | GFLOPs/V | frame usage | GFLOPs vs "
+                       f"{methods[0][0]} |", "|---|---|---|---|---|---|---|"]
     base = methods[0][1].get("val/gflops_per_video")
     for name, m in methods:
         for et, prefix in (("no", "val/"), ("yes", "val/et/")):
@@ -42,6 +42,7 @@ def results_table(methods: Sequence[Tuple[str, Mapping[str, float]]], primary: s
                 continue
             gf = m[f"{prefix}gflops_per_video"]
             rel = f"{100 * gf / base:.0f}%" if base else "-"
-            rows.append(f"| {name} | {et} | {100 * m[prefix + primary]:.1f} | {100 * m.get(prefix + 'top1', float('nan')):.1f}"
-                        f" | {gf:.3f} | {100 * m[prefix + 'frame_usage']:.1f}% | {rel} |")
+            top1 = 100 * m.get(prefix + "top1", float("nan"))
+            rows.append(f"| {name} | {et} | {100 * m[prefix + primary]:.1f} | {top1:.1f} | {gf:.3f} | "
+                        f"{100 * m[prefix + 'frame_usage']:.1f}% | {rel} |")
     return "\n".join(rows)
