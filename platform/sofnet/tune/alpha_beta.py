@@ -175,9 +175,5 @@ def run_alpha_beta_sweep(sweep: Any, *, smoke: bool = False, resume: bool = Fals
                                      sweep.mlflow.alias)
         registered = f"{sweep.mlflow.registered_model}@{sweep.mlflow.alias} (version {version})"
     parent.finish({"table_d.md": table}, figure=fig, best=best, records=rows)
-    if fig is not None:
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
     return {"rows": rows, "table": table, "best": best, "parent_run_id": parent.run_id, "registered": registered,
             "failed": failed}

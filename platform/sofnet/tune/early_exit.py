@@ -95,16 +95,12 @@ def run_early_exit_sweep(sweep: Any, *, smoke: bool = False, resume: bool = Fals
     failed = [r["trial_id"] for r in rows if r["status"] != "ok"]
     if failed:
         logger.error("trials failed: %s", failed)
-    table = table_c([r for r in rows if r["status"] == "ok"])
-    best = best_row(rows, sweep.metric, sweep.mode)
     ok = [r for r in rows if r["status"] == "ok"]
-    fig = None if not ok else pareto_figure(ok, x="val/et/gflops_per_frame", y="val/et/mAP",
-                        label=lambda r: f"{r['early_exit.rho']:g}/{r['early_exit.t_min']}",
-                        title=f"{sweep.name}: early exit (rho/T_min)", xlabel="GFLOPs per frame")
+    table = table_c(ok)
+    best = best_row(rows, sweep.metric, sweep.mode)
+    fig = None if not ok else pareto_figure(
+        ok, x="val/et/gflops_per_frame", y="val/et/mAP", xlabel="GFLOPs per frame",
+        label=lambda r: f"{r['early_exit.rho']:g}/{r['early_exit.t_min']}", title=f"{sweep.name}: rho/T_min")
     parent.finish({"table_c.md": table}, figure=fig, best=best, records=rows)
-    if fig is not None:
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
     return {"rows": rows, "table": table, "best": best, "parent_run_id": parent.run_id, "cache": str(cache),
             "failed": failed}

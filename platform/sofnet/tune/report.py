@@ -79,11 +79,15 @@ class SweepRun:
 
     def finish(self, tables: Mapping[str, str], figure: Any = None, best: Optional[Mapping[str, Any]] = None,
                records: Optional[Sequence[Mapping[str, Any]]] = None) -> None:
-        """Log the tables (text artifacts), the figure, the trial records (a JSON table) and the best trial."""
+        """Log the tables (text artifacts), the figure (then closed), the trial records (a JSON table) and the best
+        trial; mark the sweep run finished."""
         for name, text in tables.items():
             self.client.log_text(self.run_id, text, name)
         if figure is not None:
+            import matplotlib.pyplot as plt
+
             self.client.log_figure(self.run_id, figure, "pareto.png")
+            plt.close(figure)
         if records:
             columns = sorted({k for r in records for k in r})
             self.client.log_table(self.run_id, {c: [r.get(c) for r in records] for c in columns}, "trials.json")
