@@ -9,7 +9,7 @@ pass without early exit, cached per video, determines the result of every (rho, 
     out = replay(ETCache.load("val_cache.pt"), rho=0.99, t_min=4)
     out.logits, out.gflops, out.decisions, out.exit_step   # == model.infer(x, rho=0.99, t_min=4)
 
-It uses the same functions as the network's own paths (``first_exit``, ``aggregate``, ``accounted_gflops``),
+It uses the same functions as the network's own paths (``apply_early_exit``, ``aggregate``, ``accounted_gflops``),
 so a replayed point equals a full evaluation, as tests prove.
 """
 
@@ -21,7 +21,7 @@ from typing import Iterable, List, Sequence, Union
 
 import torch
 
-from sofnet.models.output import PASSED, SoFOutput, accounted_gflops, aggregate, drop_after_exit, first_exit
+from sofnet.models.output import PASSED, SoFOutput, accounted_gflops, aggregate, apply_early_exit
 
 
 @dataclass
@@ -89,13 +89,11 @@ def replay(cache: ETCache, rho: float, t_min: int, mode: str = "reached") -> SoF
     """
     dec = cache.decisions.long()
     n, t = dec.shape
-    fire = first_exit(cache.frame_logits, dec == PASSED, rho, t_min, mode)
-    decisions = dec.masked_fill(drop_after_exit(dec, fire), -1)
+    decisions, exit_step, fire = apply_early_exit(cache.frame_logits, dec, rho, t_min, mode)
     frame_logits = cache.frame_logits.masked_fill((decisions != PASSED).unsqueeze(-1), 0)
     no_aux = frame_logits.new_zeros(n, t, 0, frame_logits.shape[-1])
     logits, _ = aggregate(frame_logits, no_aux, decisions, fire=fire)
     logits = torch.where(cache.fallback.unsqueeze(-1), cache.logits, logits)
-    exit_step = torch.where(fire >= 0, fire + 1, torch.full_like(fire, t))
     return SoFOutput(logits=logits, decisions=decisions, exit_step=exit_step, frame_logits=frame_logits,
                      aux_logits=no_aux, gate_logits=frame_logits.new_zeros(n, t, 0, 2),
                      reach=(decisions.unsqueeze(-1) >= torch.arange(6)).float(),

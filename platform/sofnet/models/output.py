@@ -108,6 +108,19 @@ def drop_after_exit(decisions: torch.Tensor, fire: torch.Tensor) -> torch.Tensor
     return (fire.unsqueeze(1) >= 0) & (steps.unsqueeze(0) > fire.unsqueeze(1))
 
 
+def apply_early_exit(frame_logits: torch.Tensor, decisions: torch.Tensor, rho: float, t_min: int,
+                     mode: str = "reached") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Early exit applied to finished per-frame results (dense paths and the replay).
+
+    Returns ``(decisions, exit_step, fire)``: decisions with the frames after each exit marked -1, the frames
+    visited per video (``T`` where no exit fired), and :func:`first_exit`'s index for :func:`aggregate`.
+    """
+    fire = first_exit(frame_logits, decisions == PASSED, rho, t_min, mode)
+    dropped = decisions.masked_fill(drop_after_exit(decisions, fire), NOT_PROCESSED)
+    exit_step = torch.where(fire >= 0, fire + 1, torch.full_like(fire, decisions.shape[1]))
+    return dropped, exit_step, fire
+
+
 def aggregate(frame_logits: torch.Tensor, aux_logits: torch.Tensor, decisions: torch.Tensor,
               passed_w: Optional[torch.Tensor] = None, fire: Optional[torch.Tensor] = None,
               ) -> Tuple[torch.Tensor, torch.Tensor]:

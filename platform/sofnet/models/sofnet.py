@@ -29,8 +29,8 @@ from torch import nn
 
 from sofnet.models.backbone import ShiftContext
 from sofnet.models.base import VideoModel, init_linear
-from sofnet.models.output import (PASSED, SoFOutput, accounted_gflops, aggregate, drop_after_exit,
-                                  first_exit)
+from sofnet.models.output import (PASSED, SoFOutput, accounted_gflops, aggregate, apply_early_exit,
+                                  drop_after_exit, first_exit)
 
 
 class Gate(nn.Module):
@@ -130,9 +130,7 @@ class SoFNet(VideoModel):
             fallback=x.new_zeros(0, dtype=torch.bool))
         fire = None
         if rho is not None:
-            fire = first_exit(out.frame_logits, decisions == PASSED, rho, t_min or 1, mode)
-            out.decisions = decisions.masked_fill(drop_after_exit(decisions, fire), -1)
-            out.exit_step = torch.where(fire >= 0, fire + 1, out.exit_step)
+            out.decisions, out.exit_step, fire = apply_early_exit(out.frame_logits, decisions, rho, t_min or 1, mode)
         passed_w = reach_all[..., -1] * (out.decisions >= 0)
         out.logits, out.fallback = aggregate(out.frame_logits, out.aux_logits, out.decisions, passed_w, fire)
         out.gflops = accounted_gflops(out.decisions, self.cost_table(*x.shape[-2:]).by_decision())

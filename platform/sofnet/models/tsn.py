@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 from sofnet.models.base import VideoModel
-from sofnet.models.output import PASSED, SoFOutput, accounted_gflops, aggregate, drop_after_exit, first_exit
+from sofnet.models.output import PASSED, SoFOutput, accounted_gflops, aggregate, apply_early_exit
 
 
 class TSN(VideoModel):
@@ -36,9 +36,7 @@ class TSN(VideoModel):
         if rho is not None:
             if self.shift == "bidirectional":
                 raise ValueError("early exit needs a causal model; the bidirectional TSM reads later frames")
-            fire = first_exit(frame_logits, decisions == PASSED, rho, t_min or 1, mode)
-            decisions = decisions.masked_fill(drop_after_exit(decisions, fire), -1)
-            exit_step = torch.where(fire >= 0, fire + 1, exit_step)
+            decisions, exit_step, fire = apply_early_exit(frame_logits, decisions, rho, t_min or 1, mode)
         empty = frame_logits.new_zeros(b, t, 0, frame_logits.shape[-1])
         logits, fallback = aggregate(frame_logits, empty, decisions, fire=fire)
         costs = self.cost_table(*x.shape[-2:]).by_decision()
