@@ -25,3 +25,27 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
+
+
+def _ray_core_threads() -> list[str]:
+    """Names of Ray core-worker threads alive in this process (Linux: /proc/self/task/*/comm)."""
+    tasks = Path("/proc/self/task")
+    names = []
+    for task in tasks.iterdir() if tasks.is_dir() else []:
+        try:
+            names.append((task / "comm").read_text().strip())
+        except OSError:  # the thread ended while we looked
+            continue
+    return [n for n in names if n in {"worker.io", "gcs_client_io_s"}]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_ray_session_in_the_test_process():
+    """Ray runs in subprocesses only (``ray start``, jobs, ``process_helpers.prepare_on_ray``): a Ray session started
+    inside pytest leaves core-worker threads that outlive ``ray.shutdown()`` and crashed the interpreter at exit,
+    after every test had passed. This fails the run at its end, by name, if a test starts one again."""
+    yield
+    threads = _ray_core_threads()
+    if threads:
+        pytest.fail(f"a test started a Ray session inside the pytest process (threads {threads}); "
+                    "run it in a subprocess (see tests/process_helpers.py)")

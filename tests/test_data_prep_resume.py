@@ -16,6 +16,7 @@ import webdataset as wds
 
 from data_prep.labels import load_activitynet_json
 from data_prep.runner import prepare
+from process_helpers import prepare_on_ray
 from data_prep.shards import Job, PrepParams, plan_shards, video_key
 from data_prep.synthetic import generate
 
@@ -80,7 +81,8 @@ def test_a_video_that_kills_its_worker_is_reported_and_the_shard_written(tmp_pat
     victim = plan.jobs[1].key
     os.environ["DATA_PREP_CRASH_KEY"] = victim  # inherited by the Ray workers started below
     try:
-        summary = prepare(source, annotation.parent / "videos", tmp_path / "out", params, num_cpus=1, progress=False)
+        summary = prepare_on_ray(source, annotation.parent / "videos", tmp_path / "out", params, num_cpus=1,
+                                 progress=False)
     finally:
         del os.environ["DATA_PREP_CRASH_KEY"]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -97,7 +99,7 @@ def test_a_shard_that_cannot_be_written_is_reported_and_retried_by_the_next_run(
     params = PrepParams(shard_size=2, short_side=48)
     out = tmp_path / "out"
     (out / "training-000001.tar" / "clash").mkdir(parents=True)  # a folder where the shard must go
-    summary = prepare(source, annotation.parent / "videos", out, params, num_cpus=2, progress=False)
+    summary = prepare_on_ray(source, annotation.parent / "videos", out, params, num_cpus=2, progress=False)
     report = json.loads((out / "report.json").read_text())
     assert summary["failed_shards"] == 1 and summary["written"] == 4 and len(report["skipped"]) == 2
     assert all(item["reason"].startswith("shard failed: training-000001.tar") for item in report["skipped"])

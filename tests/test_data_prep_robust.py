@@ -15,6 +15,7 @@ from PIL import Image
 from data_prep.labels import load_activitynet_json
 from data_prep.media import index_frame, patch_avi_frame_count, truncate, write_audio_only, write_video
 from data_prep.runner import prepare
+from process_helpers import prepare_on_ray
 from data_prep.shards import PrepParams
 
 CLASSES = ["Alpha", "Beta", "Gamma"]
@@ -87,7 +88,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path) -> tuple[Pat
     annotation.write_text(json.dumps({"version": "VERSION 1.3", "taxonomy": [], "database": database}))
     source = load_activitynet_json(annotation, classes=CLASSES, subsets=["training", "validation"])
     params = PrepParams(short_side=64, shard_size=4)
-    summary = prepare(source, root / "videos", root / "out", params, num_cpus=2, progress=False)
+    summary = prepare_on_ray(source, root / "videos", root / "out", params, num_cpus=2, progress=False)
     return root / "out", summary
 
 
@@ -171,7 +172,7 @@ def test_manifest_and_a_rerun_that_has_nothing_to_do(run: tuple[Path, dict], tmp
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("*.tar")}
     annotation = out.parent / "anet.json"
     source = load_activitynet_json(annotation, classes=CLASSES, subsets=["training", "validation"])
-    summary = prepare(source, out.parent / "videos", out, PrepParams(short_side=64, shard_size=4), progress=False)
+    summary = prepare_on_ray(source, out.parent / "videos", out, PrepParams(short_side=64, shard_size=4), progress=False)
     assert summary["processed"] == 0 and summary["written"] == len(samples(out))
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("*.tar")} == before
     with pytest.raises(RuntimeError, match="other parameters"):

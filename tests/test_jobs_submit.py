@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from process_helpers import stop_process_group
 
 pytestmark = pytest.mark.slow
 
@@ -63,16 +64,7 @@ def head(tmp_path_factory: pytest.TempPathFactory):
             time.sleep(1)
         yield address
     finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=10)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        stop_process_group(proc)
         log.close()
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from process_helpers import stop_process_group
 
 from sofnet.config import load_config
 from sofnet.models import build_model
@@ -51,11 +51,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
             time.sleep(0.5)
         yield uri
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_group(proc, grace=20)
         log.close()
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Dict, Iterator
 
 from helpers import gated
+from process_helpers import stop_process_group
 from sofnet.config import load_config
 from sofnet.data import make_eval_loader
 from sofnet.train.cli import ensure_synthetic_shards
@@ -54,13 +55,13 @@ def _free_port() -> int:
 
 def ray_head(temp_dir: Path, cpus: int = 2) -> Iterator[Dict[str, str]]:
     """A Ray head of our own (``ray start --block``, its own temp dir: no other session's ``ray.init()`` finds it);
-    yields the environment for job subprocesses and stops it (SIGTERM to the process we started) afterwards."""
+    yields the environment for job subprocesses and stops its process group afterwards."""
     port = _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1"}
     log = open(temp_dir.with_suffix(".log"), "w")
     proc = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", f"--port={port}",
                              f"--num-cpus={cpus}", f"--temp-dir={temp_dir}", "--disable-usage-stats", "--block"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         address = (temp_dir / "ray_current_cluster")
         deadline = time.monotonic() + 120
@@ -71,11 +72,7 @@ def ray_head(temp_dir: Path, cpus: int = 2) -> Iterator[Dict[str, str]]:
         time.sleep(2)
         yield {**env, "RAY_ADDRESS": address.read_text().strip()}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process_group(proc, grace=15)
         log.close()
 
 
