@@ -3,16 +3,21 @@
 Builds the same JPEG frames twice in ``--workdir`` (reused when the parameters match): the official layout,
 a folder per video with ``image_00001.jpg...`` plus a list ``id,num_frames,label``, and our shards
 (``training-000000.tar``... with ``sizes.json`` and ``manifest.json``, the data_prep contract). The frames
-are real: windows of the clips in ``../shared/videos`` resized to ``--short-side``. Then it times three
-loaders, with the same TSN sampling and augmentation (``--mode train``: random frame per segment,
+are real: windows of the clips in ``../shared/videos`` resized to ``--short-side``. With
+``--official-short-side`` (e.g. 360, the official ffmpeg script's 360p) the official layout is written a second
+time, ``frames_{side}/``, from the same source frames resized to that short side (upscaled where a clip is
+smaller, as a scale filter to 360p would), so the official loader decodes JPEGs of the size the official
+pipeline stores; its crop is relative to the image's short side and is resized to the same ``--input-size``,
+so every loader yields ``[B, T, 3, S, S]``. The default is ``--short-side``: both layouts hold the same files.
+Then it times three loaders, with the same TSN sampling and augmentation (``--mode train``: random frame per segment,
 multi-scale crop, flip; ``--mode eval``: centre frames, resize + centre crop), batch size and workers:
 
 - ``shards``: ``sofnet.data`` (``make_train_loader`` / ``make_eval_loader``);
 - ``folders_official``: the official code path ported faithfully (TSN ``TSNDataSet`` and ``transforms.py``:
   one ``Image.open(...).convert('RGB')`` per frame file, ``GroupMultiScaleCrop`` crop then resize,
   ``GroupRandomHorizontalFlip``, ``Stack``, ``ToTorchFormatTensor``, ``GroupNormalize``, default collate);
-- ``folders_our_decode``: the folder layout read with our decode path (``sofnet.data.ClipTransform``), to
-  separate the storage layout from the decode and tensor code.
+- ``folders_our_decode``: the folder layout at ``--short-side`` (always the frames the shards hold) read with
+  our decode path (``sofnet.data.ClipTransform``), to separate the storage layout from the decode and tensor code.
 
 Each loader runs ``--epochs`` epochs per repeat (workers start each epoch, as in training), repeats
 interleaved; the figure is the median over repeats of clips / wall seconds. ``--cold`` evicts the files of
@@ -21,6 +26,7 @@ figures swing on a shared machine, it also reports each loader's CPU millisecond
 in the main process (no workers, best of the repeats), the cost that bounds throughput on dedicated cores.
 
     python bench/loader_throughput.py --videos 40 --frames 60 --batch-size 8 --workers 2 --json
+    python bench/loader_throughput.py --official-short-side 360 --workdir /tmp/sofnet-loader-bench-360
 """
 
 from __future__ import annotations
@@ -55,40 +61,72 @@ log = logging.getLogger("loader_throughput")
 
 
 # ------------------------------------------------------------------------------------------------- the data
-def clip_jpegs(path: Path, short_side: int, quality: int) -> list[bytes]:
-    """Every frame of a real clip, resized to ``short_side``, as JPEG bytes."""
-    out = []
+def clip_jpegs(path: Path, short_sides: tuple[int, ...], quality: int) -> dict[int, list[bytes]]:
+    """Every frame of a real clip, resized to each of ``short_sides``, as JPEG bytes.
+
+    Args:
+        path: The video file.
+        short_sides: The short sides to write; each frame is decoded once and resized from the source.
+        quality: JPEG quality.
+
+    Returns:
+        Per short side, the frames' JPEG bytes in display order.
+    """
+    out: dict[int, list[bytes]] = {side: [] for side in short_sides}
     with av.open(str(path)) as container:
         for frame in container.decode(video=0):
             img = frame.to_image()
-            scale = short_side / min(img.size)
-            img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.BILINEAR)
-            buf = io.BytesIO()
-            img.save(buf, format="JPEG", quality=quality)
-            out.append(buf.getvalue())
+            if not any(out.values()) and any(side > min(img.size) for side in short_sides):
+                log.info("%s is %dx%d: upscaled to short side %s", path.name, *img.size,
+                         [side for side in short_sides if side > min(img.size)])
+            for side in short_sides:
+                scale = side / min(img.size)
+                resized = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.BILINEAR)
+                buf = io.BytesIO()
+                resized.save(buf, format="JPEG", quality=quality)
+                out[side].append(buf.getvalue())
     return out
 
 
-def build(workdir: Path, args: argparse.Namespace) -> tuple[Path, Path, Path]:
-    """Write (or reuse) the folder layout, its list and the shards of the same frames."""
-    params = {k: getattr(args, k) for k in ("videos", "frames", "short_side", "quality", "shard_size")}
+def write_folder(root: Path, vid: str, jpegs: list[bytes]) -> None:
+    """One video in the official layout: ``{root}/{vid}/image_00001.jpg...``."""
+    (root / vid).mkdir(parents=True, exist_ok=True)
+    for i, data in enumerate(jpegs):
+        (root / vid / f"image_{i + 1:05d}.jpg").write_bytes(data)
+
+
+def build(workdir: Path, args: argparse.Namespace) -> tuple[Path, Path, Path, Path]:
+    """Write (or reuse) the folder layouts, their list and the shards of the same frames.
+
+    Args:
+        workdir: Where to write; reused when ``built.json`` records the same parameters.
+        args: The command line.
+
+    Returns:
+        ``(folders, official, list_file, shards)``: the folders at ``--short-side``, the official layout's
+        folders (the same path unless ``--official-short-side`` differs), the list and the shard directory.
+    """
+    params = {k: getattr(args, k) for k in ("videos", "frames", "short_side", "official_short_side", "quality",
+                                            "shard_size")}
     folders, list_file, shards = workdir / "frames", workdir / "train_list.txt", workdir / "shards"
+    side, official_side = args.short_side, args.official_short_side
+    official = folders if official_side == side else workdir / f"frames_{official_side}"
     stamp = workdir / "built.json"
     if stamp.exists() and json.loads(stamp.read_text()) == params:
-        return folders, list_file, shards
+        return folders, official, list_file, shards
     log.info("building %d videos x %d frames in %s", args.videos, args.frames, workdir)
-    sources = [clip_jpegs(SHARED_VIDEOS / name, args.short_side, args.quality) for name in CLIPS]
-    folders.mkdir(parents=True, exist_ok=True)
+    sources = [clip_jpegs(SHARED_VIDEOS / name, tuple({side, official_side}), args.quality) for name in CLIPS]
     shards.mkdir(parents=True, exist_ok=True)
     lines, sizes, names, sink = [], {}, [], None
     for v in range(args.videos):
         src = sources[v % len(sources)]
-        start = (v * 13) % len(src)
-        jpegs = [src[(start + i) % len(src)] for i in range(args.frames)]
+        start = (v * 13) % len(src[side])
+        frame_ids = [(start + i) % len(src[side]) for i in range(args.frames)]
+        jpegs = [src[side][k] for k in frame_ids]
         vid, label = f"bench_{v:04d}", v % NUM_CLASSES
-        (folders / vid).mkdir(exist_ok=True)
-        for i, data in enumerate(jpegs):
-            (folders / vid / f"image_{i + 1:05d}.jpg").write_bytes(data)
+        write_folder(folders, vid, jpegs)
+        if official != folders:
+            write_folder(official, vid, [src[official_side][k] for k in frame_ids])
         lines.append(f"{vid},{args.frames},{label}")
         if v % args.shard_size == 0:
             if sink is not None:
@@ -112,7 +150,7 @@ def build(workdir: Path, args: argparse.Namespace) -> tuple[Path, Path, Path]:
         "subsets": {"training": {"videos": args.videos, "shards": names, "per_class": {}}}, "params": params}))
     (shards / "report.json").write_text(json.dumps({"written": args.videos, "failed": []}))
     stamp.write_text(json.dumps(params))
-    return folders, list_file, shards
+    return folders, official, list_file, shards
 
 
 # -------------------------------------------------------------------- the official code path, ported faithfully
@@ -186,7 +224,7 @@ def evict(files: Iterable[Path]) -> None:
             os.close(fd)
 
 
-def make_loaders(folders: Path, list_file: Path, shards: Path, args: argparse.Namespace
+def make_loaders(folders: Path, official: Path, list_file: Path, shards: Path, args: argparse.Namespace
                  ) -> dict[str, Callable[[int], Iterable[Any]]]:
     common = dict(num_segments=args.segments, input_size=args.input_size, batch_size=args.batch_size,
                   num_workers=args.workers, num_classes=NUM_CLASSES)
@@ -197,13 +235,13 @@ def make_loaders(folders: Path, list_file: Path, shards: Path, args: argparse.Na
             return make_train_loader(shards, epoch=epoch, **common)[0]
         return make_eval_loader(shards, subset="training", resize=args.resize, **common)
 
-    def folder(load: Callable[..., torch.Tensor]) -> Callable[[int], Iterable[Any]]:
-        dataset = FolderDataset(folders, list_file, args.segments, train, load)
+    def folder(root: Path, load: Callable[..., torch.Tensor]) -> Callable[[int], Iterable[Any]]:
+        dataset = FolderDataset(root, list_file, args.segments, train, load)
         return lambda epoch: DataLoader(dataset, batch_size=args.batch_size, shuffle=train, drop_last=train,
                                         num_workers=args.workers)
 
-    return {"shards": ours, "folders_official": folder(lambda p: official_loader(p, args)),
-            "folders_our_decode": folder(OurDecode(args))}
+    return {"shards": ours, "folders_official": folder(official, lambda p: official_loader(p, args)),
+            "folders_our_decode": folder(folders, OurDecode(args))}
 
 
 def clips_of(batch: Any, args: argparse.Namespace) -> int:
@@ -234,12 +272,12 @@ def run(name: str, make: Callable[[int], Iterable[Any]], files: list[Path], args
             "steady_clips_per_s": steady_clips / steady_seconds if steady_seconds else float("nan")}
 
 
-def cpu_cost(folders: Path, list_file: Path, shards: Path, args: argparse.Namespace) -> dict[str, float]:
+def cpu_cost(layouts: tuple[Path, Path, Path, Path], args: argparse.Namespace) -> dict[str, float]:
     """CPU milliseconds per clip with the loading in this process (no workers): insensitive to other load."""
     single = argparse.Namespace(**{**vars(args), "workers": 0})
     costs: dict[str, list[float]] = {}
     for _ in range(args.repeats):
-        for name, make in make_loaders(folders, list_file, shards, single).items():
+        for name, make in make_loaders(*layouts, single).items():
             start, clips = time.process_time(), sum(clips_of(batch, args) for batch in make(0))
             costs.setdefault(name, []).append((time.process_time() - start) * 1e3 / clips)
     return {name: min(c) for name, c in costs.items()}
@@ -249,7 +287,9 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--videos", type=int, default=40)
     p.add_argument("--frames", type=int, default=60, help="stored frames per video")
-    p.add_argument("--short-side", type=int, default=256)
+    p.add_argument("--short-side", type=int, default=256, help="short side of the frames in the shards")
+    p.add_argument("--official-short-side", type=int, default=None,
+                   help="short side of the official layout's frames (default: --short-side; 360 as shipped)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of the stored frames")
     p.add_argument("--shard-size", type=int, default=10, help="videos per shard")
     p.add_argument("--mode", choices=("train", "eval"), default="train")
@@ -264,20 +304,23 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--workdir", type=Path, default=Path("/tmp/sofnet-loader-bench"))
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = p.parse_args(argv)
+    args.official_short_side = args.official_short_side or args.short_side
     logging.basicConfig(level=logging.WARNING if args.json else logging.INFO, format="%(message)s")
     torch.set_num_threads(1)
-    folders, list_file, shards = build(args.workdir, args)
-    files = {"shards": sorted(shards.glob("*.tar")), "folders": sorted(folders.rglob("*.jpg"))}
-    loaders = make_loaders(folders, list_file, shards, args)
+    layouts = build(args.workdir, args)
+    folders, official, _, shards = layouts
+    files = {"shards": sorted(shards.glob("*.tar")), "folders_official": sorted(official.rglob("*.jpg")),
+             "folders_our_decode": sorted(folders.rglob("*.jpg"))}
+    loaders = make_loaders(*layouts, args)
     runs: dict[str, list[dict]] = {name: [] for name in loaders}
     for _ in range(args.repeats):
         for name, make in loaders.items():
-            runs[name].append(run(name, make, files["shards" if name == "shards" else "folders"], args))
+            runs[name].append(run(name, make, files[name], args))
             log.info("%-20s %6.1f clips/s", name, runs[name][-1]["clips_per_s"])
     results = {name: {"clips_per_s": statistics.median(r["clips_per_s"] for r in rs),
                       "steady_clips_per_s": statistics.median(r["steady_clips_per_s"] for r in rs),
                       "runs": [round(r["clips_per_s"], 2) for r in rs]} for name, rs in runs.items()}
-    cpu = cpu_cost(folders, list_file, shards, args)
+    cpu = cpu_cost(layouts, args)
     for name, ms in cpu.items():
         results[name]["cpu_ms_per_clip"] = ms
     shard = results["shards"]["clips_per_s"]
@@ -285,7 +328,9 @@ def main(argv: list[str] | None = None) -> dict:
            "machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
                        "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
            "bytes": {k: sum(f.stat().st_size for f in v) for k, v in files.items()},
-           "files": {k: len(v) for k, v in files.items()}, "results": results,
+           "files": {k: len(v) for k, v in files.items()},
+           "frame_sizes": {k: sorted({Image.open(f).size for f in v[::args.frames]})  # first frame per video
+                           for k, v in files.items() if k != "shards"}, "results": results,
            "ratio_vs_official": shard / results["folders_official"]["clips_per_s"],
            "ratio_vs_folders_our_decode": shard / results["folders_our_decode"]["clips_per_s"],
            "cpu_ratio_vs_official": cpu["folders_official"] / cpu["shards"],
@@ -294,7 +339,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(out, indent=2))
     else:
         print(f"{args.mode}, {args.videos} videos x {args.frames} frames, T={args.segments}, batch {args.batch_size}, "
-              f"{args.workers} workers{', cold cache' if args.cold else ''}")
+              f"{args.workers} workers{', cold cache' if args.cold else ''}; frames: ours short side "
+              f"{args.short_side}, official {args.official_short_side} ({out['bytes']['folders_official'] / 1e6:.1f} "
+              f"MB vs {out['bytes']['folders_our_decode'] / 1e6:.1f} MB)")
         for name, r in results.items():
             print(f"  {name:20s} {r['clips_per_s']:7.1f} clips/s  (steady {r['steady_clips_per_s']:.1f})  "
                   f"{r['cpu_ms_per_clip']:.1f} CPU ms/clip")
