@@ -32,6 +32,7 @@ def test_defaults_yaml_then_dotlist(tmp_path):
     ("loss:\n  alpha: 1.5\n", [], "loss.alpha"),
     ("model:\n  arch: i3d\n", [], "model.arch"),
     ("model:\n  arch: sofnet_tsm\n  shift: bidirectional\n", [], "model.shift"),
+    ("model:\n  gate_init: xavier\n", [], "model.gate_init"),
     ("", ["early_exit.rho=high"], "early_exit.rho"),
     ("", ["trian.seed=1"], "trian"),
     ("model: [1, 2\n", [], "not valid YAML"),

@@ -186,6 +186,29 @@ def test_build_model_by_name_and_bad_inputs():
         tsm.infer(clips(1, 8, 64, 0), rho=0.9, t_min=2)
 
 
+def test_gate_init_official_or_pytorch():
+    """official: every new Linear N(0, 0.001), the gate projection too; pytorch: the projection keeps PyTorch's
+    default, so the LSTM input follows the frame's features instead of being ~1e-3 of them."""
+    x = clips(1, 8, 64, 3, dtype=torch.float32)
+    spread = {}
+    for init in ("official", "pytorch"):
+        model = tiny_model(gate_init=init, dtype=torch.float32)
+        proj = model.gates[0].proj
+        if init == "official":
+            assert proj.weight.std().item() == pytest.approx(0.001, rel=0.2) and not proj.bias.any()
+        else:  # kaiming-uniform(a=sqrt(5)): std = 1 / sqrt(3 fan_in)
+            assert proj.weight.std().item() == pytest.approx((3 * proj.in_features) ** -0.5, rel=0.2)
+        for gate in model.gates:  # the heads follow the official init either way
+            assert gate.head.weight.std().item() == pytest.approx(0.001, rel=0.3)
+        with torch.no_grad():
+            stem = model.trunk.blocks[0](x[0])
+            z = model.gates[0].proj(stem.mean(dim=(2, 3)))
+        spread[init] = z.std(dim=0).mean().item()  # how much the gate input differs between frames
+    assert spread["pytorch"] > 30 * spread["official"]  # ~70x at 64 channels (std 0.072 vs 0.001)
+    with pytest.raises(ValueError, match="gate_init"):
+        build_model({"arch": "sofnet", "backbone": "resnet18", "gate_init": "xavier"})
+
+
 def test_pretrained_file_loads_into_trunk(tmp_path):
     import torchvision
 

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sofnet.schema import (  # noqa: F401  (re-exported: the config API lives here)
-    ARCHS, BACKBONES, ET_MODES, NUM_BLOCKS, SHIFTS, Config, DataConfig, EarlyExitConfig, LossConfig, MlflowConfig,
+    ARCHS, BACKBONES, ET_MODES, GATE_INITS, NUM_BLOCKS, SHIFTS, Config, DataConfig, EarlyExitConfig, LossConfig, MlflowConfig,
     ModelConfig, OptimConfig, ScalingConfig, StageConfig, TrainConfig,
 )
 
@@ -41,6 +41,7 @@ def validate(cfg: Any, src: str = "<config>") -> None:
     _choice(m.arch, ARCHS, "model.arch", src)
     _choice(m.backbone, BACKBONES, "model.backbone", src)
     _choice(m.shift, SHIFTS, "model.shift", src)
+    _choice(m.gate_init, GATE_INITS, "model.gate_init", src)
     _choice(et.mode, ET_MODES, "early_exit.mode", src)
     checks = [
         (m.num_classes >= 1, "model.num_classes", "must be >= 1"),

@@ -11,6 +11,7 @@ from typing import List, Optional
 ARCHS = ("tsn", "tsm", "sofnet", "sofnet_tsm")
 BACKBONES = ("resnet18", "resnet34", "resnet50")
 SHIFTS = ("auto", "bidirectional", "causal")
+GATE_INITS = ("official", "pytorch")
 ET_MODES = ("reached", "official")
 NUM_BLOCKS = 5  # stem, layer1..layer4: the five places SoF-Net may stop a frame
 
@@ -25,6 +26,7 @@ class ModelConfig:
     pretrained: str = "none"  # none | imagenet | path to a torchvision ResNet state dict
     dropout: float = 0.5
     gate_hidden: int = 512
+    gate_init: str = "official"  # official: N(0, 0.001) gate projection; pytorch: its default (see README)
     tau0: float = 5.0  # Gumbel temperature tau(epoch) = tau0 * exp(-tau_decay * epoch)
     tau_decay: float = 0.045
     shift: str = "auto"  # TSM shift: auto = bidirectional for tsm, causal for sofnet_tsm

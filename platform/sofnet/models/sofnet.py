@@ -36,9 +36,16 @@ from sofnet.models.output import (PASSED, SoFOutput, accounted_gflops, aggregate
 class Gate(nn.Module):
     """Stop-or-forward gate with an auxiliary classifier; the LSTM cell is stepped by the caller."""
 
-    def __init__(self, channels: int, hidden: int, num_classes: int) -> None:
+    def __init__(self, channels: int, hidden: int, num_classes: int, init: str = "official") -> None:
         super().__init__()
-        self.proj = init_linear(nn.Linear(channels, channels))
+        # "official": N(0, 0.001) like every new Linear of the official code. Its output is then ~1e-3 of the
+        # block's features, so the LSTM sees an almost constant input and, in a short run, a gate learns little
+        # more than a per-block bias. "pytorch" keeps PyTorch's default init here (the heads stay official).
+        if init not in ("official", "pytorch"):
+            raise ValueError(f"unknown model.gate_init {init!r}: official | pytorch")
+        self.proj = nn.Linear(channels, channels)
+        if init == "official":
+            init_linear(self.proj)
         self.lstm = nn.LSTMCell(channels, hidden)  # holds the parameters; step() runs the cell
         self.head = init_linear(nn.Linear(hidden, 2))
         self.aux = init_linear(nn.Linear(hidden, num_classes))
@@ -66,7 +73,8 @@ class SoFNet(VideoModel):
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
         c = self.cfg
-        self.gates = nn.ModuleList(Gate(ch, c.gate_hidden, c.num_classes) for ch in self.trunk.channels)
+        self.gates = nn.ModuleList(Gate(ch, c.gate_hidden, c.num_classes, c.gate_init)
+                                   for ch in self.trunk.channels)
         self.et_chunk = c.et_chunk
 
     # ----------------------------------------------------------------------------------------- dense path
