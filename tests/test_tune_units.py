@@ -68,10 +68,12 @@ def test_trial_config_sets_params_and_rejects_bad_ones():
     from sofnet.config import load_config
 
     base = load_config(th.REPO / "jobs/configs/demo.yaml")
+    before = (base.loss.alpha, base.loss.beta, base.early_exit.rho)
+    assert before[1] is not None and before != (0.9, None, 0.95)
     params = trial_params({POINT_KEY: {"loss.alpha": 0.9, "loss.beta": None}, "early_exit.rho": 0.95})
     cfg = trial_config(base, params)
     assert (cfg.loss.alpha, cfg.loss.beta, cfg.early_exit.rho) == (0.9, None, 0.95)
-    assert base.loss.beta == 0.05  # the base is not changed
+    assert (base.loss.alpha, base.loss.beta, base.early_exit.rho) == before  # the base is not changed
     with pytest.raises(ConfigError, match="loss.alpha"):
         trial_config(base, {"loss.alpha": 2.0})
     with pytest.raises(ConfigError, match="not a config key"):
