@@ -93,6 +93,13 @@ def test_runs_registry_alias_and_pyfunc_predict(server: str) -> None:
     assert "config.yaml" in {a.path for a in client.list_artifacts(run_id)}
     best = client.get_model_version_by_alias(NAME, "best")
     assert models[best.version] == 1  # the version with the best val score, not the newest
+    # A resumed attempt of the last run registers again: it replaces that run's version instead of adding one.
+    tracker.start("stage2", "sofnet", run_id=run_id)
+    again = tracker.log_model(_model(cfg, 2), register=True, score=0.6)
+    tracker.end()
+    versions = {v.version: v.run_id for v in client.search_model_versions(f"name='{NAME}'")}
+    assert len(versions) == 3 and versions[again] == run_id and [r for r in versions.values()].count(run_id) == 1
+    assert client.get_model_version_by_alias(NAME, "best").version == best.version
 
     mlflow.set_tracking_uri(server)
     loaded = mlflow.pyfunc.load_model(f"models:/{NAME}@best")

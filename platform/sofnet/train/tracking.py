@@ -165,10 +165,24 @@ class RunTracker:
         version = str(info.registered_model_version)
         if score is not None:
             self.client.set_model_version_tag(name, version, SCORE_TAG, str(score))
+        self._drop_superseded(name, version)
         best = set_best_alias(self.client, name, self.cfg.mlflow.alias)
         logger.info("MLflow: registered %s version %s; alias %r -> version %s", name, version, self.cfg.mlflow.alias,
                     best)
         return version
+
+    def _drop_superseded(self, name: str, version: str) -> None:
+        """Delete versions of ``name`` that this same run registered before ``version``.
+
+        A run registers once, at its final epoch; an earlier version from the same run means an attempt was killed
+        between registering and checkpointing, and the resumed attempt re-ran that epoch. Keeping both would list one
+        training run twice in the registry (and could leave the alias on the stale weights).
+        """
+        for old in self.client.search_model_versions(f"name='{name}' and run_id='{self.run_id}'"):
+            if str(old.version) != version:
+                logger.warning("MLflow: %s version %s came from an interrupted attempt of run %s; replaced by "
+                               "version %s", name, old.version, self.run_id, version)
+                self.client.delete_model_version(name, old.version)
 
     def end(self, status: str = "FINISHED") -> None:
         """End the active run."""
