@@ -172,7 +172,8 @@ def test_manifest_and_a_rerun_that_has_nothing_to_do(run: tuple[Path, dict], tmp
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("*.tar")}
     annotation = out.parent / "anet.json"
     source = load_activitynet_json(annotation, classes=CLASSES, subsets=["training", "validation"])
-    summary = prepare_on_ray(source, out.parent / "videos", out, PrepParams(short_side=64, shard_size=4), progress=False)
+    params = PrepParams(short_side=64, shard_size=4)
+    summary = prepare_on_ray(source, out.parent / "videos", out, params, progress=False)
     assert summary["processed"] == 0 and summary["written"] == len(samples(out))
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("*.tar")} == before
     with pytest.raises(RuntimeError, match="other parameters"):

@@ -98,7 +98,7 @@ def test_runs_registry_alias_and_pyfunc_predict(server: str) -> None:
     again = tracker.log_model(_model(cfg, 2), register=True, score=0.6)
     tracker.end()
     versions = {v.version: v.run_id for v in client.search_model_versions(f"name='{NAME}'")}
-    assert len(versions) == 3 and versions[again] == run_id and [r for r in versions.values()].count(run_id) == 1
+    assert len(versions) == 3 and versions[again] == run_id and list(versions.values()).count(run_id) == 1
     assert client.get_model_version_by_alias(NAME, "best").version == best.version
 
     mlflow.set_tracking_uri(server)

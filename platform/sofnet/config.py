@@ -22,8 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sofnet.schema import (  # noqa: F401  (re-exported: the config API lives here)
-    ARCHS, BACKBONES, ET_MODES, GATE_INITS, NUM_BLOCKS, SHIFTS, Config, DataConfig, EarlyExitConfig, LossConfig, MlflowConfig,
-    ModelConfig, OptimConfig, ScalingConfig, StageConfig, TrainConfig,
+    ARCHS, BACKBONES, ET_MODES, GATE_INITS, NUM_BLOCKS, SHIFTS, Config, DataConfig, EarlyExitConfig, LossConfig,
+    MlflowConfig, ModelConfig, OptimConfig, ScalingConfig, StageConfig, TrainConfig,
 )
 
 class ConfigError(ValueError):

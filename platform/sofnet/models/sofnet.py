@@ -31,6 +31,7 @@ from sofnet.models.backbone import ShiftContext
 from sofnet.models.base import VideoModel, init_linear
 from sofnet.models.output import (PASSED, SoFOutput, accounted_gflops, aggregate, apply_early_exit,
                                   drop_after_exit, first_exit)
+from sofnet.schema import GATE_INITS
 
 
 class Gate(nn.Module):
@@ -41,8 +42,8 @@ class Gate(nn.Module):
         # "official": N(0, 0.001) like every new Linear of the official code. Its output is then ~1e-3 of the
         # block's features, so the LSTM sees an almost constant input and, in a short run, a gate learns little
         # more than a per-block bias. "pytorch" keeps PyTorch's default init here (the heads stay official).
-        if init not in ("official", "pytorch"):
-            raise ValueError(f"unknown model.gate_init {init!r}: official | pytorch")
+        if init not in GATE_INITS:
+            raise ValueError(f"unknown model.gate_init {init!r}: {' | '.join(GATE_INITS)}")
         self.proj = nn.Linear(channels, channels)
         if init == "official":
             init_linear(self.proj)
