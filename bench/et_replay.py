@@ -66,7 +66,7 @@ def et_pass(model: torch.nn.Module, loader: Any, rho: float, t_min: int) -> Dict
     """The leanest full evaluation of a point: the loader, the skipping path with early exit only, the metrics."""
     import numpy as np
 
-    from sofnet.train.loop import _variant_metrics
+    from sofnet.evaluation import score
 
     outs, ids, targets, labels = [], [], [], []
     for b in loader:
@@ -79,14 +79,15 @@ def et_pass(model: torch.nn.Module, loader: Any, rho: float, t_min: int) -> Dict
     def cat(name: str, fn: Callable = lambda v: v) -> np.ndarray:
         return torch.cat([fn(getattr(o, name)) for o in outs]).numpy()[order]
 
-    return _variant_metrics("val/et/", cat("logits", lambda v: v.float().softmax(-1)), np.concatenate(targets)[order],
+    return score("val/et/", cat("logits", lambda v: v.float().softmax(-1)), np.concatenate(targets)[order],
                             np.concatenate(labels)[order], cat("decisions"), cat("gflops", lambda v: v.double()),
                             cat("fallback"))[0]
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     from sofnet.train.cli import ensure_synthetic_shards
-    from sofnet.train.loop import evaluate
+    from sofnet.early_exit import EarlyExit
+    from sofnet.evaluation import evaluate
     from sofnet.tune.et_cache import ETBundle, replay_metrics, write_cache
 
     torch.manual_seed(0)
@@ -95,14 +96,14 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                                                                                classes=3, seed=11)
         model, cfg, loader = build(args, shards)
         # warm-up: allocator, lazy inits
-        evaluate(model, loader, device=torch.device("cpu"), num_classes=3, et=(*GRID[0], "reached"))
+        evaluate(model, loader, device=torch.device("cpu"), num_classes=3, et=EarlyExit(True, *GRID[0]))
         _, cache_wall, cache_cpu = timed(lambda: write_cache(model, cfg, Path(tmp) / "cache"))
         bundle = ETBundle.load(Path(tmp) / "cache")
         replayed, replay_wall, replay_cpu = timed(lambda: [replay_metrics(bundle, r, t) for r, t in GRID])
 
         def full_grid() -> list:
             return [{k: v for k, v in evaluate(model, loader, device=torch.device("cpu"), num_classes=3,
-                                               et=(r, t, "reached")).metrics.items() if k.startswith("val/et/")}
+                                               et=EarlyExit(True, r, t)).metrics.items() if k.startswith("val/et/")}
                     for r, t in GRID]
 
         full, full_wall, full_cpu = timed(full_grid)

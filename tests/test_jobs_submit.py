@@ -161,7 +161,7 @@ def test_submit_smoke_job_succeeds_and_is_tracked(head: str, shards: Path, tmp_p
     assert {"train/eff", "train/gate", "train/aux"} <= set(by_stage["stage2"].data.metrics)
     version = client.get_model_version_by_alias("sofnet-smoke", "best")
     assert version.run_id == by_stage["stage2"].info.run_id
-    # jobs/evaluate.py on the run's latest checkpoint: metrics JSON and the official submission file
+    # jobs/evaluate.py on the run (its best epoch): metrics JSON and the official submission file
     out = tmp_path / "eval"
     ev = subprocess.run([sys.executable, "jobs/evaluate.py", "--config", "jobs/configs/demo.yaml", "--checkpoint",
                          str(tmp_path / "runs" / "smoke"), "--out", str(out), "--rho", "0.9",
@@ -169,7 +169,7 @@ def test_submit_smoke_job_succeeds_and_is_tracked(head: str, shards: Path, tmp_p
                         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert ev.returncode == 0, ev.stderr[-3000:]
     report = json.loads((out / "metrics.json").read_text())
-    assert report["early_exit"][0] == 0.9 and 0.0 <= report["metrics"]["val/et/mAP"] <= 1.0
+    assert report["early_exit"]["rho"] == 0.9 and 0.0 <= report["metrics"]["val/et/mAP"] <= 1.0
     submission = json.loads((out / "submission.json").read_text())
     assert submission["version"] == "VERSION 1.3" and len(submission["results"]) == report["metrics"]["val/videos"]
 

@@ -120,16 +120,16 @@ def test_gates_get_accuracy_gradient_when_every_frame_stops() -> None:
 
 
 def test_stage2_initializes_from_a_checkpoint_directory(tmp_path: Path) -> None:
+    from sofnet import checkpoint
     from sofnet.models import load_backbone_state
-    from sofnet.train.pyfunc import write_artifacts
-    from sofnet.train.worker import load_init_state
 
     cfg = _cfg()
     torch.manual_seed(3)
     stage1 = build_model(stage_model_config(cfg, "stage1"))
-    write_artifacts(stage1, str(tmp_path / "checkpoint-stage1-epoch000"))
+    checkpoint.write_model(tmp_path / "checkpoint-stage1-epoch000", stage1)
+    checkpoint.seal(tmp_path / "checkpoint-stage1-epoch000")
     stage2 = build_model(stage_model_config(cfg, "stage2"))
-    load_backbone_state(stage2, load_init_state(str(tmp_path / "checkpoint-stage1-epoch000")), "test")
+    load_backbone_state(stage2, checkpoint.load_state(str(tmp_path / "checkpoint-stage1-epoch000")), "test")
     assert torch.equal(stage2.fc.weight, stage1.fc.weight)
-    with pytest.raises(FileNotFoundError):
-        load_init_state(str(tmp_path / "missing"))
+    with pytest.raises(checkpoint.CheckpointError, match="no such checkpoint"):
+        checkpoint.load_state(str(tmp_path / "missing"))

@@ -17,7 +17,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import tune_helpers as th
-from sofnet.train.evaluation import evaluate_model
+from sofnet.early_exit import EarlyExit
+from sofnet.evaluation import evaluate_model
 from sofnet.tune.et_cache import load_model
 
 pytestmark = pytest.mark.slow
@@ -74,7 +75,7 @@ def test_early_exit_job_equals_full_evaluation_at_every_point(env, trained, tmp_
     fired, distinct = 0, set()
     for run in children:
         p, logged = run.data.params, run.data.metrics
-        full = evaluate_model(model, cfg, out_dir=tmp_path / "eval", et=(float(p["early_exit.rho"]),
+        full = evaluate_model(model, cfg, out_dir=tmp_path / "eval", et=EarlyExit(True, float(p["early_exit.rho"]),
                               int(p["early_exit.t_min"]), p["early_exit.mode"]))["metrics"]
         want = {k: v for k, v in full.items() if k.startswith("val/et/")}
         assert set(want) == set(logged), run.info.run_name

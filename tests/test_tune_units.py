@@ -13,7 +13,8 @@ from helpers import tiny_model
 from sofnet.config import ConfigError
 from sofnet.data import make_eval_loader
 from sofnet.replay import replay
-from sofnet.train.loop import evaluate
+from sofnet.early_exit import EarlyExit
+from sofnet.evaluation import evaluate
 from sofnet.tune.et_cache import ETBundle, load_model, replay_metrics, write_cache
 from sofnet.tune.report import pareto_front, table_c, table_d
 from sofnet.tune.sweep import (POINT_KEY, load_sweep, param_space, scheduler, search_algorithm, trial_config,
@@ -114,7 +115,7 @@ def test_cache_replay_equals_full_evaluation_per_video(trained, tmp_path):
     for mode, rho, t_min in [("reached", 0.95, 2), ("reached", 0.999, 2), ("reached", 0.99, 3), ("reached", 0.95, 5),
                              ("official", 0.95, 2)]:
         full = evaluate(model, loader, device=torch.device("cpu"), num_classes=th.CLASSES,
-                        et=(rho, t_min, mode), expected=loader.dataset.num_videos)
+                        et=EarlyExit(True, rho, t_min, mode), expected=loader.dataset.num_videos)
         assert full.ids == bundle.ids
         a, out = full.arrays, replay(bundle.cache, rho, t_min, mode)
         np.testing.assert_array_equal(out.decisions.numpy(), a["et_decisions"])

@@ -58,12 +58,13 @@ def main(dataset: str, argv: Optional[Sequence[str]] = None) -> int:
         shards = ensure_synthetic_shards(Path(cfg.train.output_dir) / "smoke_data")
         cfg = load_config_or_exit(args.config, [f"data.dataset={dataset}"] + overrides + [
             f"data.train_shards={shards}", f"data.val_shards={shards}", "model.num_classes=3"])
+    from sofnet.preflight import PreflightError
     from sofnet.train.ray_job import run_training
     from sofnet.train.tracking import TrackingError
 
     try:
         result = run_training(cfg, pid_dir=args.pid_dir)
-    except TrackingError as e:
+    except (PreflightError, TrackingError) as e:
         sys.stderr.write(f"error: {e}\n")
         return 2
     if result.error is not None:

@@ -16,9 +16,9 @@ settings) and ``weights.pt`` (a state dict read with ``torch.load(weights_only=T
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from importlib import metadata
 from typing import Any, Dict, Optional
@@ -27,7 +27,8 @@ import mlflow
 import numpy as np
 import torch
 
-from sofnet.models import build_model
+from sofnet import checkpoint
+from sofnet.early_exit import EarlyExit
 
 _REQUIREMENTS = ("torch", "torchvision", "mlflow", "omegaconf", "numpy")
 
@@ -42,23 +43,14 @@ def _requirements() -> list[str]:
     return out
 
 
-def build_network(spec: Dict[str, Any], weights_path: str) -> torch.nn.Module:
-    """Rebuild the network of ``spec["model"]`` (``model.hparams()``) and load the state dict at ``weights_path``."""
-    hparams = dict(spec["model"], pretrained="none")  # the weights come from the state dict, never a download
-    model = build_model(hparams)
-    state = torch.load(weights_path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    return model.eval()
-
-
 class SofnetPyfunc(mlflow.pyfunc.PythonModel):
     """``predict(clips)`` -> softmax scores ``[B, K]`` from the skipping path (early exit as configured)."""
 
     def load_context(self, context: Any) -> None:
         """Rebuild the network from the ``model_config`` and ``weights`` artifacts."""
-        with open(context.artifacts["model_config"], encoding="utf-8") as f:
-            self.spec = json.load(f)
-        self.model = build_network(self.spec, context.artifacts["weights"])
+        self.spec = checkpoint.read_spec(Path(context.artifacts["model_config"]).parent)
+        self.model = checkpoint.build_network(self.spec, checkpoint.safe_load(context.artifacts["weights"]),
+                                              context.artifacts["weights"])
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would derive a schema from them
         """Score clips.
@@ -76,37 +68,47 @@ class SofnetPyfunc(mlflow.pyfunc.PythonModel):
             x = x.unsqueeze(0)
         if x.dim() != 5:
             raise ValueError(f"expected clips [B, T, 3, H, W], got shape {tuple(x.shape)}")
-        et = self.spec.get("early_exit") or {}
-        kwargs = {"rho": et["rho"], "t_min": et["t_min"], "mode": et["mode"]} if et.get("enabled") else {}
-        if getattr(self.model, "shift", None) == "bidirectional":
-            kwargs = {}
+        et = EarlyExit.from_config(self.spec.get("early_exit") or {})
+        kwargs = et.infer_kwargs() if et.enabled and et.applies_to(self.model) else {}
         out = self.model.infer(x.to(self.model.fc.weight.dtype), **kwargs)
         return out.logits.float().softmax(-1).numpy()
 
 
 def write_artifacts(model: torch.nn.Module, directory: str, et: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
-    """Write ``model.json`` and ``weights.pt`` for ``model`` into ``directory``; returns the artifact paths."""
-    os.makedirs(directory, exist_ok=True)
-    spec = {"model": model.hparams(), "early_exit": dict(et or {})}
-    config_path, weights_path = os.path.join(directory, "model.json"), os.path.join(directory, "weights.pt")
-    with open(config_path, "w", encoding="utf-8") as f:
-        json.dump(spec, f, indent=1)
-    torch.save({k: v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()
-                for k, v in model.state_dict().items()}, weights_path)
-    return {"model_config": config_path, "weights": weights_path}
+    """Write ``model.json`` and ``weights.pt`` (:mod:`sofnet.checkpoint`'s format) into ``directory``."""
+    checkpoint.write_model(directory, model, et)
+    return {"model_config": os.path.join(directory, checkpoint.MODEL), "weights": os.path.join(directory, checkpoint.WEIGHTS)}
+
+
+def signature(model: torch.nn.Module) -> Any:
+    """The model's tensor signature: clips ``[-1, T, 3, S, S]`` float32 in, probabilities ``[-1, K]`` out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    hp = model.hparams()
+    clip = (-1, hp["num_segments"], 3, hp["input_size"], hp["input_size"])
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), clip, "clips")]),
+                          outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, hp["num_classes"]), "probs")]))
 
 
 def log_pyfunc(model: torch.nn.Module, name: str = "model", et: Optional[Dict[str, Any]] = None,
-               registered_model_name: Optional[str] = None) -> Any:
+               registered_model_name: Optional[str] = None, step: int = 0) -> Any:
     """Log ``model`` as a :class:`SofnetPyfunc` in the active run (and register it when a name is given).
+
+    ``step`` is the epoch whose metrics the logged model is linked to (the best epoch). No input example is logged:
+    one clip of a paper config is 16 x 3 x 224 x 224 floats (~30 MB as MLflow's JSON); the signature gives the shape.
 
     Returns:
         MLflow's ``ModelInfo`` (``registered_model_version`` is set when registered).
     """
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # MLflow warns on every call that no input example was given; the docstring says why there is none.
+        warnings.filterwarnings("ignore", message=".*An input example was not provided")
+        # ... and that predict() has no type hints: hints would make MLflow derive a schema that rejects tensors.
+        warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
         artifacts = write_artifacts(model, tmp, et)
         return mlflow.pyfunc.log_model(name=name, python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
-                                       artifacts=artifacts,
+                                       artifacts=artifacts, signature=signature(model), step=step,
                                        pip_requirements=_requirements(), registered_model_name=registered_model_name)
 
 

@@ -105,11 +105,16 @@ def run_training(cfg: Any, *, pid_dir: str = "") -> Any:
         pid_dir: Where each training worker writes ``rank<r>.pid`` (tests kill a worker through it).
 
     Raises:
+        PreflightError: Shards missing, empty, inconsistent or of another class count; storage not writable.
         TrackingError: The MLflow store is unreachable (before Ray starts).
     """
     import ray
 
+    from sofnet.preflight import check_data, check_output_dir
+
+    check_data(cfg)  # before the paths are made absolute: a relative path in a submitted job gets its own message
     cfg = prepare_config(cfg)
+    check_output_dir(cfg.train.output_dir)
     tracking_uri = resolve_tracking_uri(cfg.mlflow.tracking_uri)
     check_tracking(tracking_uri, cfg.mlflow.experiment)
     if not ray.is_initialized():

@@ -33,6 +33,9 @@ from mlflow.tracking import MlflowClient
 from sofnet.config import flatten, to_yaml
 
 logger = logging.getLogger(__name__)
+# MLflow draws a tqdm bar for every artifact download (each logged model is downloaded back to validate it): two
+# bars per model in a console that should show one line per event.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 SCORE_TAG = "val_score"
 
@@ -152,19 +155,30 @@ class RunTracker:
             mlflow.log_figure(fig, f"decision_maps/epoch{epoch:03d}/{vid}.png")
             plt.close(fig)
 
-    def log_model(self, model: Any, *, register: bool, score: Optional[float]) -> Optional[str]:
-        """Log the pyfunc model; when ``register`` and a registered name is configured, register it and move
-        the alias to the best-scoring version. Returns the registered version, or None."""
+    def log_model(self, model: Any, *, register: bool, score: Optional[float], step: int = 0,
+                  best: Optional[Mapping[str, Any]] = None) -> Optional[str]:
+        """Log the pyfunc model (linked to the metrics of epoch ``step``); when ``register`` and a registered name is
+        configured, register it, tag the version with what it is (``best``: metric, value and epoch; GFLOPs/V and
+        the early-exit setting) and move the alias to the best-scoring version. Returns the version, or None."""
+        from sofnet.early_exit import EarlyExit
         from sofnet.train.pyfunc import log_pyfunc
 
         name = self.cfg.mlflow.registered_model if register else ""
-        et = {k: self.cfg.early_exit[k] for k in ("enabled", "rho", "t_min", "mode")}
-        info = log_pyfunc(model, name="model", et=et, registered_model_name=name or None)
+        et = EarlyExit.from_config(self.cfg.early_exit)
+        info = log_pyfunc(model, name="model", et=et.as_dict(), registered_model_name=name or None, step=step)
         if not name:
             return None
         version = str(info.registered_model_version)
         if score is not None:
             self.client.set_model_version_tag(name, version, SCORE_TAG, str(score))
+        tags = {"best_metric": (best or {}).get("metric", ""), "best_epoch": str(step + 1),
+                "early_exit": ("on" if et.enabled else "off") + f" rho={et.rho} t_min={et.t_min} mode={et.mode}"}
+        for key in ("val/gflops_per_video", "val/et/gflops_per_video"):
+            history = {m.step: m.value for m in self.client.get_metric_history(self.run_id, key)}
+            if step in history:
+                tags[key.replace("/", "_")] = f"{history[step]:.4f}"
+        for k, v in tags.items():
+            self.client.set_model_version_tag(name, version, k, v)
         self._drop_superseded(name, version)
         best = set_best_alias(self.client, name, self.cfg.mlflow.alias)
         logger.info("MLflow: registered %s version %s; alias %r -> version %s", name, version, self.cfg.mlflow.alias,

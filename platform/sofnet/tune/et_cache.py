@@ -2,7 +2,7 @@
 
 One skipping-path pass without early exit over the validation videos fixes the result of every early-exit
 setting (:mod:`sofnet.replay`). This module writes that pass to a directory and scores replayed points with the
-same metric code as the full evaluation (``sofnet.train.loop``), so a replayed point's mAP, GFLOPs and frame usage
+same metric code as the full evaluation (``sofnet.evaluation``), so a replayed point's mAP, GFLOPs and frame usage
 equal those of ``jobs/evaluate.py --rho R --t-min T``::
 
     from sofnet.tune.et_cache import ETBundle, write_cache, replay_metrics
@@ -27,10 +27,10 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from sofnet.data import make_eval_loader
+# The full evaluation's own loader and scoring: the replayed metrics must come from the same code to be comparable.
+from sofnet.early_exit import EarlyExit
+from sofnet.evaluation import eval_loader, score
 from sofnet.replay import ETCache, replay
-# The full evaluation's own scoring: the replayed metrics must be computed by the same code to be comparable.
-from sofnet.train.loop import _variant_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -86,14 +86,11 @@ def write_cache(model: torch.nn.Module, cfg: Any, out_dir: str | Path, *, shards
     Raises:
         ValueError: the model cannot exit early (bidirectional shift), or the shards hold no video.
     """
-    if getattr(model, "shift", None) == "bidirectional":
+    if not EarlyExit.applies_to(model):
         raise ValueError("early exit needs a causal model; a bidirectional TSM reads frames it would not compute")
     hp, d = model.hparams(), cfg.data
     shards, subset = shards or d.val_shards, subset or d.val_subset
-    # The same loader as the full evaluation (sofnet.train.evaluation.evaluate_model): same frames, same crop.
-    loader = make_eval_loader(shards, num_segments=hp["num_segments"], input_size=hp["input_size"],
-                              resize=max(d.resize, hp["input_size"]), batch_size=d.batch_size,
-                              num_workers=d.num_workers, num_classes=hp["num_classes"], subset=subset)
+    loader = eval_loader(model, d, shards, subset)  # the full evaluation's loader: same frames, same crop
     model.eval()
     dtype = next(model.parameters()).dtype
     outputs, ids, targets, labels = [], [], [], []
@@ -140,22 +137,24 @@ def replay_metrics(bundle: ETBundle, rho: float, t_min: int, mode: str = "reache
 
     Returns:
         ``{prefix + "mAP", "top1", "top5", "gflops_per_video", "gflops_per_frame", "frame_usage",
-        "frames_processed", "fallback_rate", "survival/<block>"}``, as ``sofnet.train.loop.evaluate`` names them.
+        "frames_processed", "fallback_rate", "survival/<block>"}``, as ``sofnet.evaluation.evaluate`` names them.
     """
     out = replay(bundle.cache, rho, int(t_min), mode)
-    metrics, _ = _variant_metrics(prefix, out.logits.float().softmax(-1).numpy(), bundle.targets, bundle.label,
+    metrics, _ = score(prefix, out.logits.float().softmax(-1).numpy(), bundle.targets, bundle.label,
                                   out.decisions.numpy(), out.gflops.double().numpy(), out.fallback.numpy())
     return metrics
 
 
 def load_model(checkpoint: str, tracking_uri: Optional[str] = None) -> torch.nn.Module:
-    """The trained network of a run/checkpoint directory or an MLflow model URI (``models:/name@alias``)."""
-    from sofnet.train.evaluation import load_trained
-
+    """The trained network of a run/checkpoint directory (best epoch) or an MLflow model URI (``models:/name@alias``)."""
     if checkpoint.startswith(("models:/", "runs:/")):
         import mlflow
 
+        from sofnet.train.pyfunc import load_network
+
         if tracking_uri:
             mlflow.set_tracking_uri(tracking_uri)
-        return load_trained(model_uri=checkpoint)[0]
-    return load_trained(checkpoint=checkpoint)[0]
+        return load_network(checkpoint)
+    from sofnet import checkpoint as ckpt
+
+    return ckpt.load_network(checkpoint)[0]

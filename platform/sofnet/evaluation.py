@@ -1,0 +1,204 @@
+"""Scoring a model over a loader, with and without early exit: the one evaluator of training, jobs and sweeps.
+
+Usage::
+
+    from sofnet.early_exit import EarlyExit
+    from sofnet.evaluation import evaluate, evaluate_model, score
+    result = evaluate(model, val_loader, device=device, num_classes=200, et=EarlyExit(True, 0.999, 4),
+                      expected=val_loader.dataset.num_videos)            # training: every rank, gathered
+    result.metrics["val/mAP"], result.metrics["val/et/gflops_per_video"]
+    report = evaluate_model(model, cfg, out_dir="results/demo", et=et)  # jobs/evaluate.py: writes metrics.json
+    metrics, per_class_ap = score("val/et/", scores, targets, label, decisions, gflops, fallback)   # replay
+
+``evaluate`` runs the real skipping path (``model.infer``) once without early exit and, when ``et`` is given and
+the model is causal, once with it; outputs stay on the device until the pass ends (no per-batch host sync), then
+all ranks' videos are gathered (every video exactly once) and scored on the host by :func:`score`, which the
+early-exit replay also uses, so a replayed point equals a full evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from sofnet.data import gather_eval, make_eval_loader, read_manifest
+from sofnet.early_exit import EarlyExit
+from sofnet.flops import summarize
+from sofnet.metrics import activitynet_map, topk_accuracy
+
+logger = logging.getLogger(__name__)
+
+BLOCK_NAMES = ("block0", "block1", "block2", "block3", "block4", "classifier")
+OUTPUTS = ("scores", "decisions", "exit_step", "gflops", "fallback")
+BATCH_FIELDS = ("labels", "label", "inside", "timestamps")
+
+
+@dataclass
+class EvalResult:
+    """Gathered evaluation results (identical on every rank).
+
+    Attributes:
+        metrics: ``val/...`` (no early exit) and ``val/et/...`` (with early exit) scalars.
+        per_class_ap: ``{"": [K] AP without ET, "et": [K] with ET}``.
+        ids: Video ids (sorted); arrays: per-video arrays keyed by name, without (``""``) and with ET (``et_``):
+            ``scores``, ``decisions``, ``exit_step``, ``gflops``, ``fallback``; plus ``targets``, ``label``,
+            ``inside``, ``timestamps``.
+    """
+
+    metrics: Dict[str, float]
+    per_class_ap: Dict[str, List[float]]
+    ids: List[str]
+    arrays: Dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def primary_metric(dataset: str) -> str:
+    """The metric that picks the best epoch/model: ``val/mAP`` for ActivityNet, ``val/top1`` for Sports-1M."""
+    return "val/top1" if dataset == "sports1m" else "val/mAP"
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> ``cuda`` when a GPU is present, else ``cpu``; anything else as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def score(prefix: str, scores: np.ndarray, targets: np.ndarray, label: np.ndarray, decisions: np.ndarray,
+          gflops: np.ndarray, fallback: np.ndarray) -> Tuple[Dict[str, float], List[float]]:
+    """The metrics of one variant (``val/`` or ``val/et/``) and its per-class AP.
+
+    Args:
+        scores: [N, K] class probabilities; targets: [N, K] multi-hot; label: [N] primary label (-1 unlabelled).
+        decisions, gflops, fallback: the per-video outputs of the skipping path (or of the replay).
+    """
+    k = scores.shape[1]
+    m: Dict[str, float] = {}
+    ap = activitynet_map(scores, targets)
+    m[f"{prefix}mAP"] = float(ap.map)
+    labelled = label >= 0
+    if labelled.any():
+        top = topk_accuracy(scores[labelled], label[labelled], ks=(1, min(5, k)))  # top-5 is top-K when K < 5
+        m[f"{prefix}top1"], m[f"{prefix}top5"] = top["top1"], top[f"top{min(5, k)}"]
+    s = summarize([SimpleNamespace(gflops=torch.from_numpy(gflops), decisions=torch.from_numpy(decisions),
+                                   fallback=torch.from_numpy(fallback))])
+    for key in ("gflops_per_video", "gflops_per_frame", "frame_usage", "frames_processed", "fallback_rate"):
+        m[f"{prefix}{key}"] = s[key]
+    for name, v in zip(BLOCK_NAMES, s["survival"]):
+        m[f"{prefix}survival/{name}"] = v
+    return m, [float(x) for x in np.asarray(ap.per_class, dtype=float)]
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: Any, *, device: torch.device, dtype: torch.dtype = torch.float32,
+             num_classes: int, et: Optional[EarlyExit] = None, expected: Optional[int] = None,
+             log_every: int = 50, is_logger: bool = True) -> EvalResult:
+    """Evaluate with the real skipping path (``model.infer``) and gather all ranks' videos.
+
+    Args:
+        model: The bare network (``engine.module``); put in eval mode here and back in train mode after.
+        loader: This rank's evaluation loader (every video once over all ranks).
+        device: Device of the model; dtype: its parameter dtype (inputs are cast to it).
+        num_classes: ``K``.
+        et: The early exit of the ``val/et/*`` columns; None (or a non-causal model) evaluates without it only.
+        expected: Total number of videos (``loader.dataset.num_videos``), checked after gathering.
+        log_every: Batches between progress lines; is_logger: whether this process logs.
+    """
+    was_training = model.training
+    model.eval()
+    use_et = et is not None and et.applies_to(model)
+    cols: Dict[str, List[Any]] = {}
+    ids: List[str] = []
+    start = time.perf_counter()
+    try:
+        for i, batch in enumerate(loader):
+            frames = batch["frames"].to(device=device, dtype=dtype, non_blocking=True)
+            variants = [("", model.infer(frames))]
+            if use_et:
+                variants.append(("et_", model.infer(frames, **et.infer_kwargs())))
+            for prefix, out in variants:  # kept on the device: one copy to the host after the pass
+                for name, v in zip(OUTPUTS, (out.logits.float().softmax(-1), out.decisions, out.exit_step,
+                                             out.gflops.double(), out.fallback)):
+                    cols.setdefault(prefix + name, []).append(v)
+            for name in BATCH_FIELDS:
+                cols.setdefault(name, []).append(batch[name])
+            ids += list(batch["id"])
+            if is_logger and log_every and i % log_every == 0 and i:
+                logger.info("eval: batch %d, %d videos, %.1f videos/s", i + 1, len(ids),
+                            len(ids) / max(time.perf_counter() - start, 1e-9))
+    finally:
+        model.train(was_training)
+    names = list(OUTPUTS) + [f"et_{n}" for n in OUTPUTS if use_et] + list(BATCH_FIELDS)
+    host = [[v.cpu() for v in cols.get(n, [])] for n in names]
+    gathered_ids, arrays = gather_eval(ids, *host, expected=expected)
+    a = dict(zip(names, arrays))
+    a["targets"] = a.pop("labels")
+    metrics, per_class = score("val/", a["scores"], a["targets"], a["label"], a["decisions"], a["gflops"],
+                               a["fallback"])
+    aps = {"": per_class}
+    if "et_scores" in a:
+        m_et, aps["et"] = score("val/et/", a["et_scores"], a["targets"], a["label"], a["et_decisions"],
+                                a["et_gflops"], a["et_fallback"])
+        metrics.update(m_et)
+    metrics["val/videos"] = float(len(gathered_ids))
+    return EvalResult(metrics=metrics, per_class_ap=aps, ids=gathered_ids, arrays=a)
+
+
+def class_names(shards: str, num_classes: int) -> list[str]:
+    """Class names from the shards' ``manifest.json`` (``class <k>`` when there is none)."""
+    directory = shards if Path(shards).is_dir() else str(Path(shards).parent)
+    try:
+        names = list(read_manifest(directory).get("classes", []))
+    except (OSError, ValueError):
+        names = []
+    return names if len(names) == num_classes else [f"class {k}" for k in range(num_classes)]
+
+
+def eval_loader(model: torch.nn.Module, data: Any, shards: str = "", subset: str = "") -> Any:
+    """The evaluation loader of ``model`` over ``shards`` (default ``data.val_shards``): the model's own segments
+    and input size, ``data``'s batch size, workers and resize."""
+    hp = model.hparams()
+    return make_eval_loader(shards or data.val_shards, num_segments=hp["num_segments"], input_size=hp["input_size"],
+                            resize=max(data.resize, hp["input_size"]), batch_size=data.batch_size,
+                            num_workers=data.num_workers, num_classes=hp["num_classes"],
+                            subset=subset or data.val_subset)
+
+
+def evaluate_model(model: torch.nn.Module, cfg: Any, *, out_dir: str | Path, et: Optional[EarlyExit],
+                   names: Optional[list[str]] = None, shards: str = "", subset: str = "",
+                   device: str = "auto") -> Dict[str, Any]:
+    """Evaluate ``model`` on ``cfg.data.val_shards`` (or ``shards``) in this process; write the reports.
+
+    Writes ``metrics.json`` (metrics, per-class AP, the early-exit setting, the shards) and the official ActivityNet
+    submission ``submission.json`` (and ``submission_et.json``) into ``out_dir``; returns the report.
+    """
+    from sofnet.metrics import export_submission
+
+    hp = model.hparams()
+    shards = shards or cfg.data.val_shards
+    dev = resolve_device(device)
+    model = model.to(dev)
+    loader = eval_loader(model, cfg.data, shards, subset)
+    result = evaluate(model, loader, device=dev, dtype=next(model.parameters()).dtype, num_classes=hp["num_classes"],
+                      et=et, expected=loader.dataset.num_videos)
+    names = names or class_names(shards, hp["num_classes"])
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"model": hp, "early_exit": et.as_dict() if et else None, "shards": shards,
+              "metrics": result.metrics,
+              "per_class_ap": {"class": names, **{("ap_" + k if k else "ap"): v for k, v in result.per_class_ap.items()}}}
+    tmp = out / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(out / "metrics.json")
+    export_submission(result.ids, result.arrays["scores"], names, out / "submission.json")
+    if "et_scores" in result.arrays:
+        export_submission(result.ids, result.arrays["et_scores"], names, out / "submission_et.json")
+    logger.info("wrote %s/metrics.json and the submission files", out)
+    return report

@@ -1,0 +1,158 @@
+"""A whole two-stage job in this process (no Ray): real DeepSpeed, real shards, real MLflow (sqlite).
+
+Also the trust boundary of resume: a pickle payload planted in any file a resume or an initialisation reads never
+runs: a changed file fails its seal, and a re-sealed one fails the weights-only load, each in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from sofnet import checkpoint
+from sofnet.config import load_config
+from sofnet.train.cli import SMOKE, ensure_synthetic_shards
+from sofnet.train.context import LocalContext
+from sofnet.train.worker import run_dir, run_job
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cfg(shards: Path, out: Path, db: Path, *extra: str):
+    return load_config(REPO / "jobs/configs/demo.yaml", SMOKE + [
+        f"data.train_shards={shards}", f"data.val_shards={shards}", "model.num_classes=3", "scaling.num_workers=1",
+        f"train.output_dir={out}", "train.stage1.epochs=2", "train.stage2.epochs=2", "train.zero_stage=0",
+        f"mlflow.tracking_uri=sqlite:///{db}", *extra])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("inproc")
+    shards = ensure_synthetic_shards(root / "data")
+    db = root / "mlflow.db"
+    cfg = _cfg(shards, root / "runs", db)
+    start = time.perf_counter()
+    run_job(cfg, LocalContext(run_dir(cfg)), tracking_uri=f"sqlite:///{db}")
+    return cfg, shards, db, time.perf_counter() - start
+
+
+class _Payload:
+    """What an attacker plants: unpickling it would create ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('ran')",))
+
+
+def _plant(path: Path, marker: Path) -> None:
+    torch.save({"module": _Payload(marker)}, path)
+
+
+def test_two_stage_job_runs_in_process_and_keeps_best_epochs(trained) -> None:
+    cfg, _, db, seconds = trained
+    assert seconds < 120, f"the in-process two-stage job took {seconds:.0f}s"
+    rd = run_dir(cfg)
+    for stage in ("stage1", "stage2"):
+        meta = checkpoint.verify(rd / "best" / stage)
+        assert meta["stage"] == stage and meta["best"]["metric"] == "val/mAP" and 0 <= meta["best"]["epoch"] < 2
+    last = checkpoint.epoch_checkpoints(rd)
+    assert [p.name for p in last] == ["checkpoint-stage2-epoch000", "checkpoint-stage2-epoch001"]  # keep 2
+    # jobs/evaluate.py's default for a run directory is the final stage's best epoch; --which last the newest
+    assert checkpoint.resolve(rd) == rd / "best" / "stage2"
+    assert checkpoint.resolve(rd, "last") == rd / "checkpoint-stage2-epoch001"
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name(cfg.mlflow.experiment)
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.data.tags["stage"] for r in runs) == ["stage1", "stage2"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    version = client.get_model_version_by_alias(cfg.mlflow.registered_model, "best")
+    best = json.loads((rd / "best/stage2/meta.json").read_text())["best"]
+    assert version.tags["best_metric"] == "val/mAP" and version.tags["best_epoch"] == str(best["epoch"] + 1)
+    assert float(version.tags["val_score"]) == pytest.approx(best["value"])
+    # the registered weights are the best epoch's
+    mlflow.set_tracking_uri(f"sqlite:///{db}")
+    from sofnet.train.pyfunc import load_network
+
+    served = load_network(f"models:/{cfg.mlflow.registered_model}@best").state_dict()
+    kept = checkpoint.load_state(str(rd / "best" / "stage2"))
+    assert all(torch.equal(served[k], kept[k]) for k in kept)
+
+
+@pytest.mark.parametrize("target", ["ds/mp_rank_00_model_states.pt", "weights.pt"])
+def test_planted_pickle_never_runs_on_resume(trained, tmp_path: Path, target: str) -> None:
+    cfg, shards, db, _ = trained
+    out = tmp_path / "runs"
+    shutil.copytree(run_dir(cfg).parent, out)
+    cfg2 = _cfg(shards, out, db)
+    ckpt = checkpoint.epoch_checkpoints(run_dir(cfg2))[-1]
+    marker = tmp_path / "pwned"
+    _plant(ckpt / target, marker)
+    with pytest.raises(checkpoint.CheckpointError, match="changed since it was written"):
+        run_job(cfg2, LocalContext(run_dir(cfg2)), tracking_uri=f"sqlite:///{db}")
+    checkpoint.seal(ckpt, 0)  # an attacker who can also rewrite the seal: the weights-only load still refuses
+    if target == "weights.pt":
+        with pytest.raises(checkpoint.CheckpointError, match="refused: holds objects other than tensors"):
+            checkpoint.load_network(ckpt)
+    else:
+        with pytest.raises(checkpoint.CheckpointError, match="refused: holds objects other than tensors"):
+            run_job(cfg2, LocalContext(run_dir(cfg2)), tracking_uri=f"sqlite:///{db}")
+    assert not marker.exists()
+
+
+def test_planted_pickle_in_best_never_runs_on_init(trained, tmp_path: Path) -> None:
+    cfg, _, _, _ = trained
+    best = tmp_path / "best"
+    shutil.copytree(run_dir(cfg) / "best" / "stage1", best)
+    marker = tmp_path / "pwned"
+    _plant(best / "weights.pt", marker)
+    checkpoint.seal(best, 0)
+    with pytest.raises(checkpoint.CheckpointError, match="refused"):
+        checkpoint.load_state(str(best))  # what train.stage2.init_from reads
+    assert not marker.exists()
+
+
+def test_resume_continues_from_the_last_checkpoint(trained, tmp_path: Path) -> None:
+    cfg, shards, db, _ = trained
+    out = tmp_path / "runs"
+    shutil.copytree(run_dir(cfg).parent, out)
+    cfg3 = _cfg(shards, out, db, "train.stage2.epochs=3")
+    ctx = LocalContext(run_dir(cfg3))
+    run_job(cfg3, ctx, tracking_uri=f"sqlite:///{db}")
+    assert [(r["stage"], r["epoch"]) for r in ctx.reports] == [(2, 2)]  # only the one new epoch of stage 2
+    assert checkpoint.epoch_checkpoints(run_dir(cfg3))[-1].name == "checkpoint-stage2-epoch002"
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: None, "no checkpoint here"),
+    (lambda d: (d / "weights.pt").write_bytes(b"\x00random bytes"), "not a sealed checkpoint"),
+])
+def test_unusable_checkpoints_are_one_line(tmp_path: Path, make, message: str) -> None:
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    make(d)
+    with pytest.raises(checkpoint.CheckpointError, match=message):
+        checkpoint.load_network(d)
+
+
+def test_truncated_and_foreign_checkpoints_are_refused(trained, tmp_path: Path) -> None:
+    cfg, _, _, _ = trained
+    best = tmp_path / "best"
+    shutil.copytree(run_dir(cfg) / "best" / "stage2", best)
+    with pytest.raises(checkpoint.CheckpointError, match=r"model\.backbone='resnet34' \(checkpoint: 'resnet18'\)"):
+        checkpoint.load_network(best, expect={"backbone": "resnet34"})
+    data = (best / "weights.pt").read_bytes()
+    (best / "weights.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(checkpoint.CheckpointError, match="changed since it was written"):
+        checkpoint.load_network(best)
+    checkpoint.seal(best, 0)
+    with pytest.raises(checkpoint.CheckpointError, match="not a readable torch file"):
+        checkpoint.load_network(best)
