@@ -6,6 +6,7 @@ arrays or torch tensors; nothing here imports torch, Ray or MLflow.
     >>> from sofnet.metrics import activitynet_map, topk_accuracy, export_submission, evaluate_submission
     >>> res = activitynet_map(probs, multi_hot)               # probs [N, K], multi_hot [N, K] in {0, 1}
     >>> res.map, res.percent, res.per_class                   # per_class is NaN for classes without a positive
+    >>> map_metrics(probs, multi_hot)                         # {"mAP": ..., "mAP_first_label": ...}
     >>> topk_accuracy(probs, first_label, ks=(1, 5))          # {"top1": ..., "top5": ...}
     >>> export_submission(video_ids, probs, class_names, "out/submission.json", top_k=None)
     >>> evaluate_submission("out/submission.json", "../shared/data/activitynet/activity_net.v1-3.bsn.json")
@@ -24,6 +25,13 @@ envelope (``utils.interpolated_prec_rec``), which is never lower. Both are repor
 Ties: rows with equal scores are ranked as one group (every positive in it gets the precision at the end of
 the group), exactly as scikit-learn does. The official evaluator instead breaks ties in the arbitrary order
 of ``argsort()[::-1]``, the AR-Net code in that of ``torch.sort``; with distinct scores the tie rule is moot.
+
+Two mAPs, as the SoF-Net code reports them (``utils.py`` ``cal_map`` ~l. 64-84, ``main_base.py`` ``validate``):
+its ``mmAP`` (multi-hot ground truth from all of a video's labels; it picks the best epoch) is our ``mAP``
+(:func:`activitynet_map`, logged as ``val/mAP``); its ``mAP`` (only each video's first label, the smallest
+class id) is our ``mAP_first_label`` (:func:`first_label_map`, ``val/mAP_first_label``). Both means here are
+over the classes with a positive; the official one is over all K with 0 for a class without one (and it
+renumbers the labels when a class has none): the same whenever every class has a positive.
 """
 
 from __future__ import annotations
@@ -178,6 +186,42 @@ def activitynet_map(scores: Any, targets: Any, *, interpolated: bool = False) ->
         else:
             per_class[cols] = average_precision_score(t[:, cols], s[:, cols], average=None)
     return MapResult(map=float(np.nanmean(per_class)), per_class=per_class, interpolated=interpolated)
+
+
+def smallest_label(targets: Any) -> np.ndarray:
+    """[N] each video's first label as the official lists order them (the smallest class id), -1 if none."""
+    t = _to_numpy(targets, "targets")
+    if t.ndim != 2:
+        raise ValueError(f"targets must be a [N, K] multi-hot matrix, got shape {t.shape}")
+    has = t.astype(bool).any(axis=1)
+    return np.where(has, t.astype(bool).argmax(axis=1), -1)
+
+
+def first_label_map(scores: Any, first_label: Any) -> MapResult:
+    """mAP against one label per video (the official code's ``mAP``, ``cal_map(output, target[:, 0:1])``).
+
+    Args:
+        scores: [N, K] video scores.
+        first_label: [N] class index per video (-1: no label, the video is a negative for every class).
+    """
+    s = _scores_matrix(scores)
+    y = _to_numpy(first_label, "first_label")
+    if y.shape != (s.shape[0],) or not np.issubdtype(y.dtype, np.integer) or (y >= s.shape[1]).any():
+        raise ValueError(f"first_label must be [N={s.shape[0]}] integers in -1..{s.shape[1] - 1}")
+    onehot = np.zeros(s.shape, dtype=np.int64)
+    rows = np.flatnonzero(y >= 0)
+    onehot[rows, y[rows]] = 1
+    return activitynet_map(s, onehot)
+
+
+def map_metrics(scores: Any, targets: Any) -> dict[str, float]:
+    """Both mAPs, named by what they score (see the module docstring).
+
+    Returns:
+        ``{"mAP": multi-label mAP (official mmAP), "mAP_first_label": first-label mAP (official mAP)}``.
+    """
+    return {"mAP": activitynet_map(scores, targets).map,
+            "mAP_first_label": first_label_map(scores, smallest_label(targets)).map}
 
 
 def topk_accuracy(scores: Any, target_index: Any, ks: Sequence[int] = (1, 5)) -> dict[str, float]:

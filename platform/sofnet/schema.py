@@ -13,6 +13,8 @@ BACKBONES = ("resnet18", "resnet34", "resnet50")
 SHIFTS = ("auto", "bidirectional", "causal")
 GATE_INITS = ("official", "pytorch")
 ET_MODES = ("reached", "official")
+GATE_TARGETS = ("sample", "logits")  # L_gate on the hard Gumbel sample (official) or on the gate logits
+EFF_WEIGHTS = ("official", "marginal")  # L_eff weights: the official shifted remaining cost, or our marginal cost
 NUM_BLOCKS = 5  # stem, layer1..layer4: the five places SoF-Net may stop a frame
 
 
@@ -31,7 +33,7 @@ class ModelConfig:
     tau_decay: float = 0.045
     shift: str = "auto"  # TSM shift: auto = bidirectional for tsm, causal for sofnet_tsm
     shift_div: int = 8  # 1/shift_div of the channels move per direction
-    partial_bn: bool = True  # TSN convention: freeze every BatchNorm but the first while training
+    partial_bn: bool = False  # TSN partial BN (freeze all BNs but the first); off as in the published runs (--npb)
     et_chunk: int = 4  # time steps per chunk of the skipping path when early exit is on
 
 
@@ -39,6 +41,8 @@ class ModelConfig:
 class LossConfig:
     alpha: float = 0.95  # L = alpha * L_acc + (1 - alpha) * L_eff + L_pg
     beta: Optional[float] = 0.05  # L_pg = beta * L_gate + (1 - beta) * L_aux; null turns L_pg off
+    gate_target: str = "logits"  # L_gate on: logits (ours) | sample (official: the hard Gumbel one-hot)
+    eff_weights: str = "marginal"  # L_eff: marginal (ours, expected cost) | official (sampled, shifted by a block)
 
 
 @dataclass
@@ -54,7 +58,8 @@ class DataConfig:
     dataset: str = "activitynet"  # activitynet | sports1m
     train_shards: str = ""  # brace pattern or directory of WebDataset shards
     val_shards: str = ""
-    batch_size: int = 24  # per worker
+    batch_size: int = 24  # per worker, used when global_batch_size is 0
+    global_batch_size: int = 0  # total over workers (official 24 on DataParallel); 0 = batch_size per worker
     num_workers: int = 4  # dataloader workers per training worker
     shuffle_buffer: int = 500
     scales: List[float] = field(default_factory=lambda: [1.0, 0.875, 0.75, 0.66])
@@ -74,6 +79,7 @@ class OptimConfig:
     clip_grad: float = 20.0
     linear_lr_mult: float = 5.0  # the new linear layers learn faster (official: 5x weights, 10x biases)
     gate_lr_mult: float = 1.0  # extra lr multiplier of the gates (official 1; short demo runs raise it)
+    base_batch_size: int = 0  # linear lr scaling: lr * global batch / base_batch_size; 0 = off (official)
 
 
 @dataclass

@@ -9,7 +9,9 @@ classifier the running mean of the classifier logits of all frames that reached 
 enough frames have been seen (``mode="reached"``: at least ``t_min`` frames reached the classifier, the
 default; ``mode="official"``: the 0-based time index is > ``t_min`` - 1, as the official code counts) and the
 max softmax of that mean is >= ``rho`` (official: > ``rho``), the video exits and no later frame is
-processed. The test is made only at frames that reached the classifier, as in the official code.
+processed. The test is made only at frames that reached the classifier, as in the official code. The running
+mean, its softmax and the comparison are computed in float32 (float64 stays float64) whatever the model's dtype:
+in bfloat16, 0.999 rounds to 1.0 and a probability cannot exceed it, so the official rule would never fire.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ class SoFOutput:
             ran, their gates, and the classifier where reached.
         fallback: [B] bool, True where no frame reached the classifier and the logits come from the
             deepest auxiliary head that any frame reached.
+        gate_sample: [B, T, G, 2] (dense path only, else None) each gate's own one-hot decision before earlier
+            stops are applied: the hard Gumbel-softmax sample with its straight-through gradient in training
+            (the official code's ``all_policy_r``, which its L_gate and L_eff use), the argmax in evaluation.
 
     The dense path fills every entry of ``frame_logits``/``aux_logits``/``gate_logits`` (what each head would
     say for every frame: the training losses use them); the skipping path leaves zeros where nothing was
@@ -56,6 +61,7 @@ class SoFOutput:
     reach: torch.Tensor
     gflops: torch.Tensor
     fallback: torch.Tensor
+    gate_sample: Optional[torch.Tensor] = None
 
     @property
     def gate_computed(self) -> torch.Tensor:
@@ -79,6 +85,9 @@ def first_exit(frame_logits: torch.Tensor, passed: torch.Tensor, rho: float, t_m
                mode: str = "reached") -> torch.Tensor:
     """The 0-based time index at which early exit fires for each video, or -1.
 
+    The one place early exit is decided (dense paths, the skipping path's chunks and the replay all call it),
+    in float32 at least: see the module docstring.
+
     Args:
         frame_logits: [B, T, K] classifier logits of frames (anything where ``passed`` is False).
         passed: [B, T] bool, the frame reached the classifier.
@@ -86,6 +95,7 @@ def first_exit(frame_logits: torch.Tensor, passed: torch.Tensor, rho: float, t_m
         t_min: minimum count (frames that reached the classifier, or time steps in ``official`` mode).
         mode: ``reached`` (ours, >= rho) or ``official`` (the official code's counting, > rho).
     """
+    frame_logits = frame_logits.detach().to(torch.promote_types(frame_logits.dtype, torch.float32))
     w = passed.to(frame_logits.dtype)
     csum = torch.cumsum(frame_logits * w.unsqueeze(-1), dim=1)
     count = torch.cumsum(w, dim=1)

@@ -11,9 +11,13 @@ equal within float tolerance. Rules shared by both paths:
 * Gate k (after block k): global average pool -> Linear(C, C) -> LSTMCell(C, 512) over the frames in time
   order -> Linear(512, 2) (0 stop, 1 forward) and an auxiliary classifier Linear(512, K). Training draws a
   straight-through Gumbel-softmax decision at temperature tau; evaluation takes the argmax, no noise, and
-  dropout is off (the official code keeps sampling noise and dropout at test time; we do not).
+  dropout is off (the official test script still samples Gumbel noise, and its dropout is an ``nn.Dropout``
+  built inside ``forward``, so always in training mode; we do neither).
 * A stop is final. Gate k's LSTM state advances only with frames that reached gate k, so a stopped frame
-  still informs the gates it did reach, and a path that never computes it sees the same sequence.
+  still informs the gates it did reach, and a path that never computes it sees the same sequence. (The
+  official code advances every gate's state only with frames that *reached* the last gate, whatever that gate
+  decided: gate 0's state at frame t+1 would then wait on block 4 of frame t, which a block-major skipping
+  path cannot do.)
 * SoF-Net^TSM shifts causally (a frame reads only earlier frames, and a neighbour that did not reach a block
   contributes zeros there), so skipping and early exit are exact online. The bidirectional TSM of the
   baseline would need features of later frames that the skipping path never computes.
@@ -80,11 +84,16 @@ class SoFNet(VideoModel):
 
     # ----------------------------------------------------------------------------------------- dense path
     def _decide(self, gate_logits: torch.Tensor) -> torch.Tensor:
-        """1.0 forward / 0.0 stop; straight-through Gumbel in training, argmax in evaluation."""
+        """[N, 2] one-hot (0 stop, 1 forward): straight-through hard Gumbel in training, argmax in evaluation.
+
+        Training samples exactly as the official gate does (log of the softmax clamped at 1e-8, then
+        ``gumbel_softmax(hard=True)``); the sample keeps its straight-through gradient for the losses.
+        """
         if self.training:
             logp = torch.log(F.softmax(gate_logits, dim=-1).clamp(min=1e-8))
-            return F.gumbel_softmax(logp, tau=self.tau, hard=True)[..., 1]
-        return (gate_logits[..., 1] > gate_logits[..., 0]).to(gate_logits.dtype)
+            return F.gumbel_softmax(logp, tau=self.tau, hard=True)
+        fwd = (gate_logits[..., 1] > gate_logits[..., 0]).long()
+        return F.one_hot(fwd, 2).to(gate_logits.dtype)
 
     def forward(self, x: torch.Tensor, rho: Optional[float] = None, t_min: Optional[int] = None,
                 mode: str = "reached") -> SoFOutput:
@@ -97,7 +106,7 @@ class SoFNet(VideoModel):
         n = b * t
         feats = x.transpose(0, 1).flatten(0, 1)  # time-major rows: row = t * B + b
         reach = x.new_ones(n)
-        reaches, gate_logits, aux_logits = [reach], [], []
+        reaches, gate_logits, aux_logits, samples = [reach], [], [], []
         # Previous frame of row r is r - B; t = 0 reads the zero row (index n in the gather source).
         rows = torch.arange(n, device=x.device)
         prev_idx = torch.where(rows >= b, rows - b, torch.full_like(rows, n))
@@ -123,7 +132,8 @@ class SoFNet(VideoModel):
             gl = gate.head(hs)
             gate_logits.append(gl)
             aux_logits.append(gate.aux(hs))
-            reach = reach * self._decide(gl)
+            samples.append(self._decide(gl))
+            reach = reach * samples[-1][:, 1]
             reaches.append(reach)
         frame_logits = self.fc(self.dropout(feats.mean(dim=(2, 3))))
 
@@ -136,7 +146,7 @@ class SoFNet(VideoModel):
             logits=x.new_zeros(0), decisions=decisions, exit_step=torch.full((b,), t, device=x.device),
             frame_logits=bt(frame_logits), aux_logits=bt(torch.stack(aux_logits, dim=1)),
             gate_logits=bt(torch.stack(gate_logits, dim=1)), reach=reach_all, gflops=x.new_zeros(0),
-            fallback=x.new_zeros(0, dtype=torch.bool))
+            fallback=x.new_zeros(0, dtype=torch.bool), gate_sample=bt(torch.stack(samples, dim=1)))
         fire = None
         if rho is not None:
             out.decisions, out.exit_step, fire = apply_early_exit(out.frame_logits, decisions, rho, t_min or 1, mode)
