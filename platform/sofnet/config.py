@@ -21,9 +21,10 @@ from typing import Any, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from sofnet.early_exit import EarlyExit, EarlyExitError
 from sofnet.schema import (  # noqa: F401  (re-exported: the config API lives here)
-    ARCHS, BACKBONES, ET_MODES, GATE_INITS, NUM_BLOCKS, SHIFTS, Config, DataConfig, EarlyExitConfig, LossConfig,
-    MlflowConfig, ModelConfig, OptimConfig, ScalingConfig, StageConfig, TrainConfig,
+    ARCHS, BACKBONES, EFF_WEIGHTS, ET_MODES, GATE_INITS, GATE_TARGETS, NUM_BLOCKS, SHIFTS, Config, DataConfig,
+    EarlyExitConfig, LossConfig, MlflowConfig, ModelConfig, OptimConfig, ScalingConfig, StageConfig, TrainConfig,
 )
 
 class ConfigError(ValueError):
@@ -43,6 +44,8 @@ def validate(cfg: Any, src: str = "<config>") -> None:
     _choice(m.shift, SHIFTS, "model.shift", src)
     _choice(m.gate_init, GATE_INITS, "model.gate_init", src)
     _choice(et.mode, ET_MODES, "early_exit.mode", src)
+    _choice(loss.get("gate_target", "logits"), GATE_TARGETS, "loss.gate_target", src)
+    _choice(loss.get("eff_weights", "marginal"), EFF_WEIGHTS, "loss.eff_weights", src)
     checks = [
         (m.num_classes >= 1, "model.num_classes", "must be >= 1"),
         (m.num_segments >= 1, "model.num_segments", "must be >= 1"),
@@ -56,12 +59,41 @@ def validate(cfg: Any, src: str = "<config>") -> None:
          "sofnet_tsm needs the causal shift: a bidirectional shift reads frames that skipping never computes"),
         (0.0 <= loss.alpha <= 1.0, "loss.alpha", "must be in [0, 1]"),
         (loss.beta is None or 0.0 <= loss.beta <= 1.0, "loss.beta", "must be null or in [0, 1]"),
-        (0.0 < et.rho <= 1.0, "early_exit.rho", "must be in (0, 1]"),
-        (et.t_min >= 1, "early_exit.t_min", "must be >= 1"),
     ]
+    if "data" in cfg and "scaling" in cfg:  # a full config (model_config() validates a model section alone)
+        d, s, t = cfg.data, cfg.scaling, cfg.train
+        checks += [
+            (s.num_workers >= 1, "scaling.num_workers", "must be >= 1 (training workers)"),
+            (s.cpus_per_worker >= 1, "scaling.cpus_per_worker", "must be >= 1"),
+            (not s.use_gpu or s.gpus_per_worker > 0, "scaling.gpus_per_worker", "must be > 0 with use_gpu"),
+            (d.batch_size >= 1, "data.batch_size", "must be >= 1"),
+            (d.num_workers >= 0, "data.num_workers", "must be >= 0 (dataloader processes; 0 = in the worker)"),
+            (d.shuffle_buffer >= 0, "data.shuffle_buffer", "must be >= 0"),
+            (d.resize >= m.input_size, "data.resize", f"must be >= model.input_size ({m.input_size})"),
+            (all(0.0 < x <= 1.0 for x in d.scales), "data.scales", "must all be in (0, 1]"),
+            (t.log_every >= 1, "train.log_every", "must be >= 1"),
+            (t.val_every >= 1, "train.val_every", "must be >= 1"),
+            (t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1 (resume needs the last one)"),
+            (t.max_failures >= -1, "train.max_failures", "must be >= -1 (-1 = retry forever)"),
+            (t.stage1.epochs >= 1 and t.stage2.epochs >= 1, "train.stageN.epochs", "must be >= 1"),
+        ]
     for ok, key, why in checks:
         if not ok:
             raise ConfigError(f"{src}: {key} {why}")
+    try:  # the one owner of the early-exit rules (also used by jobs/evaluate.py flags and the Table C grid)
+        EarlyExit.from_config(et, num_segments=m.num_segments)
+    except EarlyExitError as e:
+        raise ConfigError(f"{src}: {e}") from None
+    if "data" in cfg and "scaling" in cfg:
+        for stage in ("stage1", "stage2"):
+            if cfg.train[stage].optim.base_batch_size < 0:
+                raise ConfigError(f"{src}: train.{stage}.optim.base_batch_size must be >= 0 (0 = no lr scaling)")
+        from sofnet.train.deepspeed_config import per_worker_batch  # the one owner of the batch split
+
+        try:
+            per_worker_batch(cfg.data, cfg.scaling.num_workers)
+        except ConfigError as e:
+            raise ConfigError(f"{src}: {e}") from None
 
 
 def _schema() -> DictConfig:
@@ -145,6 +177,13 @@ def flatten(cfg: Any) -> dict[str, Any]:
 
     walk(OmegaConf.to_container(cfg, resolve=True), "")
     return out
+
+
+def from_container(values: Any, src: str = "<dict>") -> DictConfig:
+    """A typed, validated config from a plain dict (e.g. what crossed the Ray boundary): the schema again."""
+    cfg = _merge(_schema(), values, src)
+    validate(cfg, src)
+    return cfg
 
 
 def load_config_or_exit(yaml_path: Optional[str | Path], dotlist: Sequence[str] = ()) -> DictConfig:
