@@ -12,7 +12,7 @@ from typing import Dict, Iterator
 
 from helpers import gated
 from process_helpers import stop_process_group
-from sofnet import checkpoint
+from sofnet import checkpoint as checkpoints  # not `checkpoint`: the helper below has that name
 from sofnet.config import load_config
 from sofnet.data import make_eval_loader
 from sofnet.train.cli import ensure_synthetic_shards
@@ -45,7 +45,7 @@ def checkpoint(shard_dir: Path, out: Path, arch: str = "sofnet") -> Path:
     model = gated(arch, x, survival=(0.9, 0.8, 0.7, 0.6, 0.5), seed=3, fc_scale=0.5, classes=CLASSES,
                   gate_hidden=64)
     write_artifacts(model.float(), str(out), {"enabled": True, "rho": 0.99, "t_min": 2, "mode": "reached"})
-    checkpoint.seal(out)  # a checkpoint directory as training writes it: loads verify the seal
+    checkpoints.seal(out)  # a checkpoint directory as training writes it: loads verify the seal
     return out
 
 

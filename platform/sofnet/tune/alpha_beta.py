@@ -4,8 +4,12 @@ Usage (what ``jobs/tune_alpha_beta.py`` does)::
 
     from sofnet.tune.alpha_beta import run_alpha_beta_sweep
     from sofnet.tune.sweep import load_sweep
-    outcome = run_alpha_beta_sweep(load_sweep("jobs/configs/tune/alpha_beta.yaml", smoke=True), smoke=True)
-    print(outcome["table"])
+    path = "jobs/configs/tune/alpha_beta.yaml"
+    outcome = run_alpha_beta_sweep(load_sweep(path, smoke=True), smoke=True, src=path)
+    outcome["table"]                                   # Table D, markdown, also in the MLflow parent run
+
+Before Ray starts, :func:`sofnet.tune.runner.preflight` builds the training config of every point and range end,
+and ``stage1_checkpoint`` must hold a checkpoint: a bad value is one error line, not a failure after stage 1.
 
 A trial builds the training job's own ``TorchTrainer`` (``sofnet.train.ray_job.make_trainer``: workers and
 resources from ``scaling.*``) for its (alpha, beta) and runs it inside the Tune trial; ``TuneReportCallback``
@@ -25,7 +29,9 @@ from typing import Any, Dict, Optional
 from omegaconf import OmegaConf
 
 from sofnet.tune.report import SweepRun, pareto_figure, register_run_model, table_d
-from sofnet.tune.runner import base_config, best_row, init_ray, trial_resources, plain, result_rows, run_tuner
+from sofnet.config import ConfigError
+from sofnet.tune.runner import (base_config, best_row, init_ray, plain, preflight, result_rows, run_tuner,
+                                trial_resources)
 from sofnet.tune.sweep import sweep_dir, trial_config, trial_params
 
 logger = logging.getLogger(__name__)
@@ -83,14 +89,16 @@ def train_trial(config: Dict[str, Any], *, base: Dict[str, Any], trials_dir: str
 
 def _finished(run_dir: Path, cfg: Any) -> Optional[Path]:
     """The last checkpoint of a trial's training when its final stage has run all its epochs, else None."""
-    from sofnet.train.evaluation import latest_checkpoint
+    from sofnet import checkpoint
     from sofnet.train.worker import enabled_stages
 
-    try:
-        ckpt = latest_checkpoint(run_dir)
-    except FileNotFoundError:
+    if not run_dir.is_dir():
         return None
-    meta = json.loads((ckpt / "meta.json").read_text())
+    try:
+        ckpt = checkpoint.resolve(run_dir, which="last")
+    except checkpoint.CheckpointError:
+        return None
+    meta = checkpoint.read_meta(ckpt)
     last = enabled_stages(cfg)[-1]
     return ckpt if meta["stage"] == last and meta["epoch"] + 1 >= cfg.train[last].epochs else None
 
@@ -98,7 +106,9 @@ def _finished(run_dir: Path, cfg: Any) -> Optional[Path]:
 def _logged_metrics(tracking_uri: str, ckpt: Path) -> Dict[str, Any]:
     from mlflow.tracking import MlflowClient
 
-    meta = json.loads((ckpt / "meta.json").read_text())
+    from sofnet import checkpoint
+
+    meta = checkpoint.read_meta(ckpt)
     run = MlflowClient(tracking_uri=tracking_uri).get_run(meta["runs"][meta["stage"]])
     return {**run.data.metrics, "stage": 2 if meta["stage"] == "stage2" else 1, "epoch": meta["epoch"],
             "checkpoint_path": str(ckpt)}
@@ -124,32 +134,59 @@ def _fit_asha(sweep: Any, cfg: Any) -> None:
 
 def _trial_run_id(row: Dict[str, Any]) -> str:
     """The MLflow run of the trial's last stage, from the ``meta.json`` of its last checkpoint."""
-    meta = json.loads((Path(row["checkpoint_path"]) / "meta.json").read_text())
+    from sofnet import checkpoint
+
+    meta = checkpoint.read_meta(row["checkpoint_path"])
     return meta["runs"][meta["stage"]]
 
 
-def run_alpha_beta_sweep(sweep: Any, *, smoke: bool = False, resume: bool = False) -> Dict[str, Any]:
-    """Shared stage 1, the Tune sweep of stage-2 trainings, Table D, the Pareto figure, the best model registered.
+def epochs_trained(row: Dict[str, Any], cfg: Any) -> Dict[str, int]:
+    """``{"epochs_trained", "epochs_planned"}`` of the trial's last stage: fewer trained than planned = stopped early
+    (by ASHA, or a failure). ``cfg`` is the trial's own training config (a point may change the epochs)."""
+    from sofnet.train.worker import STAGES, enabled_stages
+
+    last = enabled_stages(cfg)[-1]
+    reached_last = row.get("stage") == STAGES.index(last) + 1 and isinstance(row.get("epoch"), (int, float))
+    return {"epochs_trained": int(row["epoch"]) + 1 if reached_last else 0,
+            "epochs_planned": int(cfg.train[last].epochs)}
+
+
+def _stage1_checkpoint(sweep: Any, src: str) -> str:
+    """The checkpoint ``stage1_checkpoint`` names (a run or checkpoint directory), checked before Ray starts."""
+    from sofnet import checkpoint
+
+    try:
+        return str(checkpoint.resolve(Path(sweep.stage1_checkpoint).resolve(), which="last"))
+    except checkpoint.CheckpointError as e:
+        raise ConfigError(f"{src}: stage1_checkpoint: {e}") from None
+
+
+def run_alpha_beta_sweep(sweep: Any, *, smoke: bool = False, resume: bool = False, src: str = "<sweep>",
+                         checked: Any = None) -> Dict[str, Any]:
+    """Checks, shared stage 1, the Tune sweep of stage-2 trainings, Table D, the Pareto figure, the best model.
+
+    ``checked``: the training config :func:`sofnet.tune.runner.preflight` returned (else it runs here).
 
     Returns:
         ``{"rows", "table", "best", "parent_run_id", "registered" ("name@alias version N" or ""), "failed"}``.
+
+    Raises:
+        ConfigError: a bad sweep or trial value (``src`` names the sweep file), before Ray starts.
     """
     from ray import tune
 
     from sofnet.train.ray_job import git_commit
     from sofnet.train.tracking import resolve_tracking_uri
 
-    cfg = base_config(sweep, smoke=smoke)
+    cfg = checked if checked is not None else preflight(sweep, src=src, smoke=smoke, resume=resume)
+    stage1 = _stage1_checkpoint(sweep, src) if sweep.stage1_checkpoint else ""
+    cfg = base_config(sweep, cfg, smoke=smoke)
     tracking_uri = resolve_tracking_uri(sweep.mlflow.tracking_uri)
     parent = SweepRun.open(sweep, tracking_uri, sweep_dir(sweep))
     cfg.mlflow.experiment = sweep.mlflow.experiment  # trials' runs sit beside their parent
     init_ray(cfg)
-    if sweep.stage1_checkpoint:
-        from sofnet.train.evaluation import latest_checkpoint
-
-        stage1 = str(latest_checkpoint(Path(sweep.stage1_checkpoint).resolve()))
-    else:
-        stage1 = train_stage1(sweep, cfg, tracking_uri, parent) if sweep.shared_stage1 else ""
+    if not stage1 and sweep.shared_stage1:
+        stage1 = train_stage1(sweep, cfg, tracking_uri, parent)
     _fit_asha(sweep, cfg)
     tags = {"mlflow.parentRunId": parent.run_id, "sweep": sweep.name, "git_commit": git_commit()}
     trainable = tune.with_resources(
@@ -159,11 +196,16 @@ def run_alpha_beta_sweep(sweep: Any, *, smoke: bool = False, resume: bool = Fals
     results = run_tuner(sweep, trainable, resume=resume)
     rows = result_rows(results)
     for r in rows:
+        params = {k: v for k, v in r.items() if "." in k and "/" not in k}  # config keys, not metrics
         r.setdefault("loss.alpha", cfg.loss.alpha)
         r.setdefault("loss.beta", cfg.loss.beta)
         r["mlflow_run_id"] = _trial_run_id(r) if r.get("checkpoint_path") else ""
+        r.update(epochs_trained(r, trial_config(cfg, params, src=f"trial {r['trial_id']}")))
     failed = [r["trial_id"] for r in rows if r["status"] != "ok"]
     done = [r for r in rows if r["status"] == "ok" or sweep.metric in r]
+    stopped = [r["trial_id"] for r in done if r["epochs_trained"] < r["epochs_planned"]]
+    if stopped:
+        logger.warning("trials stopped before their last epoch (Table D says so): %s", ", ".join(stopped))
     table = table_d(done)
     best = best_row(done, sweep.metric, sweep.mode)
     fig = None if not done else pareto_figure(done, x="val/gflops_per_video", y=sweep.metric,

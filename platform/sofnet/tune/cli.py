@@ -10,6 +10,9 @@ Usage::
 and the training job's smoke settings (synthetic data when no shards are named). ``--resume`` continues an
 interrupted sweep (``Tuner.restore``). Exit status: 0 done, 2 bad sweep/config or unusable MLflow store, 1 a
 trial failed.
+
+Every sweep value is checked before anything is spent (no Ray, no training, no cache, no MLflow run): a bad one is
+one line on stderr naming the sweep file and key, exit status 2. Progress and the final table are logged (stderr).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from sofnet.config import ConfigError
 
@@ -25,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 
 def main(kind: str, argv: Optional[Sequence[str]] = None) -> int:
-    """Parse, run the sweep of ``kind`` (alpha_beta | early_exit), print its table; return the exit status."""
+    """Parse, check, run the sweep of ``kind`` (alpha_beta | early_exit), log its table; return the exit status."""
     title = {"alpha_beta": "Table D: alpha/beta sweep, each trial a Ray Train + DeepSpeed training run",
              "early_exit": "Table C: rho/T_min sweep of early exit, replayed from a cache"}[kind]
     p = argparse.ArgumentParser(description=title)
@@ -35,30 +38,45 @@ def main(kind: str, argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("overrides", nargs="*", help="key=value overrides of the sweep file")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from sofnet.train.tracking import TrackingError
+    from sofnet.tune.runner import preflight
     from sofnet.tune.sweep import load_sweep
 
-    try:
+    try:  # the checks need neither Ray nor MLflow: a bad value is refused in about a second
         sweep = load_sweep(args.sweep, args.overrides, smoke=args.smoke_test)
         if sweep.kind != kind:
             raise ConfigError(f"{args.sweep}: kind={sweep.kind}, this job runs {kind} sweeps")
-        if kind == "alpha_beta":
-            from sofnet.tune.alpha_beta import run_alpha_beta_sweep as run
-        else:
-            from sofnet.tune.early_exit import run_early_exit_sweep as run
-        outcome = run(sweep, smoke=args.smoke_test, resume=args.resume)
+        cfg = preflight(sweep, src=args.sweep, smoke=args.smoke_test, resume=args.resume)
+    except ConfigError as e:
+        return _refuse(e)
+    from sofnet.train.tracking import TrackingError
+
+    if kind == "alpha_beta":
+        from sofnet.tune.alpha_beta import run_alpha_beta_sweep as run
+    else:
+        from sofnet.tune.early_exit import run_early_exit_sweep as run
+    try:
+        outcome = run(sweep, smoke=args.smoke_test, resume=args.resume, src=args.sweep, checked=cfg)
     except (ConfigError, TrackingError, FileNotFoundError) as e:
-        sys.stderr.write(f"error: {e}\n")
-        return 2
-    print(f"\n{title} ({sweep.name}; MLflow parent run {outcome['parent_run_id']})\n")
-    print(outcome["table"])
+        return _refuse(e)
+    return summarize(title, sweep, outcome)
+
+
+def _refuse(error: Exception) -> int:
+    """One line on stderr, exit status 2."""
+    sys.stderr.write(f"error: {error}\n")
+    return 2
+
+
+def summarize(title: str, sweep: Any, outcome: Dict[str, Any]) -> int:
+    """Log the table, the best trial and any failed ones (INFO: what the user reads); return the exit status."""
     best = outcome["best"]
+    lines = [f"{title} ({sweep.name}; MLflow parent run {outcome['parent_run_id']})", "", outcome["table"]]
     if best is None:
-        print(f"no trial reported {sweep.metric}")
-        return 1
-    print(f"best trial {best['trial_id']}: {sweep.metric} = {best[sweep.metric]:.4f}"
-          + (f"; registered {outcome['registered']}" if outcome.get("registered") else ""))
+        lines.append(f"no trial reported {sweep.metric}")
+    else:
+        lines.append(f"best trial {best['trial_id']}: {sweep.metric} = {best[sweep.metric]:.4f}"
+                     + (f"; registered {outcome['registered']}" if outcome.get("registered") else ""))
     if outcome["failed"]:
-        print(f"failed trials: {', '.join(outcome['failed'])}")
-        return 1
-    return 0
+        lines.append(f"failed trials: {', '.join(outcome['failed'])}")
+    logger.info("\n".join(lines))
+    return 1 if best is None or outcome["failed"] else 0

@@ -4,28 +4,32 @@ Usage (what ``jobs/tune_early_exit.py`` does)::
 
     from sofnet.tune.early_exit import run_early_exit_sweep
     from sofnet.tune.sweep import load_sweep
-    sweep = load_sweep("jobs/configs/tune/early_exit.yaml", ["checkpoint=runs/demo"])
-    outcome = run_early_exit_sweep(sweep)      # writes the cache if missing, one Tune trial per point
-    print(outcome["table"])
+    path = "jobs/configs/tune/early_exit.yaml"
+    sweep = load_sweep(path, ["checkpoint=runs/demo"])
+    outcome = run_early_exit_sweep(sweep, src=path)   # writes the cache if missing, one Tune trial per point
+    outcome["table"]                                   # Table C, markdown: ours and the official counting
 
-Every trial loads the cache, replays its point, logs an MLflow child run (params ``early_exit.*``, metrics
-``val/et/*`` named as the full evaluation names them) and reports the metrics to Tune.
+Before the cache is written or Ray starts, every grid value goes through the training config's rules
+(``early_exit.rho`` in (0, 1], ``t_min`` >= 1, ``mode`` reached | official) and every ``t_min`` must be at most the
+frames of the cached model (a larger one never fires: its column would repeat "no early exit"). Every trial loads
+the cache, replays its point, logs an MLflow child run (params ``early_exit.*``, metrics ``val/et/*`` named as the
+full evaluation names them) and reports the metrics to Tune.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
-from sofnet.tune.et_cache import ETBundle, load_model, replay_metrics, write_cache
+from sofnet.config import ConfigError
+from sofnet.tune.et_cache import META, ETBundle, load_model, replay_metrics, write_cache
 from sofnet.tune.report import SweepRun, log_metrics, pareto_figure, table_c
-from sofnet.tune.runner import base_config, best_row, init_ray, trial_resources, result_rows, run_tuner
-from sofnet.tune.sweep import sweep_dir, trial_params
+from sofnet.tune.runner import base_config, best_row, init_ray, preflight, result_rows, run_tuner, trial_resources
+from sofnet.tune.sweep import ET_KEYS, sweep_dir, trial_config, trial_params, trial_values
 
 logger = logging.getLogger(__name__)
-
-ET_KEYS = ("early_exit.rho", "early_exit.t_min", "early_exit.mode")
 
 
 def cache_dir(sweep: Any) -> Path:
@@ -33,16 +37,54 @@ def cache_dir(sweep: Any) -> Path:
     return Path(sweep.cache).resolve() if sweep.cache else sweep_dir(sweep) / "et_cache"
 
 
-def ensure_cache(sweep: Any, cfg: Any, tracking_uri: Optional[str] = None) -> Path:
-    """The cache directory, written from ``sweep.checkpoint`` on ``cfg``'s validation shards when it has none."""
+def cached_model(sweep: Any, tracking_uri: Optional[str] = None, src: str = "<sweep>") -> Tuple[Any, int]:
+    """``(model or None, frames)``: the frames per video of the existing cache (its ``meta.json``), else of the
+    model ``checkpoint`` names: a directory's ``model.json`` is read (the weights load later, if the checks pass),
+    an MLflow URI is loaded (its spec comes with the model).
+
+    Raises:
+        ConfigError: neither a cache nor a usable ``checkpoint``.
+    """
+    from sofnet import checkpoint as ckpt
+
+    d = cache_dir(sweep)
+    if (d / "cache.pt").is_file():
+        try:
+            return None, int(json.loads((d / META).read_text())["model"]["num_segments"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"{src}: cache={d}: unreadable {META} ({e}); write the cache again") from None
+    if not sweep.checkpoint:
+        raise ConfigError(f"{src}: checkpoint: {d} holds no early-exit cache; name the trained model with "
+                          "checkpoint=<run dir, checkpoint dir or models:/name@alias> (or write one: "
+                          "jobs/evaluate.py --et-cache)")
+    if sweep.checkpoint.startswith(("models:/", "runs:/")):
+        model = load_model(sweep.checkpoint, tracking_uri)
+        return model, int(model.hparams()["num_segments"])
+    try:
+        return None, int(ckpt.read_spec(ckpt.resolve(sweep.checkpoint))["model"]["num_segments"])
+    except (ckpt.CheckpointError, KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"{src}: checkpoint={sweep.checkpoint}: {e}") from None
+
+
+def check_frames(sweep: Any, cfg: Any, frames: int, src: str = "<sweep>") -> None:
+    """Every grid value again, with the cached model's ``frames`` as ``model.num_segments``: the training config's
+    early-exit rules (``sofnet.config``: ``t_min`` at most the frames) hold for the model that is replayed, whose
+    frames need not be the base config's."""
+    singles = [(label, p) for label, p in trial_values(sweep.search)] or [("base config", {})]
+    for label, params in singles:
+        trial_config(cfg, {"model.num_segments": frames, **params},
+                     src=f"{src} {label} (the cached model has {frames} frames)")
+
+
+def ensure_cache(sweep: Any, cfg: Any, model: Any = None, tracking_uri: Optional[str] = None) -> Path:
+    """The cache directory, written from ``model`` (else ``sweep.checkpoint``) on ``cfg``'s validation shards when
+    it has none."""
     d = cache_dir(sweep)
     if (d / "cache.pt").is_file():
         logger.info("using the early-exit cache at %s", d)
         return d
-    if not sweep.checkpoint:
-        raise FileNotFoundError(f"{d}: no early-exit cache; name the trained model with checkpoint=<run dir, "
-                                "checkpoint dir or models:/name@alias> (or write one: jobs/evaluate.py --et-cache)")
-    model = load_model(sweep.checkpoint, tracking_uri)
+    if model is None:
+        model = cached_model(sweep, tracking_uri)[0] or load_model(sweep.checkpoint, tracking_uri)
     return write_cache(model, cfg, d, source=sweep.checkpoint)
 
 
@@ -59,26 +101,37 @@ def replay_trial(config: Dict[str, Any], *, cache: str, defaults: Dict[str, Any]
     trial_id = tune.get_context().get_trial_id()
     run = SweepRun(MlflowClient(tracking_uri=tracking_uri), parent["experiment_id"], parent["run_id"],
                    parent["name"])
-    name = f"{parent['name']} rho={params['early_exit.rho']} t_min={params['early_exit.t_min']}"
+    name = (f"{parent['name']} rho={params['early_exit.rho']} t_min={params['early_exit.t_min']} "
+            f"{params['early_exit.mode']}")
     run_id = run.child(trial_id, name, {**params, "cache": cache, "videos": len(bundle.ids)})
     log_metrics(run.client, run_id, metrics)
     run.client.set_terminated(run_id, "FINISHED")
     tune.report(metrics)
 
 
-def run_early_exit_sweep(sweep: Any, *, smoke: bool = False, resume: bool = False) -> Dict[str, Any]:
-    """Write (or reuse) the cache, sweep the grid by replay in Ray Tune, log Table C and the Pareto figure.
+def run_early_exit_sweep(sweep: Any, *, smoke: bool = False, resume: bool = False, src: str = "<sweep>",
+                         checked: Any = None) -> Dict[str, Any]:
+    """Checks, write (or reuse) the cache, sweep the grid by replay in Ray Tune, log Table C and the Pareto figure.
+
+    ``checked``: the training config :func:`sofnet.tune.runner.preflight` returned (else it runs here).
 
     Returns:
         ``{"rows": [...], "table": Table C markdown, "best": best row, "parent_run_id": ..., "cache": path}``.
+
+    Raises:
+        ConfigError: a bad sweep or grid value, no cache and no checkpoint (``src`` names the sweep file), before the
+            cache is written or Ray starts.
     """
     from ray import tune
 
     from sofnet.train.tracking import resolve_tracking_uri
 
-    cfg = base_config(sweep, smoke=smoke)
+    cfg = checked if checked is not None else preflight(sweep, src=src, smoke=smoke, resume=resume)
     tracking_uri = resolve_tracking_uri(sweep.mlflow.tracking_uri)
-    cache = ensure_cache(sweep, cfg, tracking_uri)
+    model, frames = cached_model(sweep, tracking_uri, src)
+    check_frames(sweep, cfg, frames, src)
+    cfg = base_config(sweep, cfg, smoke=smoke)
+    cache = ensure_cache(sweep, cfg, model, tracking_uri)
     parent = SweepRun.open(sweep, tracking_uri, sweep_dir(sweep))
     if not resume:
         parent.client.log_param(parent.run_id, "cache", str(cache))
@@ -100,7 +153,8 @@ def run_early_exit_sweep(sweep: Any, *, smoke: bool = False, resume: bool = Fals
     best = best_row(rows, sweep.metric, sweep.mode)
     fig = None if not ok else pareto_figure(
         ok, x="val/et/gflops_per_frame", y="val/et/mAP", xlabel="GFLOPs per frame",
-        label=lambda r: f"{r['early_exit.rho']:g}/{r['early_exit.t_min']}", title=f"{sweep.name}: rho/T_min")
+        label=lambda r: f"{r['early_exit.rho']:g}/{r['early_exit.t_min']}"
+        + ("" if r["early_exit.mode"] == "reached" else f" {r['early_exit.mode']}"), title=f"{sweep.name}: rho/T_min")
     parent.finish({"table_c.md": table}, figure=fig, best=best, records=rows)
     return {"rows": rows, "table": table, "best": best, "parent_run_id": parent.run_id, "cache": str(cache),
             "failed": failed}

@@ -170,35 +170,48 @@ def _fmt(v: Any, scale: float = 1.0, digits: int = 2) -> str:
 
 
 def table_d(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Table D: alpha, beta (none = L_pg off), mAP (%) and GFLOPs/V, without and with early exit, markdown."""
-    lines = ["| alpha | beta | mAP (%) | GFLOPs/V | mAP ET (%) | GFLOPs/V ET | trial |",
-             "|---|---|---|---|---|---|---|"]
+    """Table D: alpha, beta (none = L_pg off), mAP (%) and GFLOPs/V without and with early exit, and the epochs the
+    trial's last stage trained of those planned (``epochs_trained``/``epochs_planned``; a row stopped early, by ASHA
+    or a failure, says "stopped early": its figures are not those of a full run), markdown."""
+    lines = ["| alpha | beta | mAP (%) | GFLOPs/V | mAP ET (%) | GFLOPs/V ET | epochs | trial |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         beta = "none" if r.get("loss.beta") is None else _fmt(r["loss.beta"])
         lines.append(f"| {_fmt(r.get('loss.alpha'))} | {beta} | {_fmt(r.get('val/mAP'), 100)} | "
                      f"{_fmt(r.get('val/gflops_per_video'), digits=4)} | {_fmt(r.get('val/et/mAP'), 100)} | "
-                     f"{_fmt(r.get('val/et/gflops_per_video'), digits=4)} | {r.get('trial_id', '')} |")
+                     f"{_fmt(r.get('val/et/gflops_per_video'), digits=4)} | {_epochs(r)} | {r.get('trial_id', '')} |")
     return "\n".join(lines) + "\n"
+
+
+def _epochs(row: Mapping[str, Any]) -> str:
+    trained, planned = row.get("epochs_trained"), row.get("epochs_planned")
+    if trained is None or planned is None:
+        return "-"
+    return f"{trained}/{planned}" + (" stopped early" if trained < planned else "")
+
+
+MODE_NOTE = {"reached": "ours: T_min frames that reached the classifier, max-softmax >= rho",
+             "official": "the official code: time index > T_min - 1, probability > rho"}
 
 
 def table_c(rows: Sequence[Mapping[str, Any]], mAP: str = "val/et/mAP",
             gflops: str = "val/et/gflops_per_frame") -> str:
-    """Table C: rho down, T_min across, each cell ``mAP (%) / GFLOPs per frame``; one table per T_min counting mode."""
-    out = []
-    for mode in sorted({r.get("early_exit.mode", "reached") for r in rows}):
-        sub = [r for r in rows if r.get("early_exit.mode", "reached") == mode]
-        rhos = sorted({float(r["early_exit.rho"]) for r in sub})
-        tmins = sorted({int(r["early_exit.t_min"]) for r in sub})
-        cell = {(float(r["early_exit.rho"]), int(r["early_exit.t_min"])): r for r in sub}
-        out.append(f"T_min counting: {mode}; cells: mAP (%) / GFLOPs per frame\n")
-        out.append("| rho \\ T_min | " + " | ".join(str(t) for t in tmins) + " |")
-        out.append("|---" * (len(tmins) + 1) + "|")
-        for rho in rhos:
-            cells = [f"{_fmt(cell[rho, t][mAP], 100)} / {_fmt(cell[rho, t][gflops], digits=4)}"
-                     if (rho, t) in cell else "-" for t in tmins]
-            out.append(f"| {rho:g} | " + " | ".join(cells) + " |")
-        out.append("")
-    return "\n".join(out)
+    """Table C: rho down, T_min across, each cell ``mAP (%) / GFLOPs per frame``; at every rho one row per T_min
+    counting mode (``early_exit.mode``: ours, ``reached``, first, then ``official``), so the two sit side by side."""
+    modes = sorted({r.get("early_exit.mode", "reached") for r in rows}, key=lambda m: (m != "reached", m))
+    rhos = sorted({float(r["early_exit.rho"]) for r in rows})
+    tmins = sorted({int(r["early_exit.t_min"]) for r in rows})
+    cell = {(float(r["early_exit.rho"]), int(r["early_exit.t_min"]), r.get("early_exit.mode", "reached")): r
+            for r in rows}
+    out = ["cells: mAP (%) / GFLOPs per frame; counting " + "; ".join(f"{m} = {MODE_NOTE.get(m, m)}" for m in modes),
+           "", "| rho | counting \\ T_min | " + " | ".join(str(t) for t in tmins) + " |",
+           "|---" * (len(tmins) + 2) + "|"]
+    for rho in rhos:
+        for mode in modes:
+            cells = [f"{_fmt(cell[rho, t, mode][mAP], 100)} / {_fmt(cell[rho, t, mode][gflops], digits=4)}"
+                     if (rho, t, mode) in cell else "-" for t in tmins]
+            out.append(f"| {rho:g} | {mode} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
 
 
 def register_run_model(tracking_uri: str, run_id: str, name: str, alias: str, artifact: str = "model") -> str:

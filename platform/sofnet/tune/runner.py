@@ -2,7 +2,8 @@
 
 Usage (``sofnet.tune.alpha_beta`` and ``sofnet.tune.early_exit`` do this)::
 
-    cfg = base_config(sweep, smoke=True)                   # the training config every trial starts from
+    cfg = preflight(sweep, src="alpha_beta.yaml", smoke=True, resume=False)   # every check, nothing spent yet
+    cfg = base_config(sweep, cfg, smoke=True)              # the training config every trial starts from
     results = run_tuner(sweep, trainable, resume=False)    # Tuner(...).fit(), or Tuner.restore(...).fit()
     rows = result_rows(results)                            # [{"trial_id", "status", <params>, <metrics>}, ...]
 
@@ -16,42 +17,83 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from omegaconf import OmegaConf
 
 from sofnet.config import ConfigError, load_config
-from sofnet.tune.sweep import param_space, scheduler, search_algorithm, sweep_dir, trial_params
+from sofnet.tune.sweep import check_trials, param_space, scheduler, search_algorithm, sweep_dir, trial_params
 
 logger = logging.getLogger(__name__)
 
 TUNE_DIR = "tune"
 
 
-def base_config(sweep: Any, smoke: bool = False) -> Any:
-    """The training config of the sweep: ``base_config`` + ``overrides``; with ``smoke``, the training job's smoke
-    settings (tiny model, one epoch per stage) and, when the config names no shards, a tiny synthetic dataset
-    under ``<sweep dir>/smoke_data``. Paths come back absolute (trials run in other working directories)."""
-    from sofnet.train.cli import SMOKE, ensure_synthetic_shards
+def training_config(sweep: Any, smoke: bool = False, extra: Sequence[str] = ()) -> Any:
+    """``base_config`` + (the training job's smoke settings) + ``overrides`` + ``extra``, validated; no side effects."""
+    from sofnet.train.cli import SMOKE
+
+    return load_config(sweep.base_config, (SMOKE if smoke else []) + list(sweep.overrides) + list(extra))
+
+
+def preflight(sweep: Any, *, src: str, smoke: bool = False, resume: bool = False) -> Any:
+    """Everything that can be refused before Ray starts or anything trains: the training config, the config of every
+    trial the search can make (:func:`sofnet.tune.sweep.check_trials`), and ``--resume`` against what exists.
+
+    Returns:
+        The (unprepared) training config.
+
+    Raises:
+        ConfigError: one line naming the file and key.
+    """
+    cfg = training_config(sweep, smoke)
+    checked = check_trials(sweep, cfg, src)
+    check_resume(sweep, resume, src)
+    logger.debug("%s: %d trial configs checked", src, checked)
+    return cfg
+
+
+def check_resume(sweep: Any, resume: bool, src: str = "<sweep>") -> None:
+    """``--resume`` needs a sweep at ``<storage_path>/<name>/tune``; a new sweep must not overwrite one there."""
+    from ray.tune import Tuner  # imports Tune, starts no Ray session
+
+    path = sweep_dir(sweep) / TUNE_DIR
+    exists = Tuner.can_restore(str(path))
+    if resume and not exists:
+        raise ConfigError(f"{src}: --resume: no sweep to resume at {path} (storage_path/name)")
+    if not resume and exists:
+        raise ConfigError(f"{src}: a sweep already exists at {path}: pass --resume, or change name/storage_path")
+
+
+def base_config(sweep: Any, cfg: Any, smoke: bool = False) -> Any:
+    """The training config of the sweep, ready for Ray: with ``smoke`` and no shards named, a tiny synthetic
+    dataset under ``<sweep dir>/smoke_data``; paths absolute (trials run in other working directories)."""
+    from sofnet.train.cli import ensure_synthetic_shards
     from sofnet.train.ray_job import prepare_config
 
-    overrides = list(sweep.overrides)
-    cfg = load_config(sweep.base_config, (SMOKE if smoke else []) + overrides)
     if smoke and not cfg.data.train_shards:
         shards = ensure_synthetic_shards(sweep_dir(sweep) / "smoke_data")
-        cfg = load_config(sweep.base_config, SMOKE + overrides + [
-            f"data.train_shards={shards}", f"data.val_shards={shards}", "model.num_classes=3"])
+        cfg = training_config(sweep, smoke, [f"data.train_shards={shards}", f"data.val_shards={shards}",
+                                             "model.num_classes=3"])
     return prepare_config(cfg)
 
 
 def init_ray(cfg: Any) -> None:
     """Connect to ``scaling.ray_address`` or ``$RAY_ADDRESS`` (``ray job submit``), else start a new local Ray,
-    never a stray local cluster of someone else (what ``address=None`` would attach to); once per process."""
+    never a stray local cluster of someone else (what ``address=None`` would attach to); once per process.
+
+    A known ``host:port`` is also handed to every worker (``RAY_ADDRESS`` in the job's runtime env): Ray Train's
+    detached placement-group cleaner finds its cluster through the state API, which without it reads
+    ``/tmp/ray/ray_current_cluster`` or pgreps for a GCS, and on a machine with several Ray clusters (or one
+    started with ``--temp-dir``) it fails, so a trial that Tune stopped (ASHA) kept its workers' CPUs reserved.
+    """
     import ray
 
     if not ray.is_initialized():
         address = cfg.scaling.get("ray_address") or os.environ.get("RAY_ADDRESS") or "local"
-        ray.init(address=address, log_to_driver=True)
+        plain_address = address not in ("local", "auto") and "://" not in address
+        runtime_env = {"env_vars": {"RAY_ADDRESS": address}} if plain_address else None
+        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
 
 
 def trial_resources(sweep: Any) -> Dict[str, float]:
@@ -61,25 +103,17 @@ def trial_resources(sweep: Any) -> Dict[str, float]:
 
 
 def run_tuner(sweep: Any, trainable: Callable, resume: bool = False) -> Any:
-    """Run the sweep with Ray Tune; with ``resume``, continue an interrupted one with ``Tuner.restore``.
-
-    Raises:
-        ConfigError: ``resume`` without a sweep to resume, or a new sweep where one already exists.
-    """
+    """Run the sweep with Ray Tune; with ``resume``, continue an interrupted one with ``Tuner.restore``
+    (:func:`check_resume` has checked that one exists, or that a new one overwrites nothing)."""
     from ray import tune
 
     path = sweep_dir(sweep) / TUNE_DIR
-    exists = tune.Tuner.can_restore(str(path))
     if resume:
-        if not exists:
-            raise ConfigError(f"--resume: no sweep to resume at {path}")
         logger.info("resuming the sweep at %s", path)
         # resume_errored: a trial that failed because its driver was killed runs again (its training resumes
         # from its own last checkpoint); finished trials are kept as they are.
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        if exists:
-            raise ConfigError(f"a sweep already exists at {path}: pass --resume, or change name/storage_path")
         s = sweep.search
         tuner = tune.Tuner(
             trainable,

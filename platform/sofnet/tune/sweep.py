@@ -23,22 +23,33 @@ A sweep file (``jobs/configs/tune/*.yaml``)::
 Usage::
 
     sweep = load_sweep("jobs/configs/tune/alpha_beta.yaml", ["storage_path=/tmp/tune"], smoke=True)
+    check_trials(sweep, base_cfg, "alpha_beta.yaml")   # before Ray: every point and both ends of every range
     space = param_space(sweep.search)                  # Tune's param_space
     cfg = trial_config(base_cfg, trial_params(config)) # inside a trial: the training config of that trial
+
+What is checked where: :func:`load_sweep` the sweep's own keys (choices, sampler ranges, scheduler, that an optional
+search package is installed); :func:`check_trials` every trial's training config through ``sofnet.config.validate``
+(the one owner of the training rules), so a bad value is refused before any stage trains.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import itertools
+import logging
+import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sofnet.config import ConfigError, validate
+
+logger = logging.getLogger(__name__)
 
 KINDS = ("alpha_beta", "early_exit")
 SCHEDULERS = ("fifo", "asha")
@@ -48,6 +59,11 @@ SEARCHERS = {"optuna": ("optuna", "ray.tune.search.optuna", "OptunaSearch"),
 ALGORITHMS = ("grid", "random", *SEARCHERS)
 SAMPLERS = ("grid", "choice", "uniform", "loguniform", "quniform", "randint")
 POINT_KEY = "point"  # the Tune config key that holds an explicit point (a dict of dotted keys)
+ET_KEYS = ("early_exit.rho", "early_exit.t_min", "early_exit.mode")  # what a Table C replay can vary
+RANGES = ("uniform", "loguniform", "quniform", "randint")
+# Every combination of points and sampler values/ends is a trial config to check (~30 ms each); past this many only
+# each value alone is (the config's only rule that ties two keys is model.arch vs model.shift).
+MAX_COMBINATIONS = 256
 
 
 @dataclass
@@ -120,13 +136,50 @@ def validate_sweep(sweep: Any, src: str = "<sweep>") -> None:
         if spec["sampler"] in ("grid", "choice"):
             _check(bool(spec.get("values")), src, f"search.space.{key}", "needs values")
         else:
-            _check("low" in spec and "high" in spec, src, f"search.space.{key}", "needs low and high")
+            _check_range(spec, src, f"search.space.{key}")
         if s.algorithm == "grid":
             _check(spec["sampler"] == "grid", src, f"search.space.{key}", "must use sampler: grid with algorithm grid")
         if s.algorithm in SEARCHERS:
             _check(spec["sampler"] != "grid", src, f"search.space.{key}", f"cannot be a grid with {s.algorithm}")
     if s.algorithm in SEARCHERS:
         _check(not s.points, src, "search.points", f"cannot be used with {s.algorithm} (use a space)")
+        package = SEARCHERS[s.algorithm][0]
+        _check(importlib.util.find_spec(package) is not None, src, "search.algorithm",
+               f"{s.algorithm} needs the {package} package, not installed here; install it or use grid/random")
+    _check_scheduler(sweep.scheduler, src)
+    swept = {k for p in s.points for k in p} | set(s.space)
+    if sweep.kind == "early_exit":
+        for key in sorted(swept - set(ET_KEYS)):  # a replay ignores any other key: its column would repeat one point
+            _check(False, src, f"search: {key}", f"cannot vary in an early_exit sweep (only {', '.join(ET_KEYS)})")
+    elif sweep.shared_stage1 or sweep.stage1_checkpoint:
+        for key in sorted(k for k in swept if k.startswith("train.stage1.")):  # stage 1 is trained once for all
+            _check(False, src, f"search: {key}", "has no effect with a shared stage 1 (set shared_stage1: false)")
+
+
+def _check_range(spec: Any, src: str, key: str) -> None:
+    """A range sampler's bounds: numbers, low < high (randint: integers), loguniform above 0, q > 0."""
+    low, high = spec.get("low"), spec.get("high")
+    _check(_number(low) and _number(high), src, key, "needs numeric low and high")
+    _check(low < high, src, key, f"low ({low}) must be below high ({high})")
+    if spec["sampler"] == "randint":
+        _check(isinstance(low, int) and isinstance(high, int), src, key, "randint needs integer low and high")
+    if spec["sampler"] == "loguniform":
+        _check(low > 0, src, key, "loguniform needs low > 0")
+    if spec["sampler"] == "quniform":
+        _check(_number(spec.get("q", 0.05)) and spec.get("q", 0.05) > 0, src, key, "quniform needs q > 0")
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _check_scheduler(s: Any, src: str) -> None:
+    """ASHA's own assertions, as one line naming the key (Ray asserts only when the Tuner is built)."""
+    if s.type != "asha":
+        return
+    _check(s.max_t >= 1, src, "scheduler.max_t", "must be >= 1")
+    _check(1 <= s.grace_period <= s.max_t, src, "scheduler.grace_period", "must be >= 1 and <= scheduler.max_t")
+    _check(s.reduction_factor >= 2, src, "scheduler.reduction_factor", "must be >= 2")
 
 
 def load_sweep(path: str | Path, dotlist: Sequence[str] = (), smoke: bool = False) -> DictConfig:
@@ -214,6 +267,61 @@ def trial_config(base: Any, params: Dict[str, Any], src: str = "trial") -> DictC
     return cfg
 
 
+def _values(spec: Any) -> List[Any]:
+    """What a sampler can give: every value of a grid/choice, both ends of a range (randint's high is exclusive)."""
+    if spec["sampler"] in ("grid", "choice"):
+        return list(spec["values"])
+    return [spec["low"], spec["high"] - 1 if spec["sampler"] == "randint" else spec["high"]]
+
+
+def trial_values(search: Any) -> Iterator[Tuple[str, Dict[str, Any]]]:
+    """``(sweep key, params)`` for every explicit point and every value or range end of every sampler, alone."""
+    container = OmegaConf.to_container(search, resolve=True) if isinstance(search, DictConfig) else search
+    for i, point in enumerate(container["points"]):
+        yield f"search.points[{i}]", dict(point)
+    for key, spec in container["space"].items():
+        for value in _values(spec):
+            yield f"search.space.{key}", {key: value}
+
+
+def trial_combinations(search: Any) -> Tuple[int, Iterator[Tuple[str, Dict[str, Any]]]]:
+    """How many, and ``(label, params)`` of, the points crossed with every value or range end of every sampler."""
+    container = OmegaConf.to_container(search, resolve=True) if isinstance(search, DictConfig) else search
+    points = list(enumerate(container["points"])) or [(None, {})]
+    dims = [[(key, v) for v in _values(spec)] for key, spec in container["space"].items()]
+    count = len(points) * math.prod(len(d) for d in dims)
+
+    def combos() -> Iterator[Tuple[str, Dict[str, Any]]]:
+        for (i, point), *values in itertools.product(points, *dims):
+            label = " + ".join(([f"search.points[{i}]"] if i is not None else [])
+                               + [f"search.space.{k}={v!r}" for k, v in values])
+            yield label, {**point, **dict(values)}
+
+    return count, combos()
+
+
+def check_trials(sweep: Any, base: Any, src: str = "<sweep>") -> int:
+    """Build the training config of every trial the search can make (every point, every grid value, both ends of
+    every range) through ``sofnet.config`` validation, before anything is trained; returns how many were checked.
+
+    Raises:
+        ConfigError: ``"<src> search.points[2]: loss.alpha must be in [0, 1]"``, the first bad one.
+    """
+    checked = 0
+    for label, params in trial_values(sweep.search):  # each value alone first: the error names its own key
+        trial_config(base, params, src=f"{src} {label}")
+        checked += 1
+    count, combos = trial_combinations(sweep.search)
+    if count > MAX_COMBINATIONS:
+        logger.warning("%s: %d combinations of points and sampler values; each value was checked alone, "
+                       "not every combination", src, count)
+        return checked
+    for label, params in combos:
+        trial_config(base, params, src=f"{src} {label}")
+        checked += 1
+    return checked
+
+
 def _schema() -> DictConfig:
     from sofnet.schema import Config
 
@@ -225,10 +333,7 @@ def search_algorithm(sweep: Any) -> Optional[Any]:
     algo = sweep.search.algorithm
     if algo not in SEARCHERS:
         return None
-    package, module, name = SEARCHERS[algo]
-    if importlib.util.find_spec(package) is None:  # Ray's wrapper imports without it, then fails at construction
-        raise ConfigError(f"search.algorithm={algo} needs the {package} package, not installed here; "
-                          f"install it or use grid/random")
+    _, module, name = SEARCHERS[algo]  # the package is installed: validate_sweep checked it
     cls = getattr(importlib.import_module(module), name)
     return cls(metric=sweep.metric, mode=sweep.mode, seed=sweep.search.seed)
 
