@@ -3,7 +3,7 @@
 Usage::
 
     python -m data_prep.activitynet --annotations activity_net.v1-3.min.json --videos DIR --out DIR \\
-        [--subsets training validation] [--fps 1] [--min-frames 16] [--short-side 256] [--quality 90] \\
+        [--subsets training validation] [--fps 1|native] [--min-frames 16] [--short-side 256] [--quality 90] \\
         [--shard-size 64] [--ray-address ADDR] [--num-cpus N]
     # the SoF/AR-Net split lists, with their classInd.txt (one file per subset; the subset comes from the name):
     python -m data_prep.activitynet --annotations actnet_train_split.txt actnet_val_split.txt \\
@@ -19,19 +19,36 @@ shards are kept. For a cluster, see :mod:`data_prep.runner` (``--out`` on shared
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from data_prep.cli import add_prep_args, run_prep
+from data_prep.checks import InputError
+from data_prep.cli import add_prep_args, prep_parser, run_command
 from data_prep.labels import (
     LabelSource,
     detect_format,
     load_activitynet_json,
-    load_split_list,
-    load_whitespace_list,
     merge_sources,
+    normalize_subset,
     read_classes,
 )
+from data_prep.lists import load_split_list, load_whitespace_list
+
+DEFAULT_SUBSETS = ("training", "validation")
+
+
+def _check_subsets(annotations: list[str], available: set[str], subsets: list[str] | None) -> list[str]:
+    """The subsets to write: each one asked for must be in the annotations; by default training and validation."""
+    have = ", ".join(sorted(available)) or "none"
+    if subsets is None:
+        chosen = [name for name in DEFAULT_SUBSETS if name in available]
+        if not chosen:
+            raise InputError(f"--subsets: {' '.join(annotations)} has no training or validation video (it has: "
+                             f"{have}): name the subsets to write")
+        return chosen
+    for name in subsets:
+        if name not in available:
+            raise InputError(f"--subsets: no video of {' '.join(annotations)} is in subset {name!r} (it has: {have})")
+    return subsets
 
 
 def load_sources(
@@ -42,46 +59,49 @@ def load_sources(
     Args:
         annotations: Official JSON files and/or split lists (SoF comma lists, mmaction lists).
         classes_file: ``classInd.txt`` or ``label_map.txt``; required for lists, optional for JSON.
-        subsets: Keep only these subsets (None: all).
+        subsets: Keep only these subsets, each of which must be in the files (``train``, ``val``, ``test`` are
+            read as ``training``...); None: training and validation, those of them that the files have.
         subset: Subset of the videos of a list (default: from the list's file name).
 
     Returns:
         The merged source; an id that appears again is reported as a duplicate.
 
     Raises:
-        ValueError: A list without ``classes_file``.
+        InputError: A list without ``classes_file``, a subset the files do not have, a bad file (names it).
     """
     classes = read_classes(classes_file) if classes_file else None
     sources = []
     for path in annotations:
         kind = detect_format(path)
         if kind == "json":
-            source = load_activitynet_json(path, classes, subsets)
+            source = load_activitynet_json(path, classes)
         elif classes is None:
-            raise ValueError(f"{path} is a split list: give its class list with --classes (classInd.txt)")
-        elif kind == "split":
-            source = load_split_list(path, classes, subset)
-        else:
+            raise InputError(f"{path}: a video list needs its class list: give --classes (classInd.txt)")
+        elif kind == "whitespace":
             source = load_whitespace_list(path, classes, subset, dataset="activitynet")
-        if subsets:
-            source.entries = [e for e in source.entries if e.subset in subsets]
-            source.problems = [p for p in source.problems if p["subset"] in subsets]
+        else:  # comma-separated: ActivityNet has no other comma format than the SoF/AR-Net split lists
+            source = load_split_list(path, classes, subset)
         sources.append((path, source))
+    available = {e.subset for _, s in sources for e in s.entries} | {p["subset"] for _, s in sources for p in s.problems}
+    wanted = set(_check_subsets(annotations, available, [normalize_subset(n) for n in subsets] if subsets else None))
+    for _, source in sources:
+        source.entries = [e for e in source.entries if e.subset in wanted]
+        source.problems = [p for p in source.problems if p["subset"] in wanted]
     return merge_sources(sources)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse the flags and write the shards; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m data_prep.activitynet", description=__doc__.split("\n")[0])
+    """Parse the flags and write the shards; returns the exit status (2: bad input, one line on stderr)."""
+    parser = prep_parser("python -m data_prep.activitynet", __doc__.split("\n")[0])
     parser.add_argument("--annotations", nargs="+", required=True, help="official JSON and/or split lists")
     parser.add_argument("--classes", default=None, help="classInd.txt / label_map.txt (required for lists)")
     parser.add_argument("--videos", required=True, help="folder with the video files (any depth)")
-    parser.add_argument("--subsets", nargs="+", default=["training", "validation"], help="subsets to write")
+    parser.add_argument("--subsets", nargs="+", default=None,
+                        help="subsets to write, each must be in the annotations (default: training validation)")
     parser.add_argument("--subset", default=None, help="subset of the videos of a list (default: from its name)")
     add_prep_args(parser)
-    args = parser.parse_args(argv)
-    source = load_sources(args.annotations, args.classes, args.subsets, args.subset)
-    return run_prep(source, args.videos, args)
+
+    return run_command(parser, argv, lambda args: load_sources(args.annotations, args.classes, args.subsets, args.subset))
 
 
 if __name__ == "__main__":

@@ -26,22 +26,32 @@ Short videos (fewer samples than ``min_frames``): ``short="dense"`` (default) sa
 evenly over the decoded duration instead, so a 5 s clip gives 16 distinct frames if it has them; a frame is
 repeated only when the video holds fewer decodable frames than ``min_frames`` (the timestamps then repeat too).
 ``short="skip"`` raises :class:`VideoError` instead, and the video is reported, not written.
+
+``fps="native"`` targets the stream's own average frame rate, ``(k + 0.5) / rate``: every frame of a constant-rate
+video exactly once, as the official SoF-Net frame folders hold them. ``timeout`` bounds the wall-clock time of a
+whole :func:`sample_video` call (see :mod:`data_prep.deadline`); a video over it raises ``VideoError("decode
+timeout: ...")``. A FIFO or device given as the video file is opened like a file (and may block: the timeout
+covers it); an empty regular file is reported without opening it.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import av
 
+from data_prep.deadline import Deadline, DeadlineExceeded
+from data_prep.sampler import Sampler, target_size  # noqa: F401  (target_size: part of this module's API)
+
 log = logging.getLogger(__name__)
 
 SHORT_POLICIES = ("dense", "skip")
+NATIVE = "native"  # fps="native": the stream's own frame rate
 
 
 class VideoError(Exception):
@@ -81,80 +91,8 @@ class SampledVideo:
     warnings: list[str] = field(default_factory=list)
 
 
-def target_size(width: int, height: int, short_side: int) -> tuple[int, int]:
-    """Size with the short side scaled to ``short_side`` (aspect kept; 0 keeps the size).
-
-    Args:
-        width: Source width in pixels.
-        height: Source height in pixels.
-        short_side: Wanted length of the shorter side, or 0 for no resize.
-
-    Returns:
-        ``(width, height)`` of the output, each at least 1.
-    """
-    if short_side <= 0 or min(width, height) == short_side:
-        return width, height
-    scale = short_side / min(width, height)
-    if width <= height:
-        return short_side, max(1, round(height * scale))
-    return max(1, round(width * scale)), short_side
-
-
 class _Restart(Exception):
     """A seek overshot its target: decode again from the start, sequentially."""
-
-
-class _Sampler:
-    """Turns decoded frames into JPEGs at the target times (one pass over the stream)."""
-
-    def __init__(self, fps: float, timestamps: Sequence[float] | None, short_side: int, quality: int) -> None:
-        self.fps = fps
-        self.fixed = sorted(timestamps) if timestamps is not None else None
-        self.short_side = short_side
-        self.quality = quality
-        self.k = 0
-        self.prev: tuple[float, av.VideoFrame] | None = None
-        self.size: tuple[int, int] | None = None
-        self.source_size: tuple[int, int] = (0, 0)
-        self.jpegs: list[bytes] = []
-        self.timestamps: list[float] = []
-        self._last_jpeg: tuple[av.VideoFrame, bytes] | None = None  # holds the frame, so identity is safe
-
-    def target(self) -> float | None:
-        """The next time to fill, or None when an explicit list is exhausted."""
-        if self.fixed is not None:
-            return self.fixed[self.k] if self.k < len(self.fixed) else None
-        return (self.k + 0.5) / self.fps
-
-    def _emit(self, rel: float, frame: av.VideoFrame) -> None:
-        if self._last_jpeg is not None and self._last_jpeg[0] is frame:
-            data = self._last_jpeg[1]  # the same frame fills several targets: encode it once
-        else:
-            if self.size is None:
-                self.source_size = (frame.width, frame.height)
-                self.size = target_size(frame.width, frame.height, self.short_side)
-            width, height = self.size
-            shrink = width * height < frame.width * frame.height
-            image = frame.to_image(width=width, height=height, interpolation="AREA" if shrink else "BILINEAR")
-            buffer = io.BytesIO()
-            image.save(buffer, format="JPEG", quality=self.quality)
-            data = buffer.getvalue()
-            self._last_jpeg = (frame, data)
-        self.jpegs.append(data)
-        self.timestamps.append(round(rel, 4))
-        self.k += 1
-
-    def add(self, rel: float, frame: av.VideoFrame) -> None:
-        """Take the next decoded frame (presentation order), at ``rel`` seconds from the stream start."""
-        while (t := self.target()) is not None and t < rel:
-            # The previous frame is on screen at t; a target before the first frame gets the first frame.
-            self._emit(self.prev[0] if self.prev else rel, self.prev[1] if self.prev else frame)
-        self.prev = (rel, frame)
-
-    def finish(self, end: float) -> None:
-        """Fill the targets up to the end of the last frame."""
-        while self.prev is not None and (t := self.target()) is not None and t < end:
-            self._emit(self.prev[0], self.prev[1])
 
 
 def _decode(codec: av.CodecContext, packets: list[av.Packet | None], stats: dict[str, int]) -> Iterator[av.VideoFrame]:
@@ -167,7 +105,7 @@ def _decode(codec: av.CodecContext, packets: list[av.Packet | None], stats: dict
 
 
 def _sample_pass(
-    container: av.container.InputContainer, sampler: _Sampler, seek_gap: float, skip_packets: bool, result: SampledVideo
+    container: av.container.InputContainer, sampler: Sampler, seek_gap: float, skip_packets: bool, result: SampledVideo
 ) -> float:
     """Demux the stream once, decoding only the groups of pictures that hold a needed frame.
 
@@ -267,16 +205,22 @@ def _sample_pass(
     return end
 
 
-def _open(path: str) -> av.container.InputContainer:
+def decoder_versions() -> dict:
+    """PyAV's version and its FFmpeg libraries' (``{"pyav": "14.2.0", "ffmpeg": {"libavcodec": "61.19.100"}}``)."""
+    libraries = {name: ".".join(map(str, version)) for name, version in sorted(av.library_versions.items())}
+    return {"pyav": av.__version__, "ffmpeg": libraries}
+
+
+def _open(path: str, timeout: float | None = None) -> av.container.InputContainer:
     """Open a file for decoding, or raise :class:`VideoError` with a reason a user can act on."""
     try:
-        size = os.path.getsize(path)
+        info = os.stat(path)
     except OSError as error:
         raise VideoError(f"missing or unreadable file: {error.strerror}") from None
-    if size == 0:
+    if stat.S_ISREG(info.st_mode) and info.st_size == 0:
         raise VideoError("empty file (0 bytes)")
     try:
-        container = av.open(path, metadata_errors="ignore")
+        container = av.open(path, metadata_errors="ignore", timeout=timeout)
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as error:
         raise VideoError(f"not a readable media file: {getattr(error, 'strerror', None) or error}") from None
     if not container.streams.video:
@@ -286,27 +230,37 @@ def _open(path: str) -> av.container.InputContainer:
     return container
 
 
+def _native_rate(stream: av.video.stream.VideoStream) -> float:
+    rate = stream.average_rate or stream.guessed_rate
+    if not rate:
+        raise VideoError("no frame rate in the header for --fps native: give a number")
+    return float(rate)
+
+
 def sample_frames(
     path: str,
-    fps: float = 1.0,
+    fps: float | str = 1.0,
     timestamps: Sequence[float] | None = None,
     short_side: int = 256,
     quality: int = 90,
     seek_gap: float = 8.0,
     skip_packets: bool = True,
     threads: int = 1,
+    timeout: float | None = None,
 ) -> SampledVideo:
     """Decode one video and keep the frames on screen at the wanted times.
 
     Args:
         path: Video file (any container and codec FFmpeg reads); the first video stream is used, whatever its index.
-        fps: Targets every ``1/fps`` seconds (interval centres) over the whole video; ignored with ``timestamps``.
+        fps: Targets every ``1/fps`` seconds (interval centres) over the whole video; ``"native"``: the stream's
+            average frame rate; ignored with ``timestamps``.
         timestamps: Explicit target times in seconds from the stream start, instead of ``fps``.
         short_side: Resize so that the shorter side has this many pixels (0: keep the size).
         quality: JPEG quality, 1-100.
         seek_gap: Seek when the next target is more than this many seconds ahead (0: never seek).
         skip_packets: Drop undecoded packets before a keyframe that precedes the next target.
         threads: Decoder threads (1 matches one Ray CPU per task).
+        timeout: PyAV's limit for the open and for each read, in seconds (None: wait).
 
     Returns:
         The sampled frames and what was learnt about the stream.
@@ -316,7 +270,7 @@ def sample_frames(
     """
     for attempt in range(2):
         result = SampledVideo()
-        container = _open(path)
+        container = _open(path, timeout)
         try:
             stream = container.streams.video[0]
             stream.codec_context.thread_count = threads
@@ -324,7 +278,8 @@ def sample_frames(
                 result.header_duration = float(stream.duration * stream.time_base)
             elif container.duration is not None:  # some muxers (Matroska) store the end time there
                 result.header_duration = (container.duration - (container.start_time or 0)) / av.time_base
-            sampler = _Sampler(fps, timestamps, short_side, quality)
+            rate = _native_rate(stream) if fps == NATIVE and timestamps is None else fps
+            sampler = Sampler(rate, timestamps, short_side, quality)
             try:
                 gap = seek_gap if attempt == 0 else 0.0
                 result.duration = _sample_pass(container, sampler, gap, skip_packets, result)
@@ -347,19 +302,20 @@ def sample_frames(
 
 def sample_video(
     path: str,
-    fps: float = 1.0,
+    fps: float | str = 1.0,
     min_frames: int = 16,
     short: str = "dense",
     short_side: int = 256,
     quality: int = 90,
     seek_gap: float = 8.0,
     threads: int = 1,
+    timeout: float | None = None,
 ) -> SampledVideo:
     """Sample a video at ``fps``, applying the short-video policy (see the module docstring).
 
     Args:
         path: Video file.
-        fps: Sampling rate in frames per second of video time.
+        fps: Sampling rate in frames per second of video time, or ``"native"``.
         min_frames: Fewest frames a stored video may have.
         short: ``"dense"``: sample ``min_frames`` even timestamps instead (repeats only if the video has fewer
             decodable frames); ``"skip"``: raise :class:`VideoError`.
@@ -367,29 +323,33 @@ def sample_video(
         quality: JPEG quality.
         seek_gap: See :func:`sample_frames`.
         threads: Decoder threads.
+        timeout: Wall-clock seconds for the whole call (None: no limit), see :mod:`data_prep.deadline`.
 
     Returns:
         At least ``min_frames`` frames.
 
     Raises:
-        VideoError: The video cannot be decoded, or is too short under ``short="skip"``.
+        VideoError: The video cannot be decoded, is too short under ``short="skip"``, or took over ``timeout``.
     """
     if short not in SHORT_POLICIES:
         raise ValueError(f"short must be one of {SHORT_POLICIES}, not {short!r}")
-    video = sample_frames(path, fps=fps, short_side=short_side, quality=quality, seek_gap=seek_gap, threads=threads)
+    options = {"short_side": short_side, "quality": quality, "seek_gap": seek_gap, "threads": threads}
+    try:
+        with Deadline(timeout) as deadline:
+            return _sample_with_policy(path, fps, min_frames, short, {**options, "timeout": deadline.io_timeout})
+    except DeadlineExceeded as error:
+        raise VideoError(f"decode timeout: {error} (a stalled read or a hung decoder; --decode-timeout)") from None
+
+
+def _sample_with_policy(path: str, fps: float | str, min_frames: int, short: str, options: dict) -> SampledVideo:
+    video = sample_frames(path, fps=fps, **options)
     if len(video.jpegs) >= min_frames:
         return video
     if short == "skip" or video.duration <= 0:
-        raise VideoError(f"too short: {len(video.jpegs)} frames at {fps:g} fps < --min-frames {min_frames}")
+        rate = fps if isinstance(fps, str) else f"{fps:g}"
+        raise VideoError(f"too short: {len(video.jpegs)} frames at {rate} fps < --min-frames {min_frames}")
     step = video.duration / min_frames
-    dense = sample_frames(
-        path,
-        timestamps=[(k + 0.5) * step for k in range(min_frames)],
-        short_side=short_side,
-        quality=quality,
-        seek_gap=seek_gap,
-        threads=threads,
-    )
+    dense = sample_frames(path, timestamps=[(k + 0.5) * step for k in range(min_frames)], **options)
     dense.duration, dense.header_duration = video.duration, video.header_duration
     dense.warnings = video.warnings + [w for w in dense.warnings if w not in video.warnings]
     if len(dense.jpegs) < min_frames:  # cannot happen with a non-empty list of targets inside the video

@@ -1,39 +1,43 @@
-"""Label sources: class lists, ActivityNet JSON, SoF/AR-Net and mmaction split lists, mini-Sports1M lists, CSV.
+"""Label sources: what every annotation format becomes, class lists, and the ActivityNet JSON.
 
 Usage::
 
-    from data_prep.labels import load_activitynet_json, load_split_list, read_classes
+    from data_prep.labels import load_activitynet_json, read_classes
     source = load_activitynet_json("activity_net.v1-3.min.json", subsets=["training", "validation"])
     classes = read_classes("classInd.txt")             # "idx,Name" lines, or one name a line (index = line)
-    source = load_split_list("actnet_val_split.txt", classes, subset="validation")
+    # split lists, mmaction / mini-Sports1M lists and CSV: data_prep.lists
 
-Every loader returns a :class:`LabelSource`: the class names in id order, one :class:`Entry` per video (labels as
-class ids, first = primary, unique; segments in seconds when the source has them) and the ``problems`` found
-while reading (a label not in the class list, a duplicate id), which go into ``report.json``.
+Every loader returns a :class:`LabelSource`: the class names in id order, one :class:`Entry` per video and the
+``problems``: videos of the file that are refused one by one, with a reason, into ``report.json`` (a label not in
+the class list, a duplicate id, no label, a segment that is inverted, negative or not a number). A file that
+is broken as a whole, or a line or video that is malformed (not JSON, not UTF-8, empty, a missing
+``"database"`` or ``"subset"``, a segment ``"x"``, a list line without its frame count) raises
+:class:`~data_prep.checks.InputError` naming the file and the line or video id: nothing is guessed.
 
-Formats (all UTF-8, CRLF or LF, with or without a final newline):
+Labels: ``labels`` are class ids, unique and sorted, so the primary label (the first, the one the accuracy loss
+uses) is the smallest class id, as the official SoF-Net code takes it (``sorted(set(...))``), whatever the
+annotation order; ``segment_labels`` keep one class id per segment, in annotation order.
 
-- ActivityNet JSON: ``{"database": {id: {"subset", "duration", "annotations": [{"segment": [s, e], "label"}]}}}``;
-  classes from ``--classes``, else the taxonomy's leaf nodes, else the sorted labels of the whole database.
-- SoF/AR-Net split list: ``youtube_id,num_frames,label[,label...]`` (one label per segment, ids may start with
-  ``-``), label ids into ``classInd.txt``.
-- Whitespace list (mmaction, mini-Sports1M): ``name num_frames label[ label...]``; ``name`` is ``v_<id>``
-  (mmaction: the ``v_`` is dropped) or ``<subset>/<id>`` (mini-Sports1M: the subset folder stays in the id,
-  train and test ids overlap). mmaction's ``anet_*_video.txt`` index ``label_map.txt``; the ``frameexit_*``
-  lists and the SoF lists index ``classInd.txt``: pair them correctly, the numbers cannot tell.
-- CSV: ``path,label[,start,end]`` with an optional header; label is a class id or a name; several rows with the
-  same path are several segments of one video.
+ActivityNet JSON: ``{"database": {id: {"subset", "duration", "annotations": [{"segment": [s, e], "label"}]}}}``.
+Classes: ``--classes`` if given (then a label outside it is a per-video problem); else the taxonomy's leaf nodes,
+and a label that is not one of them is refused for the whole file (the ids would shift); else (an empty
+taxonomy, as in the BSN dump) the sorted labels of the whole database, all subsets, so training and validation
+runs agree. ``testing`` videos may have no annotations (written unlabelled); in any other subset a video without
+a label is a per-video problem.
 """
 
 from __future__ import annotations
 
-import csv
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data_prep.checks import InputError, read_text
+
 SUBSET_ALIASES = {"train": "training", "val": "validation", "valid": "validation", "test": "testing"}
+UNLABELLED_SUBSETS = ("testing",)  # ActivityNet's testing videos come without annotations
 
 
 @dataclass
@@ -43,9 +47,9 @@ class Entry:
     Attributes:
         id: The video id as the source writes it (the ``v_`` of mmaction lists removed).
         subset: ``training``, ``validation``, ``testing`` or the source's own name.
-        labels: Class ids, unique, first = primary.
+        labels: Class ids, unique, sorted: the first (primary) is the smallest.
         segments: ``[start_s, end_s]`` per annotated segment; empty when the source has none.
-        segment_labels: Class id per segment.
+        segment_labels: Class id per segment, in annotation order.
         has_segments: The source gives temporal segments (JSON, CSV with times); otherwise the whole video is
             the action (``[[0, duration]]``, every frame inside).
         path: A file path (relative to the videos folder, extension optional) the source names, if any.
@@ -93,9 +97,14 @@ def subset_from_filename(path: str | Path) -> str | None:
     return None
 
 
-def _lines(path: str | Path) -> list[str]:
-    text = Path(path).read_text(encoding="utf-8-sig")
-    return [line.strip() for line in text.splitlines() if line.strip()]
+def numbered_lines(path: str | Path) -> list[tuple[int, str]]:
+    """``(line number, stripped text)`` of the non-blank lines of a UTF-8 file (CRLF or LF).
+
+    Raises:
+        InputError: Missing, unreadable, not UTF-8 or empty (see :func:`data_prep.checks.read_text`).
+    """
+    lines = read_text(path).split("\n")
+    return [(number, line.strip()) for number, line in enumerate(lines, 1) if line.strip()]
 
 
 def read_classes(path: str | Path) -> list[str]:
@@ -108,24 +117,45 @@ def read_classes(path: str | Path) -> list[str]:
         Class names in id order.
 
     Raises:
-        ValueError: Indexed lines whose ids are not exactly 0..n-1, or duplicate names.
+        InputError: An unreadable or empty file; ``idx,Name`` lines mixed with others; ids that are not exactly
+            0..n-1; a duplicate name.
     """
-    lines = _lines(path)
-    indexed = [re.fullmatch(r"(\d+)\s*,\s*(.+)", line) for line in lines]
-    if lines and all(indexed):
-        by_id = {int(m.group(1)): m.group(2).strip() for m in indexed if m}
+    lines = numbered_lines(path)
+    indexed = [(number, re.fullmatch(r"(\d+)\s*,\s*(.+)", line)) for number, line in lines]
+    if indexed[0][1]:
+        for number, match in indexed:
+            if not match:
+                raise InputError(f"{path}: line {number}: not 'idx,name' like line {indexed[0][0]}")
+        by_id = {int(m.group(1)): m.group(2).strip() for _, m in indexed if m}
         if sorted(by_id) != list(range(len(lines))):
-            raise ValueError(f"{path}: class ids must be 0..{len(lines) - 1}, each once")
+            raise InputError(f"{path}: class ids must be 0..{len(lines) - 1}, each once")
         names = [by_id[i] for i in range(len(lines))]
     else:
-        names = lines
-    if len(set(names)) != len(names):
-        raise ValueError(f"{path}: duplicate class names")
+        names = [line for _, line in lines]
+    first: dict[str, int] = {}
+    for (number, _), name in zip(lines, names, strict=True):
+        if name in first:
+            raise InputError(f"{path}: line {number}: duplicate class name {name!r} (also line {first[name]})")
+        first[name] = number
     return names
 
 
-def _resolve(entry: Entry, raw: list[str], classes: list[str], problems: list[dict[str, str]]) -> bool:
+def segment_problem(start: float, end: float) -> str | None:
+    """Why ``[start, end]`` (seconds) cannot be a segment, as a ``report.json`` reason; None if it can."""
+    if not (math.isfinite(start) and math.isfinite(end)):
+        return f"bad segment: [{start}, {end}] is not a finite number of seconds"
+    if start < 0:
+        return f"bad segment: [{start}, {end}] starts before 0"
+    if end < start:
+        return f"bad segment: [{start}, {end}] ends before it starts"
+    return None
+
+
+def resolve_labels(entry: Entry, raw: list[str], classes: list[str], problems: list[dict[str, str]]) -> bool:
     """Turn raw labels (ids or names, one per segment) into class ids; False if the entry must be dropped."""
+    if not raw:
+        problems.append(problem(entry, "no label: the annotation gives none"))
+        return False
     index = {name: i for i, name in enumerate(classes)}
     resolved: list[int | None] = []
     unknown: list[str] = []
@@ -146,13 +176,74 @@ def _resolve(entry: Entry, raw: list[str], classes: list[str], problems: list[di
         kept = [(seg, r) for seg, r in zip(entry.segments, resolved, strict=True) if r is not None]
         entry.segments = [seg for seg, _ in kept]
         entry.segment_labels = [r for _, r in kept if r is not None]
-    entry.labels = list(dict.fromkeys(r for r in resolved if r is not None))
+    entry.labels = sorted({r for r in resolved if r is not None})  # primary = smallest id, as the official code
     return True
 
 
-def _taxonomy_leaves(taxonomy: list[dict]) -> list[str]:
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _read_json(path: str | Path) -> dict:
+    def unique_keys(pairs: list[tuple[str, object]]) -> dict:
+        found: dict[str, object] = {}
+        for key, value in pairs:
+            if key in found:  # json.loads would keep the last one without a word
+                raise InputError(f"{path}: key {key!r} appears twice in one object")
+            found[key] = value
+        return found
+
+    text = read_text(path)
+    try:
+        data = json.loads(text, object_pairs_hook=unique_keys)
+    except json.JSONDecodeError as error:
+        raise InputError(f"{path}: not JSON: {error.msg} (line {error.lineno} column {error.colno})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: the top level is a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def _video_annotations(path: str | Path, video_id: str, video: object) -> tuple[str, list[tuple[list, str]]]:
+    """``(subset, [(segment, label), ...])`` of one database entry, its types checked."""
+    where = f"{path}: video {video_id!r}"
+    if not isinstance(video, dict):
+        raise InputError(f"{where}: not an object")
+    subset = video.get("subset")
+    if not isinstance(subset, str) or not subset:
+        raise InputError(f"{where}: " + ('no "subset"' if subset is None else f'"subset" is {subset!r}'))
+    duration = video.get("duration")
+    if duration not in (None, "") and not _number(duration):
+        raise InputError(f'{where}: "duration" is {duration!r}, not a number')
+    annotations = video.get("annotations", [])
+    if not isinstance(annotations, list):
+        raise InputError(f'{where}: "annotations" is not a list')
+    found = []
+    for i, annotation in enumerate(annotations):
+        if not isinstance(annotation, dict):
+            raise InputError(f"{where}: annotation {i} is not an object")
+        segment, label = annotation.get("segment"), annotation.get("label")
+        if not isinstance(segment, list) or len(segment) != 2 or not all(_number(x) for x in segment):
+            raise InputError(f"{where}: annotation {i}: segment {segment!r} is not [start, end] in seconds")
+        if not isinstance(label, str) or not label:
+            raise InputError(f"{where}: annotation {i}: label {label!r} is not a class name")
+        found.append(([float(segment[0]), float(segment[1])], label))
+    return normalize_subset(subset), found
+
+
+def _json_classes(path: str | Path, data: dict, videos: dict[str, tuple[str, list]]) -> list[str]:
+    taxonomy = data.get("taxonomy") or []
+    if not isinstance(taxonomy, list) or not all(isinstance(n, dict) and n.get("nodeName") for n in taxonomy):
+        raise InputError(f'{path}: "taxonomy" is not a list of nodes with a "nodeName"')
     parents = {node.get("parentName") for node in taxonomy}
-    return sorted(node["nodeName"] for node in taxonomy if node.get("nodeName") not in parents)
+    leaves = sorted(node["nodeName"] for node in taxonomy if node["nodeName"] not in parents)
+    if not leaves:
+        return sorted({label for _, found in videos.values() for _, label in found})
+    for video_id, (_, found) in videos.items():
+        for _, label in found:
+            if label not in leaves:
+                raise InputError(f"{path}: video {video_id!r}: label {label!r} is not a class of the file's "
+                                 "taxonomy (the ids would shift): give the class list with --classes")
+    return leaves
 
 
 def load_activitynet_json(
@@ -162,121 +253,38 @@ def load_activitynet_json(
 
     Args:
         path: The JSON file.
-        classes: Class names in id order; default: taxonomy leaves, else sorted labels of the whole database
-            (all subsets, so training and validation runs agree).
+        classes: Class names in id order; default: taxonomy leaves, else sorted labels of the whole database.
         subsets: Keep only these subsets (None: all).
 
     Returns:
-        The label source; videos without annotations (the testing subset) have no labels and no segments.
+        The label source; ``testing`` videos without annotations have no labels and no segments.
+
+    Raises:
+        InputError: Not JSON / UTF-8, no ``database``, a video without ``subset``, wrong types, a label outside
+            a non-empty taxonomy (without ``classes``). The message names the file and the video.
     """
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    database: dict[str, dict] = data["database"]
+    data = _read_json(path)
+    database = data.get("database")
+    if not isinstance(database, dict):
+        what = 'no "database"' if database is None else '"database" is not an object'
+        raise InputError(f"{path}: {what} (not an ActivityNet annotation file)")
+    videos = {str(vid): _video_annotations(path, vid, video) for vid, video in database.items()}
     if classes is None:
-        leaves = _taxonomy_leaves(data.get("taxonomy") or [])
-        used = {a["label"] for video in database.values() for a in video.get("annotations", [])}
-        classes = leaves if leaves and used <= set(leaves) else sorted(used)
+        classes = _json_classes(path, data, videos)
     source = LabelSource("activitynet", classes)
     wanted = set(subsets) if subsets else None
-    for video_id, video in database.items():
-        subset = normalize_subset(video.get("subset", "training"))
+    for video_id, (subset, found) in videos.items():
         if wanted is not None and subset not in wanted:
             continue
-        annotations = video.get("annotations", [])
-        entry = Entry(
-            id=video_id,
-            subset=subset,
-            segments=[[float(a["segment"][0]), float(a["segment"][1])] for a in annotations],
-            has_segments=True,
-            duration=float(video["duration"]) if video.get("duration") else None,
-        )
-        if not annotations or _resolve(entry, [a["label"] for a in annotations], classes, source.problems):
+        duration = database[video_id].get("duration")
+        entry = Entry(id=video_id, subset=subset, segments=[segment for segment, _ in found], has_segments=True,
+                      duration=float(duration) if _number(duration) else None)
+        bad = next((reason for s, e in entry.segments if (reason := segment_problem(s, e))), None)
+        if bad:
+            source.problems.append(problem(entry, bad))
+        elif not found and subset in UNLABELLED_SUBSETS:
             source.entries.append(entry)
-    return source
-
-
-def _add_unique(source: LabelSource, entry: Entry, raw: list[str], seen: set[str]) -> None:
-    if entry.id in seen:
-        source.problems.append(problem(entry, "duplicate id: twice in the list"))
-    elif _resolve(entry, raw, source.classes, source.problems):
-        seen.add(entry.id)
-        source.entries.append(entry)
-
-
-def load_split_list(path: str | Path, classes: list[str], subset: str | None = None) -> LabelSource:
-    """Read a SoF/AR-Net split list (``youtube_id,num_frames,label[,label...]``).
-
-    Args:
-        path: The list.
-        classes: Class names in id order (``classInd.txt``).
-        subset: Subset of every video; default from the file name.
-
-    Returns:
-        The label source (no segments: the whole video is the action).
-    """
-    subset = normalize_subset(subset) if subset else subset_from_filename(path) or "training"
-    source, seen = LabelSource("activitynet", classes), set()
-    for line in _lines(path):
-        fields = [f.strip() for f in line.split(",")]
-        _add_unique(source, Entry(id=fields[0], subset=subset), fields[2:], seen)
-    return source
-
-
-def load_whitespace_list(
-    path: str | Path, classes: list[str], subset: str | None = None, dataset: str = "activitynet"
-) -> LabelSource:
-    """Read an mmaction-style list (``v_<id> num_frames label[ label...]``) or a mini-Sports1M list.
-
-    Args:
-        path: The list (``train/23701 716 237`` lines for mini-Sports1M; CRLF is fine).
-        classes: Class names in id order.
-        subset: Subset of every video; default from a ``<subset>/`` prefix of the name, else the file name.
-        dataset: Name written into the manifest; ``activitynet`` drops mmaction's ``v_`` prefix from ids.
-
-    Returns:
-        The label source (no segments).
-    """
-    default = normalize_subset(subset) if subset else subset_from_filename(path) or "training"
-    source, seen = LabelSource(dataset, classes), set()
-    for line in _lines(path):
-        name, *rest = line.split()
-        video_id = name[2:] if dataset == "activitynet" and name.startswith("v_") else name
-        folder = name.rsplit("/", 1)[0] if "/" in name else None
-        entry_subset = default if subset or not folder else normalize_subset(folder.split("/")[-1])
-        _add_unique(source, Entry(id=video_id, subset=entry_subset, path=name), rest[1:], seen)
-    return source
-
-
-def load_csv(path: str | Path, classes: list[str] | None, subset: str = "training") -> LabelSource:
-    """Read a generic CSV, ``path,label[,start,end]`` (optional header; several rows per path = segments).
-
-    Args:
-        path: The CSV file.
-        classes: Class names in id order; default: sorted label names found in the file.
-        subset: Subset of every video.
-
-    Returns:
-        The label source; the id of a video is its path without extension.
-    """
-    rows = [row for row in csv.reader(_lines(path)) if row]
-    if rows and rows[0][0].strip().lower() in ("path", "video", "file", "filename"):
-        rows = rows[1:]
-    if classes is None:
-        classes = sorted({row[1].strip() for row in rows})
-    source = LabelSource("csv", classes)
-    grouped: dict[str, tuple[Entry, list[str]]] = {}
-    for row in rows:
-        file_path, label = row[0].strip(), row[1].strip()
-        video_id = str(Path(file_path).with_suffix("")) if Path(file_path).suffix else file_path
-        new = Entry(id=video_id, subset=normalize_subset(subset), path=file_path)
-        entry, raw = grouped.setdefault(file_path, (new, []))
-        raw.append(label)
-        if len(row) >= 4 and row[2].strip() and row[3].strip():
-            entry.segments.append([float(row[2]), float(row[3])])
-            entry.has_segments = True
-    for entry, raw in grouped.values():
-        if entry.has_segments and len(entry.segments) != len(raw):
-            source.problems.append(problem(entry, "bad segments: rows mix with and without times"))
-        elif _resolve(entry, raw, classes, source.problems):
+        elif resolve_labels(entry, [label for _, label in found], classes, source.problems):
             source.entries.append(entry)
     return source
 
@@ -285,13 +293,13 @@ def merge_sources(sources: list[tuple[str, LabelSource]]) -> LabelSource:
     """Join the sources read from several files (``(file name, source)`` pairs, at least one).
 
     Raises:
-        ValueError: Two files with different class lists.
+        InputError: Two files with different class lists.
     """
     first_file, merged = sources[0]
     seen = {entry.id for entry in merged.entries}
     for path, source in sources[1:]:
         if source.classes != merged.classes:
-            raise ValueError(f"{path} has another class list than {first_file}: give --classes")
+            raise InputError(f"{path}: another class list than {first_file}: give --classes")
         for entry in source.entries:
             if entry.id in seen:
                 merged.problems.append(problem(entry, f"duplicate id: again in {path}"))
@@ -303,10 +311,14 @@ def merge_sources(sources: list[tuple[str, LabelSource]]) -> LabelSource:
 
 
 def detect_format(path: str | Path) -> str:
-    """``json``, ``split`` (SoF comma list), ``whitespace`` (mmaction / mini-Sports1M) or ``csv`` (path,label...)."""
+    """``json``, ``split`` (SoF comma list), ``whitespace`` (mmaction / mini-Sports1M) or ``csv`` (path,label...).
+
+    Raises:
+        InputError: The file cannot be read, is not UTF-8 or is empty.
+    """
     if Path(path).suffix.lower() == ".json":
         return "json"
-    first = next(iter(_lines(path)), "")
+    first = numbered_lines(path)[0][1]
     fields = first.split(",")
     if len(fields) >= 3 and fields[1].strip().isdigit() and not Path(fields[0]).suffix:
         return "split"

@@ -13,6 +13,10 @@ drives a tqdm bar of videos done, failures and rate. A local Ray is started (``a
 ``ray start`` left on this machine is not joined by accident) unless Ray is already initialised in this process or
 ``ray_address`` names a cluster (``auto`` for the one on this machine); Ray started here is shut down at the end.
 
+Before anything is written: ``--videos`` and ``--out`` are checked, the videos are matched to files, the shards
+planned, and ``--out`` checked for another run's shards (:mod:`data_prep.reuse`); any problem raises
+:class:`~data_prep.checks.InputError`, and neither Ray nor a file write has started.
+
 Resume: rerunning the same command into the same folder skips every shard that is complete (see
 :mod:`data_prep.shards`), rewrites the rest, and gives the same samples in the same shards. A worker that
 crashes (an FFmpeg segfault on a hostile file) is retried; a video that crashes its worker twice is reported and
@@ -32,7 +36,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -41,7 +44,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from data_prep.checks import InputError, check_out_dir, check_videos_dir
 from data_prep.labels import Entry, LabelSource, problem
+from data_prep.manifest import write_outputs
+from data_prep.reuse import SHARD_NAME, check_reuse, record_run, remove_shards
 from data_prep.shards import (
     MAX_CRASHES,
     STATE,
@@ -51,11 +57,9 @@ from data_prep.shards import (
     atomic_write,
     crash_suspect,
     plan_shards,
-    read_json,
     shard_done,
     state_path,
     video_key,
-    write_outputs,
     write_shard,
 )
 
@@ -138,32 +142,15 @@ def build_jobs(source: LabelSource, index: VideoIndex) -> tuple[list[Job], list[
     return jobs, skipped
 
 
-def _check_run(out: Path, run: dict, overwrite: bool) -> None:
-    """Refuse to mix parameters or classes in one folder (unless ``overwrite``: then old shards are removed)."""
-    old = read_json(state_path(out, "run"))
-    if old is None or old == run:
-        return
-    if not overwrite:
-        raise RuntimeError(
-            f"{out} holds shards made with other parameters or classes: use another --out, or --overwrite"
-        )
-    log.warning("removing the shards of the earlier run in %s", out)
-    for state in (out / STATE).glob("*.json"):
-        data = read_json(state) or {}
-        if data.get("name"):
-            (out / data["name"]).unlink(missing_ok=True)
-        state.unlink()
-
-
 def _remove_stale(out: Path, plans: list[ShardPlan]) -> None:
     """Delete temporary files of killed runs, and our shards of these subsets that the plan no longer has."""
-    for tmp in out.glob(".*.tmp"):
+    for tmp in out.glob(".*-[0-9][0-9][0-9][0-9][0-9][0-9].tar.tmp"):  # ours only: .{shard}.tmp
         tmp.unlink(missing_ok=True)
     planned = {plan.name for plan in plans}
     subsets = {plan.subset for plan in plans}
     for state_file in (out / STATE).glob("*.tar.json"):
         name = state_file.name[: -len(".json")]
-        match = re.fullmatch(r"(.+)-\d{6}\.tar", name)
+        match = SHARD_NAME.fullmatch(name)
         if match and match.group(1) in subsets and name not in planned:
             log.info("removing %s: not in the current plan", name)
             (out / name).unlink(missing_ok=True)
@@ -254,11 +241,38 @@ def _run_ray(
             ray.shutdown()
 
 
-def _write_skipped(out: Path, kind: str, subsets: list[str], items: list[dict]) -> None:
+def _write_skipped(
+    out: Path, kind: str, subsets: list[str], items: list[dict], counts: dict[str, dict] | None = None
+) -> None:
     """Record report entries of this run per subset (``.state/{kind}-{subset}.json``, read by write_outputs)."""
     for subset in subsets:
         mine = [item for item in items if item["subset"] == subset]
-        atomic_write(state_path(out, f"{kind}-{subset}"), json.dumps({"skipped": mine}, ensure_ascii=False))
+        record = {"skipped": mine, **(counts or {}).get(subset, {})}
+        atomic_write(state_path(out, f"{kind}-{subset}"), json.dumps(record, ensure_ascii=False))
+
+
+def presence(source: LabelSource, index: VideoIndex) -> dict[str, dict[str, int]]:
+    """Per subset: ``annotated`` (distinct video ids the annotation lists) and ``present`` (of those, with a file)."""
+    found: dict[str, dict[str, bool]] = {}
+    for entry in source.entries:
+        found.setdefault(entry.subset, {})[entry.id] = index.find(entry) is not None
+    for item in source.problems:
+        entry = Entry(id=item["id"], subset=item["subset"], path=item["path"] or None)
+        found.setdefault(entry.subset, {}).setdefault(entry.id, index.find(entry) is not None)
+    return {subset: {"annotated": len(ids), "present": sum(ids.values())} for subset, ids in found.items()}
+
+
+def _nothing_to_write(source: LabelSource, videos_dir: str | Path) -> InputError:
+    """The one line for a run in which no video can be written at all."""
+    if source.entries:
+        example = source.entries[0]
+        return InputError(f"--videos {videos_dir}: none of the {len(source.entries)} annotated videos has a file "
+                          f"there (e.g. no {example.id}.* or v_{example.id}.* at any depth)")
+    if source.problems:
+        first = source.problems[0]
+        return InputError(f"nothing to write: all {len(source.problems)} annotated videos were refused "
+                          f"(e.g. {first['id']!r}: {first['reason']})")
+    return InputError("nothing to write: the annotations list no video of the chosen subsets")
 
 
 def prepare(
@@ -283,23 +297,33 @@ def prepare(
         num_cpus: CPUs of the local Ray (None: all).
         use_ray: False writes the shards one by one in this process (debugging).
         progress: Show the tqdm bar.
-        overwrite: Allow replacing shards made with other parameters or classes.
+        overwrite: Allow replacing shards of another run (other parameters, classes, annotations, videos).
 
     Returns:
         Summary: the report's counts plus ``out``, ``seconds``, ``processed`` (videos decoded in this run) and
         ``failed_shards``.
+
+    Raises:
+        InputError: ``videos_dir`` or ``out_dir`` unusable, no video with a file, or ``out_dir`` holding another
+            run's shards (without ``overwrite``); raised before anything is written.
     """
     params = params or PrepParams()
     start = time.monotonic()
     out = Path(out_dir)
-    (out / STATE).mkdir(parents=True, exist_ok=True)
-    run = {"dataset": source.dataset, "classes": source.classes, "params": asdict(params)}
-    _check_run(out, run, overwrite)
-    atomic_write(state_path(out, "run"), json.dumps(run, ensure_ascii=False))
-    jobs, skipped = build_jobs(source, VideoIndex(videos_dir))
-    subsets = sorted({e.subset for e in source.entries} | {p["subset"] for p in skipped})
-    _write_skipped(out, "skipped", subsets, skipped)
+    check_videos_dir(videos_dir)
+    check_out_dir(out)
+    index = VideoIndex(videos_dir)
+    jobs, skipped = build_jobs(source, index)
+    if not jobs:
+        raise _nothing_to_write(source, videos_dir)
     plans = plan_shards(jobs, params.shard_size)
+    run = {"dataset": source.dataset, "classes": source.classes, "params": params.identity()}
+    removals = check_reuse(out, run, plans, overwrite)  # the last check: nothing is written before it
+    (out / STATE).mkdir(parents=True, exist_ok=True)
+    remove_shards(out, removals)
+    record_run(out, run, plans)
+    subsets = sorted({e.subset for e in source.entries} | {p["subset"] for p in skipped})
+    _write_skipped(out, "skipped", subsets, skipped, presence(source, index))
     _remove_stale(out, plans)
     todo = [plan for plan in plans if not shard_done(out, plan, params)]
     total = sum(len(plan.jobs) for plan in todo)

@@ -2,19 +2,18 @@
 
 Usage::
 
-    from data_prep.shards import Job, PrepParams, plan_shards, write_shard, write_outputs
+    from data_prep.shards import Job, PrepParams, plan_shards, write_shard
     plans = plan_shards(jobs, shard_size=64)            # same jobs -> same shards, always
     for event in write_shard(plans[0], out_dir, PrepParams()):   # the body of one Ray task
         ...
-    write_outputs(out_dir)                              # sizes.json, manifest.json, report.json
+    # then data_prep.manifest.write_outputs(out_dir): sizes.json, manifest.json, report.json
 
 Layout of ``out_dir``::
 
     training-000000.tar ...   one sample per video: {key}.json, {key}.0000.jpg, {key}.0001.jpg, ...
-    sizes.json                {"training-000000.tar": samples, ...}
-    manifest.json             {"dataset", "classes", "subsets": {subset: {"videos", "shards", "per_class"}}, "params"}
-    report.json               {"skipped": [{"id", "path", "subset", "reason"}], "warnings": [...], "counts": {...}}
-    .state/                   resume bookkeeping: run.json, {shard}.json per finished shard, skipped-/failed-{subset}
+    sizes.json, manifest.json, report.json   written by data_prep.manifest from the state below
+    .state/                   resume bookkeeping: run.json, plan-{subset}.json, {shard}.json per finished shard
+                              (its videos, parameters, sha256, decoder versions), skipped-/failed-{subset}.json
 
 A shard is written to ``.{name}.tmp`` and renamed when complete; only then is its ``.state/{name}.json`` written,
 so a shard counts as done only if both exist and the state lists the same videos with the same parameters.
@@ -36,7 +35,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from data_prep.decode import SampledVideo, VideoError, sample_video
+from data_prep.checks import InputError, check_number
+from data_prep.decode import SHORT_POLICIES, SampledVideo, VideoError, decoder_versions, sample_video
 
 log = logging.getLogger(__name__)
 
@@ -44,22 +44,53 @@ STATE = ".state"
 MAX_CRASHES = 2  # a video that kills its worker this many times is left out of its shard
 
 
+NATIVE_FPS = "native"  # --fps native: every frame at the video's own rate, as the official SoF-Net frames
+MAX_FPS = 1000.0  # above any real frame rate: more only repeats frames and fills memory
+
+
 @dataclass(frozen=True)
 class PrepParams:
-    """How videos become samples; stored in the manifest, and a resumed run must use the same."""
+    """How videos become samples; checked when made (:class:`InputError` naming the flag), stored in the manifest.
 
-    fps: float = 1.0
+    A resumed run must use the same values, except ``decode_timeout``, which changes no sample
+    (:meth:`identity`).
+    """
+
+    fps: float | str = 1.0
     min_frames: int = 16
     short: str = "dense"
     short_side: int = 256
     quality: int = 90
     shard_size: int = 64
     seek_gap: float = 8.0
+    decode_timeout: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.fps != NATIVE_FPS:
+            check_number("--fps", self.fps, low=0.0, high=MAX_FPS, low_open=True)
+        for flag, value, low, high in (("--min-frames", self.min_frames, 1, 100_000),
+                                       ("--short-side", self.short_side, 0, 16_384),
+                                       ("--quality", self.quality, 1, 100),
+                                       ("--shard-size", self.shard_size, 1, 1_000_000)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InputError(f"{flag}: must be a whole number, got {value!r}")
+            check_number(flag, value, low=low, high=high)
+        if self.short not in SHORT_POLICIES:
+            raise InputError(f"--short: must be one of {', '.join(SHORT_POLICIES)}, got {self.short!r}")
+        check_number("--seek-gap", self.seek_gap, low=0.0)
+        check_number("--decode-timeout", self.decode_timeout, low=0.0, low_open=True)
+
+    def identity(self) -> dict:
+        """The parameters that decide the samples: what run.json, shard states and the manifest record."""
+        options = asdict(self)
+        del options["decode_timeout"]
+        return options
 
     def sampling(self) -> dict:
         """The keyword arguments of :func:`data_prep.decode.sample_video`."""
         options = asdict(self)
         del options["shard_size"]
+        options["timeout"] = options.pop("decode_timeout")
         return options
 
 
@@ -209,8 +240,17 @@ def shard_done(out_dir: str | Path, plan: ShardPlan, params: PrepParams) -> bool
         state is not None
         and (Path(out_dir) / plan.name).is_file()
         and state.get("keys") == [job.key for job in plan.jobs]
-        and state.get("params") == asdict(params)
+        and state.get("params") == params.identity()
     )
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_shard(
@@ -276,7 +316,9 @@ def write_shard(
         "name": plan.name,
         "subset": plan.subset,
         "keys": [job.key for job in plan.jobs],
-        "params": asdict(params),
+        "params": params.identity(),
+        "sha256": file_sha256(out / plan.name),  # read back from disk (page cache): what readers will get
+        "decoder": decoder_versions(),  # of this worker: on a cluster the driver's may differ
         "written": written,
         "skipped": skipped,
         "warnings": warnings,
@@ -284,55 +326,3 @@ def write_shard(
     }
     atomic_write(state_file, json.dumps(state, ensure_ascii=False))
     yield {"type": "shard", "name": plan.name, "samples": len(written)}
-
-
-def write_outputs(out_dir: str | Path) -> dict:
-    """Write ``sizes.json``, ``manifest.json`` and ``report.json`` from the state of every finished shard.
-
-    A reason in ``report.json`` reads ``category: details``; ``counts.skipped_by_reason`` counts the categories.
-
-    Shards of subsets made by earlier runs into the same folder are included (the run parameters are the same:
-    the runner refuses to mix them).
-
-    Returns:
-        The report's counts.
-    """
-    out = Path(out_dir)
-    run = read_json(state_path(out, "run")) or {}
-    states = []
-    for path in sorted((out / STATE).glob("*.tar.json")):
-        state = read_json(path)
-        if state is not None and (out / state["name"]).is_file():
-            states.append(state)
-    sizes = {state["name"]: len(state["written"]) for state in states}
-    subsets: dict[str, dict] = {}
-    skipped: list[dict] = []
-    warnings: list[dict] = []
-    for pattern in ("skipped-*.json", "failed-*.json"):  # written by the runner for each subset it ran
-        for path in sorted((out / STATE).glob(pattern)):
-            skipped.extend((read_json(path) or {}).get("skipped", []))
-    for state in states:
-        entry = subsets.setdefault(state["subset"], {"videos": 0, "shards": [], "per_class": Counter()})
-        entry["videos"] += len(state["written"])
-        entry["shards"].append(state["name"])
-        entry["per_class"].update(name for sample in state["written"] for name in sample["labels"])
-        skipped.extend(state["skipped"])
-        warnings.extend(state["warnings"])
-    classes = run.get("classes", [])
-    for entry in subsets.values():
-        counts = entry["per_class"]
-        entry["per_class"] = {name: counts[name] for name in classes if counts[name]}
-    reasons = Counter(item["reason"].split(":")[0] for item in skipped)
-    counts = {
-        "written": sum(sizes.values()),
-        "skipped": len(skipped),
-        "warnings": len(warnings),
-        "shards": len(sizes),
-        "skipped_by_reason": dict(sorted(reasons.items())),
-    }
-    manifest = {"dataset": run.get("dataset"), "classes": classes, "subsets": subsets, "params": run.get("params")}
-    atomic_write(out / "sizes.json", json.dumps(sizes, indent=1))
-    atomic_write(out / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False))
-    report = {"skipped": skipped, "warnings": warnings, "counts": counts}
-    atomic_write(out / "report.json", json.dumps(report, indent=1, ensure_ascii=False))
-    return counts

@@ -25,7 +25,6 @@ grey levels).
 
 from __future__ import annotations
 
-import argparse
 import colorsys
 import json
 import logging
@@ -35,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.cli import add_prep_args, run_prep
+from data_prep.checks import check_number, check_out_dir
+from data_prep.cli import add_prep_args, check_prep_args, main_guard, prep_parser, run_prep
 from data_prep.labels import load_activitynet_json
 from data_prep.media import write_video
 from data_prep.runner import prepare
@@ -239,8 +239,11 @@ def make_shards(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse the flags, write the dataset and, with ``--shards``, its shards; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m data_prep.synthetic", description=__doc__.split("\n")[0])
+    """Parse the flags, write the dataset and, with ``--shards``, its shards; returns the exit status.
+
+    Every flag is checked before the first video is written (bad input: one line on stderr, exit status 2).
+    """
+    parser = prep_parser("python -m data_prep.synthetic", __doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="dataset folder (videos/, the JSON, classInd.txt)")
     parser.add_argument("--videos", type=int, default=48, help="number of videos")
     parser.add_argument("--classes", type=int, default=4, help="number of classes")
@@ -249,14 +252,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-duration", type=float, default=20.0, help="longest video, seconds")
     add_prep_args(parser, out_flag="--shards", out_required=False)
     parser.set_defaults(short_side=128, shard_size=8)  # small videos; several shards for ranks and workers
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    annotation = generate(args.out, args.videos, args.classes, args.seed, (args.min_duration, args.max_duration))
-    print(f"{args.videos} videos, {args.classes} classes: {annotation}")
-    if not args.shards_out:
-        return 0
-    source = load_activitynet_json(annotation, subsets=["training", "validation"])
-    return run_prep(source, str(annotation.parent / "videos"), args)
+
+    def run() -> int:
+        args = parser.parse_args(argv)
+        params = check_prep_args(args, videos_flag=None, out_flag="--shards")
+        check_number("--videos", args.videos, low=1, high=100_000)
+        check_number("--classes", args.classes, low=1, high=1_000)
+        check_number("--min-duration", args.min_duration, low=0.0, high=3600.0, low_open=True)
+        check_number("--max-duration", args.max_duration, low=args.min_duration, high=3600.0)
+        check_out_dir(args.out, "--out")
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+        annotation = generate(args.out, args.videos, args.classes, args.seed, (args.min_duration, args.max_duration))
+        print(f"{args.videos} videos, {args.classes} classes: {annotation}")
+        if not args.shards_out:
+            return 0
+        source = load_activitynet_json(annotation, subsets=["training", "validation"])
+        return run_prep(source, str(annotation.parent / "videos"), args, params)
+
+    return main_guard(run)
 
 
 if __name__ == "__main__":

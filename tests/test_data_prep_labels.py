@@ -12,15 +12,8 @@ import pytest
 import webdataset as wds
 
 from data_prep.activitynet import load_sources
-from data_prep.labels import (
-    Entry,
-    detect_format,
-    load_activitynet_json,
-    load_csv,
-    load_split_list,
-    load_whitespace_list,
-    read_classes,
-)
+from data_prep.labels import Entry, detect_format, load_activitynet_json, read_classes
+from data_prep.lists import load_csv, load_split_list, load_whitespace_list
 from data_prep.runner import VideoIndex
 
 
@@ -42,7 +35,7 @@ def test_official_json(anet: Path, database: dict) -> None:
     multi = [e for e in source.entries if len(database[e.id]["annotations"]) > 1]
     for entry in multi[:200]:
         names = [a["label"] for a in database[entry.id]["annotations"]]
-        assert [source.classes[i] for i in entry.labels] == list(dict.fromkeys(names))
+        assert entry.labels == sorted({source.classes.index(name) for name in names})  # smallest id first
         assert [source.classes[i] for i in entry.segment_labels] == names
         assert entry.segments == [a["segment"] for a in database[entry.id]["annotations"]]
     testing = load_activitynet_json(anet / "activity_net.v1-3.bsn.json", subsets=["testing"])
@@ -105,7 +98,8 @@ def test_unknown_labels_duplicates_and_csv(tmp_path: Path) -> None:
     csv_source = load_csv(tmp_path / "clips.csv", classes, subset="val")
     assert detect_format(tmp_path / "clips.csv") == "csv"
     first, second = csv_source.entries
-    assert (first.id, first.labels, first.has_segments) == ("d/v1", [1, 0], True)
+    assert (first.id, first.labels, first.has_segments) == ("d/v1", [0, 1], True)  # smallest id first
+    assert first.segment_labels == [1, 0]  # per segment, in annotation order
     assert first.segments == [[1.0, 2.5], [4.0, 5.0]]
     assert (second.id, second.labels, second.has_segments, second.subset) == ("v2", [2], False, "validation")
     with pytest.raises(ValueError, match="class ids"):

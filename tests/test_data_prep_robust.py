@@ -12,6 +12,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
+from data_prep.checks import InputError
 from data_prep.labels import load_activitynet_json
 from data_prep.media import index_frame, patch_avi_frame_count, truncate, write_audio_only, write_video
 from data_prep.runner import prepare
@@ -176,5 +177,5 @@ def test_manifest_and_a_rerun_that_has_nothing_to_do(run: tuple[Path, dict], tmp
     summary = prepare_on_ray(source, out.parent / "videos", out, params, progress=False)
     assert summary["processed"] == 0 and summary["written"] == len(samples(out))
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("*.tar")} == before
-    with pytest.raises(RuntimeError, match="other parameters"):
+    with pytest.raises(InputError, match="other parameters: short_side 64 -> 32"):
         prepare(source, out.parent / "videos", out, PrepParams(short_side=32, shard_size=4), use_ray=False)
