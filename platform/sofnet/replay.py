@@ -10,7 +10,8 @@ pass without early exit, cached per video, determines the result of every (rho, 
     out.logits, out.gflops, out.decisions, out.exit_step   # == model.infer(x, rho=0.99, t_min=4)
 
 It uses the same functions as the network's own paths (``apply_early_exit``, ``aggregate``, ``accounted_gflops``),
-so a replayed point equals a full evaluation, as tests prove.
+so a replayed point equals a full evaluation, as tests prove. The cache holds float32 logits and early exit is
+decided in float32 everywhere (``first_exit``), so the replay of a bfloat16 model exits where its run does.
 """
 
 from __future__ import annotations

@@ -156,7 +156,7 @@ class ResNetTrunk(nn.Module):
     """A torchvision ResNet without its classifier, as five blocks: stem, layer1..layer4."""
 
     def __init__(self, name: str = "resnet50", pretrained: str = "none", shift: Optional[str] = None,
-                 num_segments: int = 16, shift_div: int = 8, partial_bn: bool = True) -> None:
+                 num_segments: int = 16, shift_div: int = 8, partial_bn: bool = False) -> None:
         super().__init__()
         if name not in CHANNELS:
             raise ValueError(f"unknown backbone {name!r}; choose from {sorted(CHANNELS)}")
@@ -175,7 +175,8 @@ class ResNetTrunk(nn.Module):
         self.partial_bn = partial_bn
         if partial_bn:
             # TSN's partial BN: with 16 frames of one video per sample the batch statistics are poor, so
-            # all but the first BN keep ImageNet statistics and affine parameters while training.
+            # all but the first BN keep ImageNet statistics and affine parameters while training. Off by default:
+            # the published SoF-Net commands pass --npb (every BN trains).
             for bn in self._bns()[1:]:
                 bn.weight.requires_grad_(False)
                 bn.bias.requires_grad_(False)

@@ -151,7 +151,8 @@ def aggregate(frame_logits: torch.Tensor, aux_logits: torch.Tensor, decisions: t
     w = passed.to(frame_logits.dtype) if passed_w is None else passed_w
     if fire is not None and bool((fire >= 0).any()):
         # Running mean at the exit step: the prefix sum up to it (frames after it have zero weight anyway,
-        # but the cumulative form keeps the arithmetic identical to first_exit's).
+        # but the cumulative form is first_exit's; first_exit computes it in float32 at least, this in the
+        # model's dtype, which only the value of the logits sees, never the exit step).
         csum = torch.cumsum(frame_logits * w.unsqueeze(-1), dim=1)
         count = torch.cumsum(w, dim=1)
         last = torch.where(fire >= 0, fire, torch.full_like(fire, decisions.shape[1] - 1))
