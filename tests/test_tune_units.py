@@ -27,7 +27,7 @@ SEED_AB = [(1.0, None), (0.9, None), (1.0, 0.0), (1.0, 0.5), (1.0, 1.0), (0.9, 0
 def test_sweep_files_hold_the_seed_grids():
     ab = load_sweep(TUNE / "alpha_beta.yaml")
     assert [(p["loss.alpha"], p["loss.beta"]) for p in ab.search.points] == SEED_AB
-    assert ab.scheduler.type == "asha" and ab.metric == "val/mAP" and ab.mode == "max"
+    assert ab.scheduler.type == "fifo" and ab.metric == "val/mAP" and ab.mode == "max"  # every row trains to the end
     grid = param_space(ab.search)[POINT_KEY]["grid_search"]
     assert [(p["loss.alpha"], p["loss.beta"]) for p in grid] == SEED_AB
     smoke = load_sweep(TUNE / "alpha_beta.yaml", smoke=True)
@@ -36,7 +36,10 @@ def test_sweep_files_hold_the_seed_grids():
     space = param_space(et.search)
     assert space["early_exit.rho"]["grid_search"] == [0.95, 0.99, 0.999]
     assert space["early_exit.t_min"]["grid_search"] == [2, 3, 4, 5]
+    assert space["early_exit.mode"]["grid_search"] == ["reached", "official"]  # ours beside the official counting
     assert et.kind == "early_exit" and et.metric == "val/et/mAP"
+    smoke_et = param_space(load_sweep(TUNE / "early_exit.yaml", smoke=True).search)
+    assert smoke_et["early_exit.t_min"]["grid_search"] == [2, 3, 4]  # the smoke model's 4 frames
 
 
 def test_random_search_space_scheduler_and_errors(tmp_path):
@@ -86,10 +89,19 @@ def test_pareto_front_and_tables():
     assert pareto_front(pts) == [4, 0, 1]  # (1.5, 0.4) and (3.0, 0.7) are dominated
     rows = [{"early_exit.rho": r, "early_exit.t_min": t, "early_exit.mode": "reached", "val/et/mAP": 0.5,
              "val/et/gflops_per_frame": 1.25} for r in (0.95, 0.99) for t in (2, 3)]
+    rows += [{**r, "early_exit.mode": "official", "val/et/mAP": 0.25} for r in rows]
     text = table_c(rows)
-    assert "| rho \\ T_min | 2 | 3 |" in text and text.count("50.00 / 1.2500") == 4
-    d = table_d([{"loss.alpha": 1.0, "loss.beta": None, "val/mAP": 0.25, "val/gflops_per_video": 3.0}])
-    assert "| 1.00 | none | 25.00 | 3.0000 |" in d
+    assert "| rho | counting \\ T_min | 2 | 3 |" in text
+    assert text.count("50.00 / 1.2500") == 4 and text.count("25.00 / 1.2500") == 4
+    lines = text.splitlines()  # at each rho, ours first and the official counting on the next line
+    assert lines.index("| 0.95 | reached | 50.00 / 1.2500 | 50.00 / 1.2500 |") + 1 == \
+        lines.index("| 0.95 | official | 25.00 / 1.2500 | 25.00 / 1.2500 |")
+    d = table_d([{"loss.alpha": 1.0, "loss.beta": None, "val/mAP": 0.25, "val/gflops_per_video": 3.0,
+                  "epochs_trained": 14, "epochs_planned": 14},
+                 {"loss.alpha": 0.9, "loss.beta": 0.5, "val/mAP": 0.5, "val/gflops_per_video": 2.0,
+                  "epochs_trained": 2, "epochs_planned": 14}])
+    assert "| 1.00 | none | 25.00 | 3.0000 | - | - | 14/14 |" in d
+    assert "| 0.90 | 0.50 | 50.00 | 2.0000 | - | - | 2/14 stopped early |" in d
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +151,7 @@ def test_cache_errors(trained, tmp_path):
     with pytest.raises(FileNotFoundError, match="et-cache"):
         ETBundle.load(tmp_path / "none")
     sweep = load_sweep(TUNE / "early_exit.yaml", [f"storage_path={tmp_path}", "checkpoint=''"])
-    with pytest.raises(FileNotFoundError, match="checkpoint="):
+    with pytest.raises(ConfigError, match="checkpoint="):
         ensure_cache(sweep, th.eval_config(trained[0]))
     tsm = tiny_model("tsm", classes=th.CLASSES, segments=th.SEGMENTS, size=th.SIZE, dtype=torch.float32)
     with pytest.raises(ValueError, match="causal"):
@@ -173,12 +185,53 @@ def test_asha_max_t_stays_above_the_reports_of_a_trial():
     from sofnet.tune.alpha_beta import _fit_asha
 
     base = load_config(th.REPO / "jobs/configs/demo.yaml", ["train.stage1.epochs=2", "train.stage2.epochs=3"])
-    sweep = load_sweep(TUNE / "alpha_beta.yaml", ["scheduler.max_t=3"])
+    sweep = load_sweep(TUNE / "alpha_beta.yaml", ["scheduler.type=asha", "scheduler.max_t=3"])
     _fit_asha(sweep, base)
     assert sweep.scheduler.max_t == 4  # shared stage 1: only the 3 stage-2 epochs are reported by a trial
-    sweep = load_sweep(TUNE / "alpha_beta.yaml", ["scheduler.max_t=3", "shared_stage1=false"])
+    sweep = load_sweep(TUNE / "alpha_beta.yaml", ["scheduler.type=asha", "scheduler.max_t=3", "shared_stage1=false"])
     _fit_asha(sweep, base)
     assert sweep.scheduler.max_t == 6
-    sweep = load_sweep(TUNE / "alpha_beta.yaml", ["scheduler.max_t=9"])
+    sweep = load_sweep(TUNE / "alpha_beta.yaml", ["scheduler.type=asha", "scheduler.max_t=9"])
     _fit_asha(sweep, base)
     assert sweep.scheduler.max_t == 9
+
+
+def test_check_trials_builds_every_point_and_both_ends_of_every_range(tmp_path):
+    """Every trial the search can make is a validated training config before anything runs: points, grid values,
+    both ends of a range (randint's exclusive high excluded), and the combinations where two keys meet."""
+    from sofnet.config import load_config
+    from sofnet.tune.sweep import check_trials, trial_combinations, trial_values
+
+    base = load_config(th.REPO / "jobs/configs/demo.yaml")
+    f = tmp_path / "s.yaml"
+    f.write_text("base_config: jobs/configs/demo.yaml\nsearch:\n  algorithm: random\n  space:\n"
+                 "    loss.alpha: {sampler: uniform, low: 0.8, high: 1.0}\n"
+                 "    train.stage2.epochs: {sampler: randint, low: 2, high: 5}\n"
+                 "    loss.beta: {sampler: choice, values: [null, 0.5]}\n")
+    sweep = load_sweep(f)
+    assert list(trial_values(sweep.search)) == [
+        ("search.space.loss.alpha", {"loss.alpha": 0.8}), ("search.space.loss.alpha", {"loss.alpha": 1.0}),
+        ("search.space.train.stage2.epochs", {"train.stage2.epochs": 2}),
+        ("search.space.train.stage2.epochs", {"train.stage2.epochs": 4}),
+        ("search.space.loss.beta", {"loss.beta": None}), ("search.space.loss.beta", {"loss.beta": 0.5})]
+    count, combos = trial_combinations(sweep.search)
+    assert count == 8 and len(list(combos)) == 8
+    assert check_trials(sweep, base, str(f)) == 6 + 8
+    with pytest.raises(ConfigError, match=r"s.yaml search.space.loss.alpha: loss.alpha must be in \[0, 1\]"):
+        check_trials(load_sweep(f, ["search.space.loss\\.alpha.high=1.2"]), base, str(f))
+    # a rule that ties two keys (model.arch and model.shift), met only in a combination
+    f.write_text("base_config: jobs/configs/demo.yaml\nsearch:\n  points:\n    - {model.arch: sofnet_tsm}\n"
+                 "    - {model.arch: sofnet}\n  space:\n    model.shift: {sampler: grid, values: [causal, bidirectional]}\n")
+    with pytest.raises(ConfigError, match=r"search.points\[0\] \+ search.space.model.shift='bidirectional'"):
+        check_trials(load_sweep(f), base, str(f))
+
+
+def test_epochs_trained_says_when_a_trial_stopped_early():
+    from sofnet.config import load_config
+    from sofnet.tune.alpha_beta import epochs_trained
+
+    cfg = load_config(th.REPO / "jobs/configs/demo.yaml", ["train.stage2.epochs=6"])
+    assert epochs_trained({"stage": 2, "epoch": 5}, cfg) == {"epochs_trained": 6, "epochs_planned": 6}
+    assert epochs_trained({"stage": 2, "epoch": 1}, cfg) == {"epochs_trained": 2, "epochs_planned": 6}
+    assert epochs_trained({"stage": 1, "epoch": 3}, cfg)["epochs_trained"] == 0  # stopped inside stage 1
+    assert epochs_trained({}, cfg)["epochs_trained"] == 0  # failed before any report
