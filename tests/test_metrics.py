@@ -17,6 +17,8 @@ from sofnet.metrics import (
     activitynet_map,
     evaluate_submission,
     export_submission,
+    first_label_map,
+    smallest_label,
     topk_accuracy,
 )
 
@@ -140,6 +142,19 @@ def test_topk_rejects_bad_input() -> None:
         topk_accuracy(s, np.array([0, 1]), ks=(1, 5))
     with pytest.raises(ValueError, match="integers"):
         topk_accuracy(s, np.array([0.0, 1.0]))
+
+
+def test_first_label_map_scores_the_smallest_class_id_only() -> None:
+    targets = np.array([[0, 1, 1], [1, 0, 0], [0, 0, 0], [0, 1, 0]])
+    assert smallest_label(targets).tolist() == [1, 0, -1, 1]
+    s = np.array([[0.1, 0.2, 0.7], [0.8, 0.1, 0.1], [0.3, 0.3, 0.4], [0.2, 0.5, 0.3]])
+    # class 0: AP 1; class 1: positives (videos 0, 3) ranked 3rd and 1st -> (1 + 2/3) / 2; class 2: no first-label
+    # positive (NaN, left out of the mean), while the multi-label mAP scores video 0's class 2 (ranked 1st: AP 1)
+    res = first_label_map(s, smallest_label(targets))
+    assert res.map == pytest.approx(11 / 12) and np.isnan(res.per_class[2])
+    assert activitynet_map(s, targets).map == pytest.approx(17 / 18)
+    with pytest.raises(ValueError, match="first_label"):
+        first_label_map(s, np.array([0, 1, 3, 0]))
 
 
 # ---------------------------------------------------------------- submissions
