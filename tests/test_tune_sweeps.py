@@ -49,9 +49,10 @@ def _children(client: MlflowClient, parent: dict) -> list:
 
 
 def test_early_exit_job_equals_full_evaluation_at_every_point(env, trained, tmp_path):
-    """jobs/tune_early_exit.py --smoke-test: the cache is written from the checkpoint, the seed's 12 points run as
-    Tune trials, each an MLflow child run; every logged point equals jobs/evaluate.py's full skipping-path
-    evaluation with that rho and T_min (mAP, GFLOPs, frame usage), and Table C is printed and logged."""
+    """jobs/tune_early_exit.py --smoke-test: the cache is written from the checkpoint, the smoke grid's 18 points
+    (3 rho x T_min 2-4 of the 4-frame model x both T_min countings) run as Tune trials, each an MLflow child run;
+    every logged point equals jobs/evaluate.py's full skipping-path evaluation with that rho, T_min and counting
+    (mAP, GFLOPs, frame usage), and Table C (both countings side by side) is logged and kept in MLflow."""
     shards, ckpt = trained
     db = tmp_path / "mlflow.db"
     proc = th.run_job([th.REPO / "jobs/tune_early_exit.py", "--sweep", th.REPO / "jobs/configs/tune/early_exit.yaml",
@@ -59,14 +60,16 @@ def test_early_exit_job_equals_full_evaluation_at_every_point(env, trained, tmp_
                        f"mlflow.tracking_uri=sqlite:///{db}",
                        f"overrides=[data.train_shards={shards},data.val_shards={shards}]"], env, th.REPO)
     assert proc.returncode == 0, _fail(proc)
-    assert "Table C" in proc.stdout and "| rho \\ T_min | 2 | 3 | 4 | 5 |" in proc.stdout
+    assert "Table C" in proc.stderr and "| rho | counting \\ T_min | 2 | 3 | 4 |" in proc.stderr, _fail(proc)
+    assert "| 0.99 | reached |" in proc.stderr and "| 0.99 | official |" in proc.stderr
     sweep = tmp_path / "tune" / "early_exit_smoke"
     parent = json.loads((sweep / "parent_run.json").read_text())
     client = MlflowClient(tracking_uri=f"sqlite:///{db}")
     children = _children(client, parent)
-    assert len(children) == 12
-    assert {(float(r.data.params["early_exit.rho"]), int(r.data.params["early_exit.t_min"])) for r in children} == \
-        {(r, t) for r in (0.95, 0.99, 0.999) for t in (2, 3, 4, 5)}
+    assert len(children) == 18
+    assert {(float(r.data.params["early_exit.rho"]), int(r.data.params["early_exit.t_min"]),
+             r.data.params["early_exit.mode"]) for r in children} == \
+        {(r, t, m) for r in (0.95, 0.99, 0.999) for t in (2, 3, 4) for m in ("reached", "official")}
     arts = {a.path for a in client.list_artifacts(parent["run_id"])}
     assert {"table_c.md", "pareto.png", "trials.json", "sweep.yaml"} <= arts
     assert client.get_run(parent["run_id"]).info.status == "FINISHED"
@@ -146,8 +149,9 @@ def test_alpha_beta_sweep_interrupted_and_resumed(env, trained, tmp_path):
     assert sorted((r.data.params["loss.alpha"], r.data.params["loss.beta"]) for r in stage2) == \
         [("0.9", "0.5"), ("1.0", "None")]
     assert all("val/gflops_per_video" in r.data.metrics for r in stage2)
-    assert "Table D" in proc.stdout
-    assert proc.stdout.count("| 1.00 | none |") == 1 and proc.stdout.count("| 0.90 | 0.50 |") == 1
+    assert "Table D" in proc.stderr
+    assert proc.stderr.count("| 1.00 | none |") == 1 and proc.stderr.count("| 0.90 | 0.50 |") == 1
+    assert proc.stderr.count(" | 1/1 | ") == 2 and "stopped early" not in proc.stderr  # FIFO: every row trained
     assert {"table_d.md", "pareto.png", "trials.json"} <= {a.path for a in client.list_artifacts(parent["run_id"])}
     best = max(stage2, key=lambda r: r.data.metrics["val/mAP"])
     version = client.get_model_version_by_alias("sofnet-alpha-beta-smoke", "best")
