@@ -24,7 +24,7 @@ def _cfg(*over: str):
 
 
 def test_lr_groups_follow_the_official_code() -> None:
-    model = build_model(_cfg().model).train()
+    model = build_model(_cfg("model.partial_bn=true").model).train()  # off by default (the published --npb)
     groups = {g["name"]: g for g in param_groups(model, lr=0.01, weight_decay=1e-4, linear_lr_mult=5.0)}
     assert groups["linear_weight"]["lr"] == pytest.approx(0.05) and groups["linear_weight"]["weight_decay"] == 1e-4
     assert groups["linear_bias"]["lr"] == pytest.approx(0.1) and groups["linear_bias"]["weight_decay"] == 0.0
