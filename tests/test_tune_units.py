@@ -221,7 +221,8 @@ def test_check_trials_builds_every_point_and_both_ends_of_every_range(tmp_path):
         check_trials(load_sweep(f, ["search.space.loss\\.alpha.high=1.2"]), base, str(f))
     # a rule that ties two keys (model.arch and model.shift), met only in a combination
     f.write_text("base_config: jobs/configs/demo.yaml\nsearch:\n  points:\n    - {model.arch: sofnet_tsm}\n"
-                 "    - {model.arch: sofnet}\n  space:\n    model.shift: {sampler: grid, values: [causal, bidirectional]}\n")
+                 "    - {model.arch: sofnet}\n  space:\n"
+                 "    model.shift: {sampler: grid, values: [causal, bidirectional]}\n")
     with pytest.raises(ConfigError, match=r"search.points\[0\] \+ search.space.model.shift='bidirectional'"):
         check_trials(load_sweep(f), base, str(f))
 
