@@ -82,7 +82,8 @@ def load_sources(
         else:  # comma-separated: ActivityNet has no other comma format than the SoF/AR-Net split lists
             source = load_split_list(path, classes, subset)
         sources.append((path, source))
-    available = {e.subset for _, s in sources for e in s.entries} | {p["subset"] for _, s in sources for p in s.problems}
+    available = {e.subset for _, s in sources for e in s.entries}
+    available |= {p["subset"] for _, s in sources for p in s.problems}
     wanted = set(_check_subsets(annotations, available, [normalize_subset(n) for n in subsets] if subsets else None))
     for _, source in sources:
         source.entries = [e for e in source.entries if e.subset in wanted]
@@ -100,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="subsets to write, each must be in the annotations (default: training validation)")
     parser.add_argument("--subset", default=None, help="subset of the videos of a list (default: from its name)")
     add_prep_args(parser)
-
-    return run_command(parser, argv, lambda args: load_sources(args.annotations, args.classes, args.subsets, args.subset))
+    return run_command(parser, argv, lambda a: load_sources(a.annotations, a.classes, a.subsets, a.subset))
 
 
 if __name__ == "__main__":

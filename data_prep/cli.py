@@ -165,7 +165,8 @@ def run_prep(source: LabelSource, videos: str, args: argparse.Namespace, params:
     for line in iter_summary_lines(summary):
         print(line)
     if summary["written"] == 0:
+        why = ", ".join(f"{reason} x{n}" for reason, n in summary["skipped_by_reason"].items())
         sys.stderr.write(f"error: nothing written to {summary['out']}: all {summary['skipped']} videos were "
-                         f"skipped ({', '.join(summary['skipped_by_reason'])}; see report.json)\n")
+                         f"skipped ({why}); see report.json\n")
         return 1
     return 1 if summary["failed_shards"] else 0

@@ -39,7 +39,6 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 
 from tqdm import tqdm

@@ -30,7 +30,6 @@ import os
 import signal
 import tarfile
 import time
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

@@ -72,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--videos", required=True, help="folder with the video files (any depth)")
     parser.add_argument("--subset", default=None, help="subset of every video (default: from the list)")
     add_prep_args(parser)
-
     return run_command(parser, argv, lambda args: load_lists(args.list, args.classes, args.subset, args.new_classes))
 
 

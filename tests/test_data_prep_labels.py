@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import webdataset as wds
 
 from data_prep.activitynet import load_sources
 from data_prep.labels import Entry, detect_format, load_activitynet_json, read_classes
 from data_prep.lists import load_csv, load_split_list, load_whitespace_list
 from data_prep.runner import VideoIndex
+from data_prep_helpers import run_module, shard_metas
 
 
 @pytest.fixture(scope="module")
@@ -107,38 +105,24 @@ def test_unknown_labels_duplicates_and_csv(tmp_path: Path) -> None:
         read_classes(tmp_path / "bad_classes.txt")
 
 
-def _run(module: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, timeout=300)
-
-
-def _metas(out: Path) -> dict[str, dict]:
-    metas = {}
-    for shard in sorted(out.glob("*.tar")):
-        for sample in wds.WebDataset(str(shard), shardshuffle=False):
-            meta = json.loads(sample["json"])
-            metas[meta["id"]] = meta
-    return metas
-
-
 def test_activitynet_command_with_split_lists(anet: Path, shared_dir: Path, tmp_path: Path) -> None:
     videos = tmp_path / "videos"
     (videos / "sub").mkdir(parents=True)
     os.symlink(shared_dir / "videos" / "bikes.mp4", videos / "v_sJFgo9H6zNo.mp4")  # the first training id
     os.symlink(shared_dir / "videos" / "carphone_distorted.mp4", videos / "sub" / "JDg--pjY5gg.mkv")  # validation
-    result = _run("data_prep.activitynet", "--annotations", str(anet / "actnet_train_split.txt"),
+    result = run_module("data_prep.activitynet", "--annotations", str(anet / "actnet_train_split.txt"),
                   str(anet / "actnet_val_split.txt"), "--classes", str(anet / "classInd.txt"), "--videos", str(videos),
                   "--out", str(tmp_path / "out"), "--no-ray", "--short-side", "32", "--no-progress")
     assert result.returncode == 0, result.stderr
     assert "2 videos in 2 shards" in result.stdout
-    metas = _metas(tmp_path / "out")
+    metas = shard_metas(tmp_path / "out")
     classes = read_classes(anet / "classInd.txt")
     assert metas["sJFgo9H6zNo"]["label_names"] == [classes[57]] and metas["sJFgo9H6zNo"]["subset"] == "training"
     assert metas["JDg--pjY5gg"]["subset"] == "validation" and metas["JDg--pjY5gg"]["segments"] == [[0.0, 4.004]]
     assert set(metas["JDg--pjY5gg"]["inside"]) == {1}
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["counts"]["skipped_by_reason"] == {"no video file found": 10014 + 4921 - 2}
-    result = _run("data_prep.activitynet", "--annotations", str(anet / "actnet_train_split.txt"),
+    result = run_module("data_prep.activitynet", "--annotations", str(anet / "actnet_train_split.txt"),
                   "--videos", str(videos), "--out", str(tmp_path / "out2"), "--no-ray")
     assert result.returncode != 0 and "--classes" in result.stderr
 
@@ -150,11 +134,11 @@ def test_sports1m_command(shared_dir: Path, tmp_path: Path) -> None:
         (videos / subset).mkdir(parents=True)
     os.symlink(shared_dir / "videos" / "bikes.mp4", videos / "train" / "23701.mp4")
     os.symlink(shared_dir / "videos" / "bigbuckbunny.mp4", videos / "test" / "00313.mp4")
-    result = _run("data_prep.sports1m", "--list", str(folder / "bear_mini_sports1m" / "train.csv"),
+    result = run_module("data_prep.sports1m", "--list", str(folder / "bear_mini_sports1m" / "train.csv"),
                   str(folder / "bear_mini_sports1m" / "test.csv"), "--classes", str(folder / "sports1m_labels.txt"),
                   "--videos", str(videos), "--out", str(tmp_path / "out"), "--no-ray", "--short-side", "32")
     assert result.returncode == 0, result.stderr
-    metas = _metas(tmp_path / "out")
+    metas = shard_metas(tmp_path / "out")
     assert set(metas) == {"train/23701", "test/00313"}
     assert metas["train/23701"]["key"] == "train_23701" and metas["train/23701"]["labels"] == [237]
     assert metas["test/00313"]["subset"] == "testing" and metas["test/00313"]["labels"] == [31]
@@ -178,3 +162,36 @@ def test_video_index_finds_files_by_id(tmp_path: Path) -> None:
     rel = {key: os.path.relpath(path, tmp_path) if path else None for key, path in found.items()}
     assert rel == {"abc": "v_abc.mp4", "mmaction": "v_abc.mp4", "def": "deep/def.mkv", "train": "train/1.mp4",
                    "test": "test/1.MP4", "flat": "2.mp4", "other": None, "txt": None}
+
+
+def test_primary_label_is_the_smallest_class_id_on_the_real_files(anet: Path, database: dict, tmp_path: Path,
+                                                                   shared_dir: Path) -> None:
+    classes = read_classes(anet / "classInd.txt")
+    source = load_activitynet_json(anet / "activity_net.v1-3.bsn.json")
+    by_id = {entry.id: entry for entry in source.entries}
+    first_differs = [vid for vid, video in database.items() if video["annotations"] and
+                     classes.index(video["annotations"][0]["label"]) != by_id[vid].labels[0]]
+    assert len(first_differs) == 7 and "F2x2fynkbAQ" in first_differs  # the official code's sorted(set(...))
+    entry = by_id["F2x2fynkbAQ"]  # "Polishing shoes" (129) annotated first, then "Cleaning shoes" (30)
+    assert entry.labels == [30, 129] and entry.segment_labels == [129, 30]
+    lists = [load_split_list(anet / "actnet_train_split.txt", classes),
+             load_split_list(anet / "actnet_val_split.txt", classes)]
+    raw = {line.split(",")[0]: [int(x) for x in line.strip().split(",")[2:]]
+           for name in ("actnet_train_split.txt", "actnet_val_split.txt") for line in open(anet / name)}
+    listed = [e for source in lists for e in source.entries]
+    assert sum(raw[e.id][0] != e.labels[0] for e in listed) == 9  # the 9 real videos whose order differs
+    assert all(e.labels == sorted(set(raw[e.id])) for e in listed)
+
+    videos = tmp_path / "videos"  # the real id, the shared clip as its video, through the shards and the loader
+    videos.mkdir()
+    os.symlink(shared_dir / "videos" / "bikes.mp4", videos / "v_F2x2fynkbAQ.mp4")
+    result = run_module("data_prep.activitynet", "--annotations", str(anet / "activity_net.v1-3.bsn.json"),
+                  "--videos", str(videos), "--out", str(tmp_path / "out"), "--no-ray", "--short-side", "32")
+    assert result.returncode == 0, result.stderr
+    meta = shard_metas(tmp_path / "out")["F2x2fynkbAQ"]
+    assert meta["labels"] == [30, 129] and meta["segment_labels"] == [129, 30]
+    from sofnet.data import make_eval_loader
+
+    loader = make_eval_loader(tmp_path / "out", subset="training", num_segments=8, input_size=32, resize=32,
+                              batch_size=1, num_workers=0, num_classes=200)
+    assert next(iter(loader))["label"].tolist() == [30]  # what L_acc trains on
