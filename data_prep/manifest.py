@@ -111,7 +111,8 @@ def write_outputs(out_dir: str | Path) -> dict:
     for path in sorted((out / STATE).glob("*.tar.json")):
         state = read_json(path)
         if state is not None and (out / state["name"]).is_file():
-            state.setdefault("sha256", file_sha256(out / state["name"]))
+            if "sha256" not in state:  # hashing every shard again at every run would cost a read of the data set
+                state["sha256"] = file_sha256(out / state["name"])
             states.append(state)
     sizes = {state["name"]: len(state["written"]) for state in states}
     subsets: dict[str, dict] = {}

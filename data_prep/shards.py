@@ -78,6 +78,10 @@ class PrepParams:
             raise InputError(f"--short: must be one of {', '.join(SHORT_POLICIES)}, got {self.short!r}")
         check_number("--seek-gap", self.seek_gap, low=0.0)
         check_number("--decode-timeout", self.decode_timeout, low=0.0, low_open=True)
+        for name in ("fps", "seek_gap", "decode_timeout"):  # 2 and 2.0 are one setting: one run identity
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                object.__setattr__(self, name, float(value))
 
     def identity(self) -> dict:
         """The parameters that decide the samples: what run.json, shard states and the manifest record."""
