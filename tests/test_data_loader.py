@@ -133,7 +133,6 @@ def test_eval_sees_every_video_exactly_once_over_ranks_and_workers(shard_dir: Pa
     assert loader.dataset.num_videos == sum(UNEVEN)
 
 
-@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # more workers than this machine's cores
 @pytest.mark.parametrize("world_size,num_workers", [(1, 0), (2, 3), (4, 1)])
 def test_eval_exactly_once_for_other_splits(shard_dir: Path, world_size: int, num_workers: int) -> None:
     seen = [i for rank in range(world_size)
@@ -163,7 +162,6 @@ def test_train_gives_every_rank_the_same_batches_and_each_video_at_most_once(sha
     assert epochs[0] != epochs[1]  # a new shard permutation and shuffle each epoch
 
 
-@pytest.mark.filterwarnings("ignore:This DataLoader will create")
 def test_train_is_reproducible_and_worker_count_does_not_change_the_batch_count(shard_dir: Path) -> None:
     a = train_epoch(shard_dir, 1, 3, epoch=5)
     assert a == train_epoch(shard_dir, 1, 3, epoch=5)
@@ -328,7 +326,7 @@ def test_eval_raises_on_a_truncated_shard(tmp_path: Path) -> None:
 
 def test_train_skips_and_logs_bad_samples_and_keeps_the_batch_count(corrupt_dir: Path,
                                                                     caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="sofnet.data")
+    caplog.set_level(logging.WARNING, logger="sofnet")
     ids = []
     for rank in range(2):
         steps, batches = train_epoch(corrupt_dir, rank, 2, epoch=0, num_workers=0, batch_size=2)
@@ -390,7 +388,7 @@ def test_gather_eval_over_a_real_process_group(shard_dir: Path, tmp_path: Path) 
 
 
 def test_train_survives_a_shard_that_vanishes_after_start(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="sofnet.data")
+    caplog.set_level(logging.WARNING, logger="sofnet")
     urls = write_shards(tmp_path, "training", [3, 3, 3])
     loader, steps = train_loader(tmp_path, num_workers=0, batch_size=2)
     Path(urls[1]).unlink()

@@ -1,19 +1,29 @@
-"""TSN clip sampling and the train/eval transforms of the loader (``sofnet.data``).
+"""From a shard sample to a batch: TSN clip sampling, the train/eval transforms, batch tensors (``sofnet.data``).
 
     idx = segment_indices(num_frames=120, num_segments=16)            # evaluation: segment centres
     idx = segment_indices(120, 16, rng=random.Random(0))              # training: random frame per segment
     frames = ClipTransform(224)([jpeg_bytes[i] for i in idx], rng)   # [16, 3, 224, 224], normalized
+
+    clips = prepared(samples, num_segments=16, num_classes=200, rng=None, skip_bad=False)  # frames chosen, not decoded
+    for batch in batches(clips, ClipTransform(224, resize=256), 24, 200, None, skip_bad=False):
+        batch["frames"]                                               # [B, 16, 3, 224, 224]; see sofnet.data
 """
 
 from __future__ import annotations
 
 import io
+import json
+import logging
 import random
-from typing import Callable, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import get_worker_info
+
+logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -101,3 +111,112 @@ class ClipTransform:
                 img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             out[t].copy_(torch.from_numpy(np.array(img)).permute(2, 0, 1))
         return out.sub_(self._sub).mul_(self._mul)
+
+
+# ------------------------------------------------------------------------------------------ samples, batches
+@dataclass
+class Clip:
+    """A sample with its frames chosen: only the chosen JPEGs are kept (cheap in the shuffle buffer)."""
+
+    id: str
+    where: str  # "shard: key" for messages
+    jpegs: list[bytes]
+    indices: list[int]
+    labels: list[int]
+    inside: list[bool]
+    timestamps: list[float]
+
+
+def prepare(sample: dict[str, Any], num_segments: int, num_classes: int, rng: Optional[random.Random]) -> Clip:
+    """Check a shard sample's JSON and frames and choose its ``num_segments`` frames (random with ``rng``).
+
+    Raises:
+        DataError: Naming the shard and key: no or bad JSON, a label out of range, a missing frame.
+    """
+    where = f"{sample.get('__url__')}: sample {sample.get('__key__')!r}"
+    if "json" not in sample:
+        raise DataError(f"{where}: no json member")
+    try:
+        meta = json.loads(sample["json"])
+        n = int(meta["num_frames"])
+        labels = [int(x) for x in meta["labels"]]
+        inside, stamps = meta["inside"], meta["timestamps"]
+        if len(inside) < n or len(stamps) < n:
+            raise ValueError(f"'inside'/'timestamps' have {len(inside)}/{len(stamps)} entries for {n} frames")
+        if any(not 0 <= x < num_classes for x in labels):
+            raise ValueError(f"label ids {labels} outside [0, {num_classes})")
+        idx = segment_indices(n, num_segments, rng)
+        clip = Clip(str(meta["id"]), where, [], idx, labels, [bool(inside[i]) for i in idx],
+                    [float(stamps[i]) for i in idx])
+    except KeyError as e:
+        raise DataError(f"{where}: json has no {e.args[0]!r}") from None
+    except (ValueError, TypeError, IndexError) as e:
+        raise DataError(f"{where}: bad json: {e}") from None
+    absent = [name for name in (f"{i:04d}.jpg" for i in range(n)) if name not in sample]
+    if absent:
+        raise DataError(f"{where}: num_frames is {n} but {len(absent)} frames are missing, e.g. {absent[0]}")
+    clip.jpegs = [sample[f"{i:04d}.jpg"] for i in idx]
+    return clip
+
+
+def prepared(samples: Iterable[dict[str, Any]], num_segments: int, num_classes: int,
+             rng: Optional[random.Random], skip_bad: bool) -> Iterator[Clip]:
+    """:func:`prepare` each sample; a bad one raises, or with ``skip_bad`` is logged (WARNING) and skipped."""
+    for sample in samples:
+        try:
+            yield prepare(sample, num_segments, num_classes, rng)
+        except DataError as e:
+            if not skip_bad:
+                raise
+            logger.warning("skipping a bad sample: %s", e)
+
+
+def _empty(shape: tuple[int, ...]) -> torch.Tensor:
+    """A float32 tensor; in a dataloader worker in shared memory, so handing it over copies nothing."""
+    if get_worker_info() is None:
+        return torch.empty(shape)
+    numel = int(np.prod(shape))
+    return torch.empty(0).set_(torch.UntypedStorage._new_shared(4 * numel), 0, shape)
+
+
+def batches(clips: Iterator[Clip], transform: ClipTransform, batch_size: int, num_classes: int,
+            rng: Optional[random.Random], skip_bad: bool, max_batches: Optional[int] = None) -> Iterator[dict]:
+    """Decode clips straight into batch tensors (the batch dict of ``sofnet.data``); the last may be smaller.
+
+    A clip that fails to decode raises :class:`DataError` naming shard and key, or with ``skip_bad`` is logged
+    and the next clip takes its place. Stops after ``max_batches`` batches, or when ``clips`` runs out.
+    """
+    done = 0
+    while max_batches is None or done < max_batches:
+        frames, got = None, []
+        for clip in clips:
+            if frames is None:
+                frames = _empty((batch_size, len(clip.jpegs), 3, transform.input_size, transform.input_size))
+            try:
+                transform(clip.jpegs, rng, out=frames[len(got)])
+            except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... on broken JPEGs
+                err = DataError(f"{clip.where}: cannot decode its frames: {e}")
+                if not skip_bad:
+                    raise err from e
+                logger.warning("skipping a bad sample: %s", err)
+                continue
+            got.append(clip)
+            if len(got) == batch_size:
+                break
+        if not got:
+            return
+        labels = torch.zeros(len(got), num_classes)
+        for i, c in enumerate(got):
+            labels[i, c.labels] = 1.0
+        yield {
+            "frames": frames[: len(got)],
+            "labels": labels,
+            "label": torch.tensor([c.labels[0] if c.labels else -1 for c in got], dtype=torch.int64),
+            "id": [c.id for c in got],
+            "inside": torch.tensor([c.inside for c in got], dtype=torch.bool),
+            "timestamps": torch.tensor([c.timestamps for c in got], dtype=torch.float32),
+            "frame_index": torch.tensor([c.indices for c in got], dtype=torch.int64),
+        }
+        done += 1
+        if len(got) < batch_size:
+            return
