@@ -268,8 +268,11 @@ def run(name: str, make: Callable[[int], Iterable[Any]], files: list[Path], args
         end = time.perf_counter()
         seconds += end - start
         steady_seconds += end - (first or end)
+    if not clips:
+        raise RuntimeError(f"loader {name} yielded no clip in {args.epochs} epochs: nothing to time")
     return {"clips": clips, "seconds": seconds, "clips_per_s": clips / seconds,
-            "steady_clips_per_s": steady_clips / steady_seconds if steady_seconds else float("nan")}
+            # one batch per epoch has no steady state: nan, not 0
+            "steady_clips_per_s": steady_clips / steady_seconds if steady_clips and steady_seconds else float("nan")}
 
 
 def cpu_cost(layouts: tuple[Path, Path, Path, Path], args: argparse.Namespace) -> dict[str, float]:
@@ -279,6 +282,8 @@ def cpu_cost(layouts: tuple[Path, Path, Path, Path], args: argparse.Namespace) -
     for _ in range(args.repeats):
         for name, make in make_loaders(*layouts, single).items():
             start, clips = time.process_time(), sum(clips_of(batch, args) for batch in make(0))
+            if not clips:
+                raise RuntimeError(f"loader {name} yielded no clip: nothing to time")
             costs.setdefault(name, []).append((time.process_time() - start) * 1e3 / clips)
     return {name: min(c) for name, c in costs.items()}
 
@@ -304,6 +309,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--workdir", type=Path, default=Path("/tmp/sofnet-loader-bench"))
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = p.parse_args(argv)
+    for name in ("videos", "frames", "batch_size", "segments", "epochs", "repeats", "shard_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.mode == "train" and args.videos < args.batch_size:
+        # The folder loaders drop a partial batch (drop_last, as the official TSN loader trains) and would time
+        # nothing (a division by zero), while ours repeats videos to fill its one batch: no comparison to make.
+        p.error(f"--videos {args.videos} < --batch-size {args.batch_size}: in train mode every loader must get at "
+                f"least one full batch; give at least {args.batch_size} videos (or use --mode eval)")
     args.official_short_side = args.official_short_side or args.short_side
     logging.basicConfig(level=logging.WARNING if args.json else logging.INFO, format="%(message)s")
     torch.set_num_threads(1)
