@@ -131,7 +131,8 @@ def _runs(out: Path, name: str) -> list:
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out}/mlflow.db")
     exp = client.get_experiment_by_name(EXPERIMENT)
-    return client, client.search_runs([exp.experiment_id], f"tags.ray_run_name = '{name}'")
+    runs = client.search_runs([exp.experiment_id], f"tags.ray_run_name = '{name}'")
+    return client, [r for r in runs if "stage" in r.data.tags]  # the stage runs, nested in the job's run
 
 
 def _epochs_logged(client, run) -> list[int]:
@@ -148,7 +149,9 @@ def test_submit_smoke_job_succeeds_and_is_tracked(head: str, shards: Path, tmp_p
     for stage, run in by_stage.items():
         tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
         assert tags["ray_job_id"] == "sofnet-smoke" and tags["dataset"] == "activitynet" and tags["stage"] == stage
-        assert re.fullmatch(r"[0-9a-f]{40}", tags["git_commit"]), tags["git_commit"]
+        assert re.fullmatch(r"[0-9a-f]{40}", tags["mlflow.source.git.commit"]), tags
+        assert tags["mlflow.source.name"] == "jobs/train_anet.py" and tags["mlflow.parentRunId"]
+        assert params["model.arch"] == ("tsn" if stage == "stage1" else "sofnet")  # what the stage really trains
         assert run.info.run_name.startswith(f"smoke/{stage} ")
         assert params["model.backbone"] == "resnet18" and params["train.stage1.epochs"] == "1"
         for key in ("val/mAP", "val/top1", "val/gflops_per_video", "val/gflops_per_frame", "val/frame_usage",

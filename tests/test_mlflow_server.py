@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from process_helpers import stop_process_group
 
 from sofnet.config import load_config
@@ -82,7 +83,7 @@ def test_runs_registry_alias_and_pyfunc_predict(server: str) -> None:
     tracker = RunTracker(cfg, server, tags={"git_commit": "abc", "ray_job_id": "test"})
     models = {}
     for seed, score in ((0, 0.5), (1, 0.7), (2, 0.6)):
-        run_id = tracker.start("stage2", "sofnet")
+        run_id = tracker.start("stage2", OmegaConf.to_container(cfg.model))
         tracker.log_metrics({"val/mAP": score, "val/gflops_per_video": 0.1}, step=0)
         models[tracker.log_model(_model(cfg, seed), register=True, score=score)] = seed
         tracker.end()
@@ -94,7 +95,7 @@ def test_runs_registry_alias_and_pyfunc_predict(server: str) -> None:
     best = client.get_model_version_by_alias(NAME, "best")
     assert models[best.version] == 1  # the version with the best val score, not the newest
     # A resumed attempt of the last run registers again: it replaces that run's version instead of adding one.
-    tracker.start("stage2", "sofnet", run_id=run_id)
+    tracker.start("stage2", OmegaConf.to_container(cfg.model), run_id=run_id)
     again = tracker.log_model(_model(cfg, 2), register=True, score=0.6)
     tracker.end()
     versions = {v.version: v.run_id for v in client.search_model_versions(f"name='{NAME}'")}
@@ -108,7 +109,9 @@ def test_runs_registry_alias_and_pyfunc_predict(server: str) -> None:
     expected = _model(cfg, 1).infer(clip, rho=cfg.early_exit.rho, t_min=cfg.early_exit.t_min).logits.softmax(-1)
     assert probs.shape == (2, 3)
     np.testing.assert_allclose(probs, expected.numpy(), rtol=1e-4, atol=1e-6)
-    single = loaded.predict(clip[0].numpy())  # one clip [T, 3, H, W]
+    with pytest.raises(Exception, match="shape"):  # the signature says [-1, T, 3, H, W]: MLflow enforces it
+        loaded.predict(clip[0].numpy())
+    single = loaded.predict(clip[:1].numpy())  # one clip
     np.testing.assert_allclose(single[0], probs[0], rtol=1e-4, atol=1e-6)
     # no pickled Python object in the model: code + model.json + a weights-only state dict
     files = {Path(a).name for a in _walk(client, best.source)}

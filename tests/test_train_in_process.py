@@ -7,6 +7,7 @@ runs: a changed file fails its seal, and a re-sealed one fails the weights-only 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -34,6 +35,8 @@ def _cfg(shards: Path, out: Path, db: Path, *extra: str):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory):
+    # system metrics every second (default 10 s: a stage of this tiny job may end before the first sample)
+    os.environ["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] = "1"
     root = tmp_path_factory.mktemp("inproc")
     shards = ensure_synthetic_shards(root / "data")
     db = root / "mlflow.db"
@@ -71,9 +74,21 @@ def test_two_stage_job_runs_in_process_and_keeps_best_epochs(trained) -> None:
     assert checkpoint.resolve(rd, "last") == rd / "checkpoint-stage2-epoch001"
     client = MlflowClient(f"sqlite:///{db}")
     exp = client.get_experiment_by_name(cfg.mlflow.experiment)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on training runs
     runs = client.search_runs([exp.experiment_id])
-    assert sorted(r.data.tags["stage"] for r in runs) == ["stage1", "stage2"]
+    jobs = [r for r in runs if "stage" not in r.data.tags]
+    stages = {r.data.tags["stage"]: r for r in runs if "stage" in r.data.tags}
+    assert len(jobs) == 1 and sorted(stages) == ["stage1", "stage2"]
     assert all(r.info.status == "FINISHED" for r in runs)
+    job = jobs[0]
+    assert all(r.data.tags["mlflow.parentRunId"] == job.info.run_id for r in stages.values())  # nested
+    assert "sofnet" in job.data.tags["mlflow.note.content"] and job.data.params["world_size"] == "1"
+    assert stages["stage1"].data.params["model.arch"] == "tsn"  # what stage 1 trains, not the job's sofnet
+    assert stages["stage2"].data.params["model.arch"] == "sofnet"
+    for run in stages.values():
+        inputs = {{t.key: t.value for t in i.tags}["mlflow.data.context"]: i for i in run.inputs.dataset_inputs}
+        assert set(inputs) == {"training", "validation"}
+        assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics)  # system metrics
     version = client.get_model_version_by_alias(cfg.mlflow.registered_model, "best")
     best = json.loads((rd / "best/stage2/meta.json").read_text())["best"]
     assert version.tags["best_metric"] == "val/mAP" and version.tags["best_epoch"] == str(best["epoch"] + 1)

@@ -20,7 +20,7 @@ CONFIGS = sorted((REPO / "jobs" / "configs").glob("*.yaml"))
 
 def _cfg(*over: str):
     return load_config(REPO / "jobs" / "configs" / "demo.yaml", ["model.input_size=32", "model.num_segments=2",
-                                                                 "model.gate_hidden=8", *over])
+                                                                 "early_exit.t_min=2", "model.gate_hidden=8", *over])
 
 
 def test_lr_groups_follow_the_official_code() -> None:

@@ -32,7 +32,7 @@ import torch
 from sofnet.data import gather_eval, make_eval_loader, read_manifest
 from sofnet.early_exit import EarlyExit
 from sofnet.flops import summarize
-from sofnet.metrics import activitynet_map, topk_accuracy
+from sofnet.metrics import activitynet_map, first_label_map, smallest_label, topk_accuracy
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,8 @@ def score(prefix: str, scores: np.ndarray, targets: np.ndarray, label: np.ndarra
     k = scores.shape[1]
     m: Dict[str, float] = {}
     ap = activitynet_map(scores, targets)
-    m[f"{prefix}mAP"] = float(ap.map)
+    m[f"{prefix}mAP"] = float(ap.map)  # multi-label (the official code's mmAP, which picks its best epoch)
+    m[f"{prefix}mAP_first_label"] = float(first_label_map(scores, smallest_label(targets)).map)  # official "mAP"
     labelled = label >= 0
     if labelled.any():
         top = topk_accuracy(scores[labelled], label[labelled], ks=(1, min(5, k)))  # top-5 is top-K when K < 5
@@ -163,10 +164,12 @@ def class_names(shards: str, num_classes: int) -> list[str]:
 
 def eval_loader(model: torch.nn.Module, data: Any, shards: str = "", subset: str = "") -> Any:
     """The evaluation loader of ``model`` over ``shards`` (default ``data.val_shards``): the model's own segments
-    and input size, ``data``'s batch size, workers and resize."""
+    and input size, ``data``'s batch size (the global batch in one process), workers and resize."""
+    from sofnet.train.deepspeed_config import per_worker_batch
+
     hp = model.hparams()
     return make_eval_loader(shards or data.val_shards, num_segments=hp["num_segments"], input_size=hp["input_size"],
-                            resize=max(data.resize, hp["input_size"]), batch_size=data.batch_size,
+                            resize=max(data.resize, hp["input_size"]), batch_size=per_worker_batch(data, 1),
                             num_workers=data.num_workers, num_classes=hp["num_classes"],
                             subset=subset or data.val_subset)
 

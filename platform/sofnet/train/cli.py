@@ -48,10 +48,13 @@ def main(dataset: str, argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=f"Two-stage SoF-Net training on {dataset} (Ray Train + DeepSpeed)")
     parser.add_argument("--config", required=True, help="experiment YAML (jobs/configs/*.yaml)")
     parser.add_argument("--smoke-test", action="store_true", help="tiny, fast run to check the whole pipeline")
+    parser.add_argument("--verbose", action="store_true", help="every library's log lines and warnings")
     parser.add_argument("--pid-dir", default="", help=argparse.SUPPRESS)  # tests: where workers write their pid
     parser.add_argument("overrides", nargs="*", help="key=value config overrides (OmegaConf dotlist)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from sofnet.console import setup
+
+    setup(verbose=args.verbose)
     overrides = (SMOKE if args.smoke_test else []) + list(args.overrides)
     cfg = load_config_or_exit(args.config, [f"data.dataset={dataset}"] + overrides)
     if args.smoke_test and not cfg.data.train_shards:
@@ -63,7 +66,7 @@ def main(dataset: str, argv: Optional[Sequence[str]] = None) -> int:
     from sofnet.train.tracking import TrackingError
 
     try:
-        result = run_training(cfg, pid_dir=args.pid_dir)
+        result = run_training(cfg, pid_dir=args.pid_dir, verbose=args.verbose)
     except (PreflightError, TrackingError) as e:
         sys.stderr.write(f"error: {e}\n")
         return 2

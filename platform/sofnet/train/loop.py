@@ -80,7 +80,7 @@ def train_one_epoch(engine: Any, loader: Any, *, loss_fn: LossFn, steps: int, ep
         samples += frames.shape[0]
         last = time.perf_counter()
         step_time += last - now
-        if is_logger and (i % log_every == 0 or i + 1 == steps):
+        if is_logger and (i + 1) % log_every == 0 and i + 1 < steps:  # the epoch's summary line follows the last
             elapsed = last - start
             parts = "  ".join(f"{k}: {float(v.detach()):.4f} ({sums[k] / n:.4f})" for k, v in terms.items())
             logger.info("%s epoch: [%d/%d]  [%*d/%d]  eta: %s  lr: %.6f  %s  samples/s: %.1f  data: %.3f  time: %.3f",

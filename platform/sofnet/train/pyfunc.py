@@ -30,6 +30,10 @@ import torch
 from sofnet import checkpoint
 from sofnet.early_exit import EarlyExit
 
+# MLflow warns when a PythonModel's predict() has no type hints (at class definition, so here at import): hints would
+# make MLflow derive a schema from them, and the tensor signature of ``signature()`` is the one we want.
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
+
 _REQUIREMENTS = ("torch", "torchvision", "mlflow", "omegaconf", "numpy")
 
 
@@ -81,14 +85,17 @@ def write_artifacts(model: torch.nn.Module, directory: str, et: Optional[Dict[st
 
 
 def signature(model: torch.nn.Module) -> Any:
-    """The model's tensor signature: clips ``[-1, T, 3, S, S]`` float32 in, probabilities ``[-1, K]`` out."""
+    """The model's tensor signature: clips ``[-1, T, 3, S, S]`` float32 in, probabilities ``[-1, K]`` out.
+
+    Unnamed specs, so ``predict`` gets the array itself; MLflow checks every input against the shape (a single clip
+    goes in as ``clip[None]``)."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
     hp = model.hparams()
     clip = (-1, hp["num_segments"], 3, hp["input_size"], hp["input_size"])
-    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), clip, "clips")]),
-                          outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, hp["num_classes"]), "probs")]))
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), clip)]),
+                          outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, hp["num_classes"]))]))
 
 
 def log_pyfunc(model: torch.nn.Module, name: str = "model", et: Optional[Dict[str, Any]] = None,
@@ -104,8 +111,6 @@ def log_pyfunc(model: torch.nn.Module, name: str = "model", et: Optional[Dict[st
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         # MLflow warns on every call that no input example was given; the docstring says why there is none.
         warnings.filterwarnings("ignore", message=".*An input example was not provided")
-        # ... and that predict() has no type hints: hints would make MLflow derive a schema that rejects tensors.
-        warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
         artifacts = write_artifacts(model, tmp, et)
         return mlflow.pyfunc.log_model(name=name, python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
                                        artifacts=artifacts, signature=signature(model), step=step,

@@ -40,6 +40,14 @@ def git_commit(cwd: Optional[str] = None) -> str:
         return "unknown"
 
 
+def source_name() -> str:
+    """The entry point as MLflow's ``mlflow.source.name`` shows it (``jobs/train_anet.py``)."""
+    import sys
+
+    path = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("python")
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+
 def run_name(cfg: Any) -> str:
     """The Ray Train run name: ``cfg.name``, else ``<dataset>_<arch>``."""
     return cfg.name or f"{cfg.data.dataset}_{cfg.model.arch}"
@@ -73,7 +81,7 @@ def ray_job_id() -> str:
     return meta.get("job_submission_id") or ray.get_runtime_context().get_job_id()
 
 
-def make_trainer(cfg: Any, tracking_uri: str, tags: Dict[str, str], pid_dir: str = "") -> Any:
+def make_trainer(cfg: Any, tracking_uri: str, tags: Dict[str, str], pid_dir: str = "", verbose: bool = False) -> Any:
     """The ``TorchTrainer`` of a prepared config (see :func:`prepare_config`)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -86,7 +94,7 @@ def make_trainer(cfg: Any, tracking_uri: str, tags: Dict[str, str], pid_dir: str
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": OmegaConf.to_container(cfg, resolve=True), "tracking_uri": tracking_uri,
-                           "tags": tags, "pid_dir": pid_dir},
+                           "tags": tags, "pid_dir": pid_dir, "verbose": verbose},
         torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
@@ -97,12 +105,13 @@ def make_trainer(cfg: Any, tracking_uri: str, tags: Dict[str, str], pid_dir: str
     )
 
 
-def run_training(cfg: Any, *, pid_dir: str = "") -> Any:
+def run_training(cfg: Any, *, pid_dir: str = "", verbose: bool = False) -> Any:
     """Check MLflow, connect to (or start) Ray, train both stages; returns Ray Train's ``Result``.
 
     Args:
         cfg: Our config (paths may be relative to the current directory).
         pid_dir: Where each training worker writes ``rank<r>.pid`` (tests kill a worker through it).
+        verbose: Every library's INFO lines and warnings on the workers too (``sofnet.console``).
 
     Raises:
         PreflightError: Shards missing, empty, inconsistent or of another class count; storage not writable.
@@ -112,18 +121,23 @@ def run_training(cfg: Any, *, pid_dir: str = "") -> Any:
 
     from sofnet.preflight import check_data, check_output_dir
 
+    tracking_uri = resolve_tracking_uri(cfg.mlflow.tracking_uri)
+    check_tracking(tracking_uri, cfg.mlflow.experiment)
     check_data(cfg)  # before the paths are made absolute: a relative path in a submitted job gets its own message
     cfg = prepare_config(cfg)
     check_output_dir(cfg.train.output_dir)
-    tracking_uri = resolve_tracking_uri(cfg.mlflow.tracking_uri)
-    check_tracking(tracking_uri, cfg.mlflow.experiment)
     if not ray.is_initialized():
         address = cfg.scaling.ray_address or os.environ.get("RAY_ADDRESS") or "local"
+        if address == "local":
+            # Ray Train's preemption watcher polls cloud spot-preemption notices: nothing to watch on the embedded local
+            # Ray, and its actor logs an error line at start. Clusters keep it (the variable reaches this Ray only).
+            os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         ray.init(address=address, log_to_driver=True)
-    tags = {"git_commit": git_commit(), "ray_job_id": ray_job_id(), "ray_run_name": run_name(cfg)}
+    tags = {"mlflow.source.git.commit": git_commit(), "mlflow.source.name": source_name(),
+            "mlflow.source.type": "JOB", "ray_job_id": ray_job_id(), "ray_run_name": run_name(cfg)}
     logger.info("training %s: stages to %s/%s, MLflow %s (experiment %s), Ray job %s", run_name(cfg),
                 cfg.train.output_dir, run_name(cfg), tracking_uri, cfg.mlflow.experiment, tags["ray_job_id"])
-    result = make_trainer(cfg, tracking_uri, tags, pid_dir).fit()
+    result = make_trainer(cfg, tracking_uri, tags, pid_dir, verbose).fit()
     logger.info("done: %s, last checkpoint %s", {k: v for k, v in (result.metrics or {}).items()
                                                   if k in ("stage", "epoch", "val/mAP", "val/top1")},
                 result.checkpoint)

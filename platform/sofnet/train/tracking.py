@@ -6,16 +6,20 @@ Usage::
     uri = resolve_tracking_uri(cfg.mlflow.tracking_uri)        # config, else $MLFLOW_TRACKING_URI, else ./mlflow.db
     check_tracking(uri, cfg.mlflow.experiment)                 # TrackingError now, not after an hour of training
 
-    tracker = RunTracker(cfg, uri, tags={"git_commit": ..., "ray_job_id": ...})   # rank 0 only
-    run_id = tracker.start("stage2")                           # or start("stage2", run_id=...) to resume
+    tracker = RunTracker(cfg, uri, tags={"mlflow.source.git.commit": ..., "ray_job_id": ...})   # rank 0 only
+    job_id = tracker.start_job(stages)                         # the job's parent run (or start_job(stages, run_id))
+    run_id = tracker.start("stage2", stage_model)              # nested; or start("stage2", model, run_id=...)
     tracker.log_metrics(metrics, step=epoch)
     tracker.log_eval(result, stage="stage2", epoch=epoch, class_names=names, figures=True)
     tracker.log_model(model, register=True, score=result.metrics["val/mAP"])
     tracker.end()
+    tracker.end_job()
 
-One MLflow run per stage: run name ``<name>/<stage> <arch> <backbone> <T>x<S>``, tags ``git_commit``,
-``ray_job_id``, ``dataset``, ``stage``; the flattened config as params and the resolved ``config.yaml`` as an
-artifact; per epoch the ``train/*`` and ``val/*`` (``val/et/*`` with early exit) metrics; per evaluated epoch the
+One parent run per job (the experiment is tagged as a model-training experiment; the run has the flattened
+config, ``config.yaml``, a description and MLflow's source tags: ``mlflow.source.git.commit``, ``mlflow.source.name``)
+and one nested run per stage: run name ``<name>/<stage> <arch> <backbone> <T>x<S>``, tags ``ray_job_id``,
+``dataset``, ``stage``; the stage's effective config as params and ``config.yaml``; the shards as MLflow datasets
+(training / validation, with the manifest's digest and counts); CPU and memory system metrics; per epoch the ``train/*`` and ``val/*`` (``val/et/*`` with early exit) metrics; per evaluated epoch the
 per-class AP table; at the end of a stage the Figure A decision maps and the pyfunc model. The final stage's
 model is registered, and the alias (``mlflow.alias``) points at the version with the best validation score.
 """
@@ -29,15 +33,15 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import mlflow
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from sofnet.config import flatten, to_yaml
 
 logger = logging.getLogger(__name__)
-# MLflow draws a tqdm bar for every artifact download (each logged model is downloaded back to validate it): two
-# bars per model in a console that should show one line per event.
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 SCORE_TAG = "val_score"
+# Without this tag MLflow 3's UI opens an experiment on its GenAI traces page instead of the runs table.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 class TrackingError(RuntimeError):
@@ -72,9 +76,12 @@ def check_tracking(uri: str, experiment: str) -> str:
         client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
-            return client.create_experiment(experiment)
+            return client.create_experiment(experiment, tags=EXPERIMENT_TAGS)
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
+        for key, value in EXPERIMENT_TAGS.items():
+            if exp.tags.get(key) != value:
+                client.set_experiment_tag(exp.experiment_id, key, value)
         return exp.experiment_id
     except Exception as e:  # connection refused, DNS, HTTP 5xx, bad sqlite path: one clear line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -87,8 +94,44 @@ def run_name(cfg: Any, stage: str, arch: str) -> str:
     return f"{cfg.name or cfg.data.dataset}/{stage} {arch} {m.backbone} {m.num_segments}x{m.input_size}"
 
 
+def description(cfg: Any, stages: Sequence[Any]) -> str:
+    """The job run's description (MLflow shows it on the run page): what is trained on what, stage by stage."""
+    m = cfg.model
+    parts = [f"{s.name}: {s.model['arch']} for {s.epochs} epochs" for s in stages]
+    return (f"{cfg.name or cfg.data.dataset}: {m.arch} ({m.backbone}, {m.num_segments} frames at {m.input_size} px) on "
+            f"{cfg.data.dataset}; " + "; ".join(parts) + f"; loss alpha={cfg.loss.alpha} beta={cfg.loss.beta}")
+
+
+def shard_dataset(shards: str, subset: str) -> tuple:
+    """An MLflow dataset for shards (name, source, digest) and the tags logged with it (videos, shards, how many of
+    the annotation's videos are present, fps, short side: what makes two runs' data differ)."""
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    from sofnet.data import read_manifest
+
+    directory = shards if os.path.isdir(shards) else os.path.dirname(shards)
+    try:
+        manifest = read_manifest(directory)
+    except (OSError, ValueError):
+        manifest = {}
+    entry = manifest.get("subsets", {}).get(subset, {})
+    params = manifest.get("params", {})
+    tags = {"subset": subset, "videos": entry.get("videos"), "shards": len(entry.get("shards", [])) or None,
+            "annotated": entry.get("annotated"), "present": entry.get("present"), "fps": params.get("fps"),
+            "short_side": params.get("short_side"), "manifest_digest": entry.get("digest") or manifest.get("digest")}
+    with warnings.catch_warnings():  # a local path matches two equivalent source types; MLflow warns about it
+        warnings.simplefilter("ignore")
+        source = resolve_dataset_source(shards)
+    digest = (tags["manifest_digest"] or "")[:40] or None
+    dataset = MetaDataset(source=source, name=f"{manifest.get('dataset', 'shards')}/{subset}", digest=digest)
+    return dataset, {k: str(v) for k, v in tags.items() if v is not None}
+
+
 class RunTracker:
-    """Rank 0's MLflow logger; one run per stage (see the module docstring)."""
+    """Rank 0's MLflow logger: a parent run per job, a nested run per stage (see the module docstring)."""
 
     def __init__(self, cfg: Any, tracking_uri: str, tags: Optional[Mapping[str, str]] = None) -> None:
         self.cfg, self.uri, self.tags = cfg, tracking_uri, dict(tags or {})
@@ -96,24 +139,54 @@ class RunTracker:
         self.experiment_id = check_tracking(tracking_uri, cfg.mlflow.experiment)
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.run_id: Optional[str] = None
+        self.job_id: Optional[str] = None
 
-    def start(self, stage: str, arch: str, run_id: Optional[str] = None) -> str:
-        """Start (or, with ``run_id``, reopen) the run of ``stage``; returns its id."""
+    def start_job(self, stages: Sequence[Any], run_id: Optional[str] = None) -> str:
+        """Start (or reopen) the job's parent run: the whole config, its description and source tags."""
         if run_id:
             run = mlflow.start_run(run_id=run_id)
+        else:
+            tags = {**self.tags, "dataset": self.cfg.data.dataset, "mlflow.note.content": description(self.cfg, stages)}
+            run = mlflow.start_run(experiment_id=self.experiment_id, run_name=self.cfg.name or self.cfg.data.dataset,
+                                   tags=tags)
+            mlflow.log_params({k: str(v)[:500] for k, v in flatten(self.cfg).items()})
+            mlflow.log_text(to_yaml(self.cfg), "config.yaml")
+        self.job_id = run.info.run_id
+        logger.info("MLflow: job run %s (%s) in experiment %s at %s", self.job_id, run.info.run_name,
+                    self.cfg.mlflow.experiment, self.uri)
+        return self.job_id
+
+    def start(self, stage: str, model: Mapping[str, Any], run_id: Optional[str] = None) -> str:
+        """Start (or, with ``run_id``, reopen) the run of ``stage``, nested in the job's run; returns its id.
+
+        Its params are the settings the stage really trains with: ``model.*`` is the stage's model (stage 1 of a
+        SoF-Net job trains a TSN, and says ``model.arch: tsn``). CPU, memory (and GPU) system metrics are logged.
+        """
+        if run_id:
+            run = mlflow.start_run(run_id=run_id, nested=True, log_system_metrics=True)
             logger.info("MLflow: resumed run %s", run_id)
         else:
+            arch = model["arch"]
             tags = {**self.tags, "dataset": self.cfg.data.dataset, "stage": stage, "arch": arch}
             run = mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name(self.cfg, stage, arch),
-                                   tags=tags)
-            params = {k: str(v)[:500] for k, v in flatten(self.cfg).items()}
+                                   tags=tags, nested=True, log_system_metrics=True)
+            effective = OmegaConf.merge(self.cfg, {"model": dict(model)})
+            params = {k: str(v)[:500] for k, v in flatten(effective).items()}
             params["stage"] = stage
             mlflow.log_params(params)
-            mlflow.log_text(to_yaml(self.cfg), "config.yaml")
-            logger.info("MLflow: run %s (%s) in experiment %s at %s", run.info.run_id, run.info.run_name,
-                        self.cfg.mlflow.experiment, self.uri)
+            mlflow.log_text(to_yaml(effective), "config.yaml")
+            d = self.cfg.data
+            for context, shards, subset in (("training", d.train_shards, d.train_subset),
+                                             ("validation", d.val_shards, d.val_subset)):
+                dataset, tags = shard_dataset(shards, subset)
+                mlflow.log_input(dataset, context=context, tags=tags)
+            logger.info("MLflow: run %s (%s)", run.info.run_id, run.info.run_name)
         self.run_id = run.info.run_id
         return self.run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log derived settings (e.g. world size, global batch, effective lr) on the active run."""
+        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Log scalars at ``step`` (the epoch)."""
@@ -199,10 +272,17 @@ class RunTracker:
                 self.client.delete_model_version(name, old.version)
 
     def end(self, status: str = "FINISHED") -> None:
-        """End the active run."""
-        if mlflow.active_run() is not None:
+        """End the active stage run (the job's run stays open)."""
+        if self.run_id is not None and mlflow.active_run() is not None:
             mlflow.end_run(status=status)
         self.run_id = None
+
+    def end_job(self, status: str = "FINISHED") -> None:
+        """End the job's run (and a stage run still open, with the same status)."""
+        self.end(status)
+        if mlflow.active_run() is not None:
+            mlflow.end_run(status=status)
+        self.job_id = None
 
 
 def set_best_alias(client: MlflowClient, name: str, alias: str) -> str:

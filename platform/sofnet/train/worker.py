@@ -34,7 +34,8 @@ from sofnet.early_exit import EarlyExit
 from sofnet.evaluation import class_names, evaluate, primary_metric
 from sofnet.losses import classification_loss, sofnet_loss
 from sofnet.models import build_model, load_backbone_state
-from sofnet.train.deepspeed_config import build_engine, lr_at, resolve_precision, set_lr
+from sofnet.train.deepspeed_config import (batch_params, build_engine, lr_at, per_worker_batch, resolve_precision,
+                                           set_lr)
 from sofnet.train.loop import seed_everything, train_one_epoch
 
 logger = logging.getLogger("sofnet.train")
@@ -82,19 +83,14 @@ def run_dir(cfg: Any) -> Path:
     return Path(cfg.train.output_dir) / run_name(cfg)
 
 
-def _setup_logging(rank: int) -> None:
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, force=True,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("DeepSpeed", "deepspeed", "torch.distributed"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def train_loop_per_worker(config: Dict[str, Any]) -> None:
-    """Ray Train entry: ``config`` has ``cfg`` (our config as a dict), ``tracking_uri``, ``tags``, ``pid_dir``."""
+    """Ray Train entry: ``config`` has ``cfg`` (our config as a dict), ``tracking_uri``, ``tags``, ``pid_dir``,
+    ``verbose``."""
+    from sofnet.console import setup
     from sofnet.train.context import RayContext
 
     ctx = RayContext()
-    _setup_logging(ctx.rank)
+    setup(verbose=bool(config.get("verbose")), rank=ctx.rank)
     cfg = from_container(config["cfg"], "train_loop_config")  # typed again on the worker: same schema, same checks
     if config.get("pid_dir"):
         Path(config["pid_dir"]).mkdir(parents=True, exist_ok=True)
@@ -128,33 +124,46 @@ def run_job(cfg: Any, ctx: Any, *, tracking_uri: str, tags: Optional[Dict[str, s
 
             tracker = RunTracker(cfg, tracking_uri, tags)
         stages = plan(cfg)
-        names = [s.name for s in stages]
-        for i, stage in enumerate(stages):
-            if meta and names.index(meta["stage"]) > i:
-                continue  # finished before the restart; its best epoch is in <run>/best/<stage>
-            resume = meta if meta and meta["stage"] == stage.name else None
-            seed_everything(cfg.train.seed + 1000 * STAGES.index(stage.name))
-            model = build_model(stage.model)
-            if resume is None:
-                _initialize(model, stage, cfg, previous=names[i - 1] if i else None)
-            engine = build_engine(model.to(device), cfg, stage.optim, world_size=ctx.world, precision=precision)
-            start = 0
-            if resume is not None:
-                checkpoint.restore_engine(engine, restored)
-                start = resume["epoch"] + 1
-            if tracker is not None:
-                runs[stage.name] = tracker.start(stage.name, stage.model["arch"], run_id=runs.get(stage.name))
-            best = (resume or {}).get("best") or {}
-            try:
-                _run_stage(cfg, stage, engine, start, ctx, tracker, runs, best, device=device, dtype=dtype,
-                           names=class_names(cfg.data.val_shards, cfg.model.num_classes), final=i == len(stages) - 1)
-            except BaseException:
-                if tracker is not None:  # never leave the run RUNNING; a retried attempt reopens it by id
-                    tracker.end("FAILED")
-                raise
-            if tracker is not None:
-                tracker.end()
-            del engine
+        if tracker is not None:
+            runs["job"] = tracker.start_job(stages, run_id=runs.get("job"))
+            if "job" not in (meta or {}).get("runs", {}):  # world size, global batch and effective lr, once
+                tracker.log_params(batch_params(cfg, ctx.world))
+        try:
+            _run_stages(cfg, ctx, stages, meta, restored, runs, tracker, device=device, dtype=dtype,
+                        precision=precision)
+        except BaseException:
+            if tracker is not None:  # never leave a run RUNNING; a retried attempt reopens them by id
+                tracker.end_job("FAILED")
+            raise
+        if tracker is not None:
+            tracker.end_job()
+
+
+def _run_stages(cfg: Any, ctx: Any, stages: List[Stage], meta: Optional[Dict[str, Any]], restored: Optional[Path],
+                runs: Dict[str, str], tracker: Any, *, device: torch.device, dtype: torch.dtype,
+                precision: str) -> None:
+    names = [s.name for s in stages]
+    for i, stage in enumerate(stages):
+        if meta and names.index(meta["stage"]) > i:
+            continue  # finished before the restart; its best epoch is in <run>/best/<stage>
+        resume = meta if meta and meta["stage"] == stage.name else None
+        seed_everything(cfg.train.seed + 1000 * STAGES.index(stage.name))
+        model = build_model(stage.model)
+        if resume is None:
+            _initialize(model, stage, cfg, previous=names[i - 1] if i else None)
+        engine = build_engine(model.to(device), cfg, stage.optim, world_size=ctx.world, precision=precision)
+        start = 0
+        if resume is not None:
+            checkpoint.restore_engine(engine, restored)
+            start = resume["epoch"] + 1
+        if tracker is not None:
+            runs[stage.name] = tracker.start(stage.name, stage.model, run_id=runs.get(stage.name))
+        best = (resume or {}).get("best") or {}
+        _run_stage(cfg, stage, engine, start, ctx, tracker, runs, best, device=device, dtype=dtype,
+                   names=class_names(cfg.data.val_shards, cfg.model.num_classes), final=i == len(stages) - 1)
+        if tracker is not None:
+            tracker.end()
+        del engine
 
 
 def _initialize(model: torch.nn.Module, stage: Stage, cfg: Any, previous: Optional[str]) -> None:
@@ -172,8 +181,6 @@ def _initialize(model: torch.nn.Module, stage: Stage, cfg: Any, previous: Option
 
 def _loaders(cfg: Any, ctx: Any, start_epoch: int) -> tuple:
     d, m = cfg.data, cfg.model
-    from sofnet.train.deepspeed_config import per_worker_batch
-
     batch = per_worker_batch(d, ctx.world)
     train, steps = make_train_loader(d.train_shards, num_segments=m.num_segments, input_size=m.input_size,
                                      batch_size=batch, num_workers=d.num_workers, num_classes=m.num_classes,
@@ -205,7 +212,7 @@ def _run_stage(cfg: Any, stage: Stage, engine: Any, start_epoch: int, ctx: Any, 
     for epoch in range(start_epoch, stage.epochs):
         t0 = time.perf_counter()
         tau = model.set_epoch(epoch)
-        set_lr(engine.optimizer, lr_at(stage.optim, epoch))
+        set_lr(engine.optimizer, lr_at(stage.optim, epoch, global_batch=per_worker_batch(cfg.data, ctx.world) * ctx.world))
         loader.dataset.set_epoch(epoch)
         metrics = train_one_epoch(engine, loader, loss_fn=loss_fn, steps=steps, epoch=epoch, epochs=stage.epochs,
                                   stage=stage.name, device=device, dtype=dtype, log_every=cfg.train.log_every,

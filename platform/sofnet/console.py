@@ -1,0 +1,46 @@
+"""What the console shows: our INFO lines, other libraries' warnings and errors, nothing repeated per step.
+
+Every entry point (driver) and every Ray Train worker calls :func:`setup` once; ``verbose=True`` (the CLIs'
+``--verbose``) brings every library's INFO lines and warnings back. Usage::
+
+    from sofnet.console import setup
+    setup(verbose=args.verbose)                  # a driver
+    setup(verbose=cfg_verbose, rank=rank)        # a training worker: rank 0 logs progress, others only warnings
+
+Each silenced message below is named with the reason it is safe to drop; a new library warning still shows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+# Libraries whose INFO lines repeat per epoch or per checkpoint and say nothing our own lines do not:
+# Ray Train's "Reporting training result N: TrainingReport(...)" (the whole metrics dict, every epoch) and
+# "Checkpoint successfully created" (every epoch, every rank); MLflow's "Successfully registered model"/"Created
+# version" (our tracker logs one line for both) and its database set-up; DeepSpeed's op-build and engine lines.
+_QUIET_INFO = ("ray.train", "ray.tune", "mlflow", "DeepSpeed", "deepspeed", "torch.distributed", "alembic")
+
+
+def setup(verbose: bool = False, rank: int = 0) -> None:
+    """Configure logging and warning filters for this process (idempotent)."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format=FORMAT, force=True)
+    logging.getLogger("sofnet").setLevel(logging.INFO if rank == 0 or verbose else logging.WARNING)
+    logging.getLogger("data_prep").setLevel(logging.INFO)
+    if verbose:
+        return
+    for name in _QUIET_INFO:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # DeepSpeed warns on every engine that ZeRO runs "an untested optimizer": we pass torch's SGD on purpose
+    # (zero_allow_untested_optimizer in sofnet.train.deepspeed_config), once per stage and rank.
+    logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
+    # torch's extension builder says "No CUDA runtime is found" on every CPU rank while DeepSpeed builds its CPU op.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    # DeepSpeed's collectives call torch's all_gather_into_tensor, deprecated in torch 2.14: a FutureWarning per
+    # gather (every evaluation, every rank) that only DeepSpeed can fix.
+    warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
+    # MLflow's progress bars for artifact downloads (it downloads every logged model back to validate it).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
