@@ -125,7 +125,7 @@ def shard_dataset(shards: str, subset: str) -> tuple:
     with warnings.catch_warnings():  # a local path matches two equivalent source types; MLflow warns about it
         warnings.simplefilter("ignore")
         source = resolve_dataset_source(shards)
-    digest = (tags["manifest_digest"] or "")[:40] or None
+    digest = (tags["manifest_digest"] or "")[:36] or None  # MLflow keeps at most 36 characters
     dataset = MetaDataset(source=source, name=f"{manifest.get('dataset', 'shards')}/{subset}", digest=digest)
     return dataset, {k: str(v) for k, v in tags.items() if v is not None}
 
