@@ -40,8 +40,27 @@ def _load(args, cfg, model_overrides):
         if bad:
             raise checkpoint.CheckpointError(f"--model {args.model}: conflicts with the given "
                                              + ", ".join(f"model.{k}={model_overrides[k]!r}" for k in bad))
-        return model
-    return checkpoint.load_network(args.checkpoint, which=args.which, expect=model_overrides)[0]
+        return model, mlflow.models.get_model_info(args.model).run_id
+    model, spec = checkpoint.load_network(args.checkpoint, which=args.which, expect=model_overrides)
+    meta = checkpoint.read_meta(spec["path"])
+    return model, meta.get("runs", {}).get(meta.get("stage", ""), "")
+
+
+def _log(cfg, parent: str, report, args) -> None:
+    """The evaluation as a child run of the run that trained the model (a store that cannot be reached: a warning)."""
+    from pathlib import Path
+
+    from sofnet.train.tracking import check_tracking, log_evaluation, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(cfg.mlflow.tracking_uri)
+    try:
+        check_tracking(uri, cfg.mlflow.experiment)
+        source = args.checkpoint or args.model
+        log_evaluation(uri, parent, f"evaluate {Path(source).name if args.checkpoint else source}", report,
+                       sorted(Path(args.out).glob("*.json")))
+    except Exception as e:  # noqa: BLE001  the results are on disk; MLflow holds a copy of them
+        logging.getLogger("sofnet.jobs.evaluate").warning("results not logged to MLflow (%s): %s", uri,
+                                                          str(e).splitlines()[0])
 
 
 def main(argv=None) -> int:
@@ -62,11 +81,15 @@ def main(argv=None) -> int:
     p.add_argument("--et-cache", default="", metavar="DIR",
                    help="also write the early-exit cache (one more pass without early exit) for a rho/T_min sweep by "
                         "replay: jobs/tune_early_exit.py ... cache=DIR")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the results to MLflow (default: a child run "
+                   "of the evaluated model's training run)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and every library's log lines")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from sofnet.config import load_config_or_exit
+    from sofnet.console import setup
+
+    setup(verbose=args.debug)
 
     cfg = load_config_or_exit(args.config, args.overrides)
     try:
@@ -96,7 +119,7 @@ def _evaluate(args, cfg) -> int:
     et = None if args.no_et else base.replace(rho=args.rho, t_min=args.t_min, mode=args.mode)
     if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
         raise PreflightError(f"--out {args.out}: exists and is not a directory")
-    model = _load(args, cfg, given)
+    model, trained_in = _load(args, cfg, given)
     hp = model.hparams()
     if et is not None:
         et = et.check(num_segments=hp["num_segments"])
@@ -109,11 +132,13 @@ def _evaluate(args, cfg) -> int:
 
         write_cache(model, cfg, args.et_cache, shards=args.shards, subset=args.subset,
                     source=args.checkpoint or args.model)
+    if trained_in and not args.no_mlflow:
+        _log(cfg, trained_in, report, args)
     m = report["metrics"]
     for k in ("val/mAP", "val/top1", "val/gflops_per_video", "val/frame_usage", "val/et/mAP", "val/et/gflops_per_video",
               "val/et/frame_usage"):
         if k in m:
-            logging.getLogger("evaluate").info("%-28s %.4f", k, m[k])
+            print(f"{k:28s} {m[k]:.4f}")  # the command's result, on stdout
     return 0
 
 

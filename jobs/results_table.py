@@ -1,43 +1,98 @@
-"""Print the Table A/B-style results of a run (TSN = stage 1, SoF-Net = stage 2) from MLflow, and the UI command.
+"""Evaluate a run's best checkpoints (baseline = stage 1, SoF-Net = stage 2) and print the Table A/B-style results.
 
-    python jobs/results_table.py --config jobs/configs/demo.yaml [--eval runs/demo-eval/metrics.json]
+    python jobs/results_table.py --config jobs/configs/demo.yaml [--run runs/demo] [--out runs/demo-eval]
 
-With ``--eval``, the SoF-Net rows come from that ``jobs/evaluate.py`` report instead of the run's last epoch.
+Every row comes from the one evaluator (``sofnet.evaluation``) on the same validation videos, from the checkpoints of
+one named run (``<train.output_dir>/<name>`` unless ``--run``). Each evaluation is logged to MLflow as a child of its
+stage's run, and the table (``results_table.md``) on the job's run, so the console and the UI agree.
+Exit status: 0 done, 2 bad input (config, run directory, shards): one line.
 """
 
 import argparse
-import json
+import logging
 import sys
+from pathlib import Path
 
-from sofnet.config import load_config_or_exit
-from sofnet.train.ray_job import run_name
-from sofnet.train.report import results_table, stage_metrics
-from sofnet.train.tracking import resolve_tracking_uri
+logger = logging.getLogger("sofnet.jobs.results_table")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", required=True)
-    p.add_argument("--eval", default="", help="metrics.json of jobs/evaluate.py for the SoF-Net rows")
+    p.add_argument("--run", default="", help="run directory (default: <train.output_dir>/<name> of the config)")
+    p.add_argument("--out", default="", help="where each stage's metrics.json goes (default: <run>-eval)")
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, ...")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the evaluations and the table to MLflow")
+    p.add_argument("--verbose", action="store_true", help="every library's log lines")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
+    from sofnet.console import setup
+    from sofnet.config import load_config_or_exit
+
+    setup(verbose=args.verbose)
     cfg = load_config_or_exit(args.config, args.overrides)
-    uri = resolve_tracking_uri(cfg.mlflow.tracking_uri)
-    stages = stage_metrics(uri, cfg.mlflow.experiment, run_name(cfg))
-    if "stage1" not in stages:
-        sys.stderr.write(f"error: no stage-1 run of {run_name(cfg)!r} in {uri}\n")
-        return 1
+    from sofnet.checkpoint import CheckpointError
+    from sofnet.preflight import PreflightError, check_shards
+    from sofnet.train.report import evaluate_run, results_table
+    from sofnet.train.worker import run_dir
+
+    run = Path(args.run) if args.run else run_dir(cfg)
+    out = Path(args.out) if args.out else run.with_name(run.name + "-eval")
+    try:
+        check_shards(cfg.data.val_shards, cfg.data.val_subset, key="data.val_shards", num_classes=cfg.model.num_classes)
+        rows = evaluate_run(cfg, run, out, device=args.device)
+    except (CheckpointError, PreflightError) as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 2
     primary = "top1" if cfg.data.dataset == "sports1m" else "mAP"
-    arch = cfg.model.arch
-    baseline = {"sofnet": "TSN", "sofnet_tsm": "TSM (causal)"}.get(arch, arch.upper())
-    methods = [(baseline, stages["stage1"])]
-    if "stage2" in stages or args.eval:
-        sof = json.loads(open(args.eval).read())["metrics"] if args.eval else stages["stage2"]
-        methods.append(("SoF-Net" if arch == "sofnet" else "SoF-Net^TSM", sof))
-    print(results_table(methods, primary=primary))
-    print(f"\nMLflow UI: {sys.executable.rsplit('/', 1)[0]}/mlflow ui --backend-store-uri {uri} --port 5000"
-          "   (then open http://127.0.0.1:5000)")
+    table = results_table([(name, r["metrics"]) for name, r in rows], primary=primary)
+    digest = _digest(cfg.data.val_shards, cfg.data.val_subset)
+    videos = int(rows[0][1]["metrics"]["val/videos"])
+    header = (f"{run.name}: best epoch of each stage, {videos} {cfg.data.val_subset} videos of {cfg.data.val_shards}"
+              f" (shard digest {digest or 'unknown'}), early exit rho={cfg.early_exit.rho} t_min={cfg.early_exit.t_min}"
+              f" ({cfg.early_exit.mode})")
+    text = f"{header}\n\n{table}\n"
+    (out / "results_table.md").write_text(text)
+    print(text)
+    if not args.no_mlflow:
+        _log(cfg, rows, text, out)
+    from sofnet.train.tracking import resolve_tracking_uri
+
+    print(f"MLflow UI: {sys.executable.rsplit('/', 1)[0]}/mlflow ui --backend-store-uri "
+          f"{resolve_tracking_uri(cfg.mlflow.tracking_uri)} --port 5000   (then open http://127.0.0.1:5000)")
     return 0
+
+
+def _digest(shards: str, subset: str) -> str:
+    from sofnet.data import read_manifest
+
+    try:
+        manifest = read_manifest(shards)
+    except (OSError, ValueError):
+        return ""
+    return (manifest.get("subsets", {}).get(subset, {}).get("digest") or "")[:12]
+
+
+def _log(cfg, rows, text: str, out: Path) -> None:
+    """Each evaluation as a child of its stage's run, the table on the job's run."""
+    from mlflow.tracking import MlflowClient
+
+    from sofnet.train.tracking import TrackingError, check_tracking, log_evaluation, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(cfg.mlflow.tracking_uri)
+    try:
+        check_tracking(uri, cfg.mlflow.experiment)
+    except TrackingError as e:
+        logger.warning("not logged to MLflow: %s", e)
+        return
+    for name, report in rows:
+        stage_run = report["runs"].get(report["stage"])
+        if stage_run:
+            files = sorted((out / report["stage"]).glob("*.json"))
+            log_evaluation(uri, stage_run, f"evaluate {name} (best epoch)", report, files)
+    job = rows[-1][1]["runs"].get("job")
+    if job:
+        MlflowClient(tracking_uri=uri).log_text(job, text, "results_table.md")
 
 
 if __name__ == "__main__":

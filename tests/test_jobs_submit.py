@@ -155,13 +155,15 @@ def test_submit_smoke_job_succeeds_and_is_tracked(head: str, shards: Path, tmp_p
         assert run.info.run_name.startswith(f"smoke/{stage} ")
         assert params["model.backbone"] == "resnet18" and params["train.stage1.epochs"] == "1"
         for key in ("val/mAP", "val/top1", "val/gflops_per_video", "val/gflops_per_frame", "val/frame_usage",
-                    "val/survival/block3", "val/et/mAP", "val/et/gflops_per_video", "train/loss"):
+                    "val/survival/block3", "val/et/mAP", "val/et/gflops_per_video", "train/loss",
+                    "val/mAP_first_label", "val/stop_rate/background/block2", "val/et/exit/fired"):
             assert key in metrics, key
         arts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.yaml", "per_class_ap", "decision_maps"} <= arts
         figures = client.list_artifacts(run.info.run_id, "decision_maps/epoch000")
         assert len(figures) == 2 and all(f.path.endswith(".png") for f in figures)
-    assert {"train/eff", "train/gate", "train/aux"} <= set(by_stage["stage2"].data.metrics)
+    assert {"train/loss_acc", "train/loss_eff", "train/loss_gate", "train/loss_aux",
+            "train/top1"} <= set(by_stage["stage2"].data.metrics)
     version = client.get_model_version_by_alias("sofnet-smoke", "best")
     assert version.run_id == by_stage["stage2"].info.run_id
     # jobs/evaluate.py on the run (its best epoch): metrics JSON and the official submission file

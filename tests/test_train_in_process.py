@@ -171,3 +171,41 @@ def test_truncated_and_foreign_checkpoints_are_refused(trained, tmp_path: Path) 
     checkpoint.seal(best, 0)
     with pytest.raises(checkpoint.CheckpointError, match="not a readable torch file"):
         checkpoint.load_network(best)
+
+
+def test_results_table_and_evaluate_log_to_mlflow(trained, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Every row of the table from the one evaluator on the run's best checkpoints; the evaluations are child runs
+    of their stage's run, the table an artifact of the job's run; jobs/evaluate.py logs the same way."""
+    import importlib.util
+
+    cfg, shards, db, _ = trained
+    jobs = {}
+    for name in ("results_table", "evaluate"):
+        spec = importlib.util.spec_from_file_location(name, REPO / "jobs" / f"{name}.py")
+        jobs[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(jobs[name])
+    common = [f"data.train_shards={shards}", f"data.val_shards={shards}", "model.num_classes=3", "model.num_segments=4",
+              "model.input_size=64", "data.resize=73", "data.num_workers=0", "early_exit.t_min=2",
+              f"train.output_dir={cfg.train.output_dir}", f"mlflow.tracking_uri=sqlite:///{db}"]
+    assert jobs["results_table"].main(["--config", str(REPO / "jobs/configs/demo.yaml"), "--out",
+                                       str(tmp_path / "table"), *common]) == 0
+    printed = capsys.readouterr().out
+    assert "| TSN | no |" in printed and "| SoF-Net | yes |" in printed and "shard digest" in printed
+    stage1 = json.loads((tmp_path / "table/stage1/metrics.json").read_text())
+    stage2 = json.loads((tmp_path / "table/stage2/metrics.json").read_text())
+    assert stage1["metrics"]["val/videos"] == stage2["metrics"]["val/videos"]  # the same videos
+    assert stage1["model"]["arch"] == "tsn" and stage2["model"]["arch"] == "sofnet"
+    assert "val/stop_rate/background/block2" in stage2["metrics"] and "val/et/exit/fired" in stage2["metrics"]
+    assert jobs["evaluate"].main(["--config", str(REPO / "jobs/configs/demo.yaml"), "--checkpoint", str(run_dir(cfg)),
+                                  "--out", str(tmp_path / "eval"), *common]) == 0
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name(cfg.mlflow.experiment)
+    runs = client.search_runs([exp.experiment_id])
+    by_id = {r.info.run_id: r for r in runs}
+    evals = [r for r in runs if r.data.tags.get("kind") == "evaluation"]
+    assert len(evals) == 3  # two from the table, one from jobs/evaluate.py
+    assert sorted(by_id[r.data.tags["mlflow.parentRunId"]].data.tags["stage"] for r in evals) == \
+        ["stage1", "stage2", "stage2"]
+    assert all("val/mAP" in r.data.metrics for r in evals)
+    job = next(r for r in runs if "stage" not in r.data.tags)
+    assert "results_table.md" in {a.path for a in client.list_artifacts(job.info.run_id)}

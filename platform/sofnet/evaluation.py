@@ -71,13 +71,44 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def gate_diagnostics(prefix: str, decisions: np.ndarray, inside: np.ndarray,
+                     exit_step: Optional[np.ndarray] = None) -> Dict[str, float]:
+    """Where frames stop and where early exit fires, against the annotated action segments.
+
+    ``stop_rate/{action,background}/block<k>``: the share of the processed frames inside (outside) the segments that
+    stopped at or before gate k (after block k). With ``exit_step``: ``exit/fired`` (share of videos where early exit
+    fired before the last frame) and ``exit/before_action`` (of those with an action frame, the share that exited
+    before seeing any). Valid on any annotated data (ActivityNet's segments too).
+    """
+    m: Dict[str, float] = {}
+    inside = np.asarray(inside) > 0
+    processed = decisions >= 0
+    for name, mask in (("action", processed & inside), ("background", processed & ~inside)):
+        n = int(mask.sum())
+        if n:
+            for k in range(len(BLOCK_NAMES) - 1):
+                m[f"{prefix}stop_rate/{name}/block{k}"] = float(((decisions <= k) & mask).sum() / n)
+    if exit_step is not None:
+        t = decisions.shape[1]
+        fired = np.asarray(exit_step) < t
+        m[f"{prefix}exit/fired"] = float(fired.mean())
+        seen = np.arange(t)[None, :] < np.asarray(exit_step)[:, None]
+        relevant = fired & inside.any(axis=1)
+        if relevant.any():
+            m[f"{prefix}exit/before_action"] = float((~(inside & seen).any(axis=1))[relevant].mean())
+    return m
+
+
 def score(prefix: str, scores: np.ndarray, targets: np.ndarray, label: np.ndarray, decisions: np.ndarray,
-          gflops: np.ndarray, fallback: np.ndarray) -> Tuple[Dict[str, float], List[float]]:
+          gflops: np.ndarray, fallback: np.ndarray, inside: Optional[np.ndarray] = None,
+          exit_step: Optional[np.ndarray] = None) -> Tuple[Dict[str, float], List[float]]:
     """The metrics of one variant (``val/`` or ``val/et/``) and its per-class AP.
 
     Args:
         scores: [N, K] class probabilities; targets: [N, K] multi-hot; label: [N] primary label (-1 unlabelled).
         decisions, gflops, fallback: the per-video outputs of the skipping path (or of the replay).
+        inside: [N, T] 1 where a sampled frame lies in an annotated segment: adds :func:`gate_diagnostics`;
+        exit_step: [N] (early-exit variants) adds where early exit fired.
     """
     k = scores.shape[1]
     m: Dict[str, float] = {}
@@ -94,6 +125,8 @@ def score(prefix: str, scores: np.ndarray, targets: np.ndarray, label: np.ndarra
         m[f"{prefix}{key}"] = s[key]
     for name, v in zip(BLOCK_NAMES, s["survival"]):
         m[f"{prefix}survival/{name}"] = v
+    if inside is not None:
+        m.update(gate_diagnostics(prefix, decisions, inside, exit_step))
     return m, [float(x) for x in np.asarray(ap.per_class, dtype=float)]
 
 
@@ -142,11 +175,11 @@ def evaluate(model: torch.nn.Module, loader: Any, *, device: torch.device, dtype
     a = dict(zip(names, arrays))
     a["targets"] = a.pop("labels")
     metrics, per_class = score("val/", a["scores"], a["targets"], a["label"], a["decisions"], a["gflops"],
-                               a["fallback"])
+                               a["fallback"], a["inside"])
     aps = {"": per_class}
     if "et_scores" in a:
         m_et, aps["et"] = score("val/et/", a["et_scores"], a["targets"], a["label"], a["et_decisions"],
-                                a["et_gflops"], a["et_fallback"])
+                                a["et_gflops"], a["et_fallback"], a["inside"], a["et_exit_step"])
         metrics.update(m_et)
     metrics["val/videos"] = float(len(gathered_ids))
     return EvalResult(metrics=metrics, per_class_ap=aps, ids=gathered_ids, arrays=a)

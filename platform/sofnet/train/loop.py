@@ -57,10 +57,13 @@ def train_one_epoch(engine: Any, loader: Any, *, loss_fn: LossFn, steps: int, ep
         world_size: Number of ranks (for the global samples/s).
 
     Returns:
-        Means over the epoch (averaged over ranks) of every loss part as ``train/<name>``, plus
-        ``train/lr``, ``train/samples_per_s`` (all ranks), ``train/data_time`` and ``train/step_time``.
+        Means over the epoch (averaged over ranks): the total loss as ``train/loss`` and each term as
+        ``train/loss_<term>`` (``loss_acc`` is L_acc, a loss, not an accuracy), ``train/top1`` (the training clips'
+        top-1 accuracy against their primary label, from the training-mode outputs), plus ``train/lr``,
+        ``train/samples_per_s`` (all ranks), ``train/data_time`` and ``train/step_time``.
     """
     sums: Dict[str, float] = {}
+    correct = torch.zeros((), device=device)
     n = samples = 0
     data_time = step_time = 0.0
     start = last = time.perf_counter()
@@ -71,9 +74,10 @@ def train_one_epoch(engine: Any, loader: Any, *, loss_fn: LossFn, steps: int, ep
         frames = batch["frames"].to(device=device, dtype=dtype, non_blocking=True)
         label = batch["label"].to(device=device, non_blocking=True)
         out = engine(frames)
-        terms = loss_fn(out, label)
+        terms = {k if k == "loss" else f"loss_{k}": v for k, v in loss_fn(out, label).items()}
         engine.backward(terms["loss"])
         engine.step()
+        correct += (out.logits.detach().argmax(-1) == label).sum()  # stays on the device: no extra host sync
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
         n += 1
@@ -89,6 +93,7 @@ def train_one_epoch(engine: Any, loader: Any, *, loss_fn: LossFn, steps: int, ep
                         samples * world_size / max(elapsed, 1e-9), data_time / n, step_time / n)
     elapsed = time.perf_counter() - start
     stats = {f"train/{k}": v / max(n, 1) for k, v in sums.items()}
+    stats["train/top1"] = float(correct) / max(samples, 1)
     stats = _dist_mean(stats, device)
     stats.update({"train/lr": lr, "train/samples_per_s": samples * world_size / max(elapsed, 1e-9),
                   "train/data_time": data_time / max(n, 1), "train/step_time": step_time / max(n, 1)})

@@ -1,40 +1,69 @@
-"""The results table of a training run (the layout of the paper's Tables A/B), read back from MLflow.
+"""The results of a training run as the paper's Tables A/B lay them out: every row from the one evaluator.
 
-Usage::
+Usage (what ``jobs/results_table.py`` does)::
 
-    from sofnet.train.report import results_table, stage_metrics
-    metrics = stage_metrics("sqlite:///mlflow.db", "sofnet-demo", "demo")   # {"stage1": {...}, "stage2": {...}}
-    print(results_table([("TSN", metrics["stage1"]), ("SoF-Net", metrics["stage2"])]))
+    from sofnet.train.report import evaluate_run, results_table
+    rows = evaluate_run(cfg, run_dir="runs/demo", out_dir="runs/demo-eval")   # [(method, metrics), ...]
+    print(results_table(rows))
 
-Each method gets two rows, without and with early termination (ET), from the ``val/*`` and ``val/et/*`` metrics
-of its last evaluated epoch (computed on the real skipping path).
+Each stage's best epoch (``<run>/best/<stage>``: the TSN/TSM baseline of stage 1, SoF-Net of stage 2) is evaluated
+by :func:`sofnet.evaluation.evaluate_model` on the same validation videos, with and without early exit, so every
+row of the table comes from the same code, the same videos and the checkpoints of one named run.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Sequence, Tuple
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
-from mlflow.tracking import MlflowClient
+from sofnet import checkpoint
+from sofnet.early_exit import EarlyExit
+from sofnet.evaluation import evaluate_model
+
+logger = logging.getLogger(__name__)
+
+METHOD_NAMES = {("stage1", "tsn"): "TSN", ("stage1", "tsm"): "TSM", ("stage2", "sofnet"): "SoF-Net",
+                ("stage2", "sofnet_tsm"): "SoF-Net^TSM"}
 
 
-def stage_metrics(tracking_uri: str, experiment: str, run_name: str) -> Dict[str, Dict[str, float]]:
-    """Latest metrics of the newest MLflow run of each stage of Ray run ``run_name``."""
-    client = MlflowClient(tracking_uri=tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        raise ValueError(f"no MLflow experiment {experiment!r} at {tracking_uri}")
-    runs = client.search_runs([exp.experiment_id], f"tags.ray_run_name = '{run_name}'",
-                              order_by=["attributes.start_time DESC"])
-    out: Dict[str, Dict[str, float]] = {}
-    for run in runs:
-        out.setdefault(run.data.tags.get("stage", "?"), dict(run.data.metrics))
-    return out
+def evaluate_run(cfg: Any, run_dir: str | Path, out_dir: str | Path,
+                 device: str = "auto") -> List[Tuple[str, Dict[str, Any]]]:
+    """Evaluate the best epoch of every stage of a run; returns ``[(method, report), ...]`` (stage order).
+
+    Each report is ``jobs/evaluate.py``'s ``metrics.json`` (written to ``<out_dir>/<stage>/``) plus ``runs``: the
+    MLflow run ids of the training job (``job`` and each stage), read from the checkpoint.
+    """
+    et = EarlyExit.from_config(cfg.early_exit)
+    rows = []
+    for stage in checkpoint.STAGE_ORDER:
+        best = Path(run_dir) / checkpoint.BEST / stage
+        if not best.is_dir():
+            continue
+        model, spec = checkpoint.load_network(best)
+        arch = spec["model"]["arch"]
+        if stage == "stage1" and spec["model"].get("shift") == "causal":
+            name = "TSM (causal)"
+        else:
+            name = METHOD_NAMES.get((stage, arch), arch)
+        report = evaluate_model(model, cfg, out_dir=Path(out_dir) / stage, et=et, device=device)
+        report["runs"] = checkpoint.read_meta(best).get("runs", {})
+        report["stage"], report["method"] = stage, name
+        rows.append((name, report))
+    if not rows:
+        raise checkpoint.CheckpointError(f"{run_dir}: no best/<stage> checkpoint (has the run finished an epoch?)")
+    return rows
+
+
+def _pct(m: Mapping[str, float], key: str) -> str:
+    return f"{100 * m[key]:.1f}" if key in m else "-"
 
 
 def results_table(methods: Sequence[Tuple[str, Mapping[str, float]]], primary: str = "mAP") -> str:
-    """A Markdown table: method, ET, ``primary`` (%), top-1 (%), GFLOPs/V, frame usage, GFLOPs vs the first row."""
+    """A Markdown table: method, ET, ``primary`` (%), top-1 (%), GFLOPs/V, frame usage, GFLOPs vs the first row, and
+    the share of background / action frames stopped by layer2 (the gates' job: stop what carries no action)."""
     rows: List[str] = [f"| method | ET | {primary} (%) | top-1 (%) | GFLOPs/V | frame usage | GFLOPs vs "
-                       f"{methods[0][0]} |", "|---|---|---|---|---|---|---|"]
+                       f"{methods[0][0]} | stopped by layer2: background / action |", "|---|---|---|---|---|---|---|---|"]
     base = methods[0][1].get("val/gflops_per_video")
     for name, m in methods:
         for et, prefix in (("no", "val/"), ("yes", "val/et/")):
@@ -42,7 +71,7 @@ def results_table(methods: Sequence[Tuple[str, Mapping[str, float]]], primary: s
                 continue
             gf = m[f"{prefix}gflops_per_video"]
             rel = f"{100 * gf / base:.0f}%" if base else "-"
-            top1 = 100 * m.get(prefix + "top1", float("nan"))
-            rows.append(f"| {name} | {et} | {100 * m[prefix + primary]:.1f} | {top1:.1f} | {gf:.3f} | "
-                        f"{100 * m[prefix + 'frame_usage']:.1f}% | {rel} |")
+            stops = f"{_pct(m, prefix + 'stop_rate/background/block2')}% / {_pct(m, prefix + 'stop_rate/action/block2')}%"
+            rows.append(f"| {name} | {et} | {100 * m[prefix + primary]:.1f} | {_pct(m, prefix + 'top1')} | {gf:.3f} | "
+                        f"{100 * m[prefix + 'frame_usage']:.1f}% | {rel} | {stops} |")
     return "\n".join(rows)

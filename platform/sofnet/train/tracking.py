@@ -299,3 +299,37 @@ def set_best_alias(client: MlflowClient, name: str, alias: str) -> str:
     best = max(versions, key=key)
     client.set_registered_model_alias(name, alias, best.version)
     return str(best.version)
+
+
+def log_evaluation(tracking_uri: str, parent_run_id: str, run_name: str, report: Mapping[str, Any],
+                   files: Sequence[str | Path] = ()) -> str:
+    """Log an evaluation (``jobs/evaluate.py``'s report) as a finished child run of ``parent_run_id``: its metrics,
+    the early-exit setting and shards as params, the per-class AP table and ``files`` (metrics.json, submissions).
+
+    Returns:
+        The child run's id.
+    """
+    import math
+    import time
+
+    from mlflow.entities import Metric, Param
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    parent = client.get_run(parent_run_id)
+    tags = {"mlflow.parentRunId": parent_run_id, "kind": "evaluation", "stage": parent.data.tags.get("stage", ""),
+            "ray_run_name": parent.data.tags.get("ray_run_name", "")}
+    run = client.create_run(parent.info.experiment_id, run_name=run_name, tags={k: v for k, v in tags.items() if v})
+    rid, now = run.info.run_id, int(time.time() * 1000)
+    et = report.get("early_exit") or {}
+    params = {"shards": report.get("shards", ""), **{f"early_exit.{k}": v for k, v in et.items()}}
+    metrics = [Metric(k, float(v), now, 0) for k, v in report["metrics"].items() if math.isfinite(float(v))]
+    client.log_batch(rid, metrics=metrics, params=[Param(k, str(v)[:500]) for k, v in params.items()])
+    ap = report.get("per_class_ap")
+    if ap:
+        client.log_table(rid, dict(ap), "per_class_ap.json")
+    for f in files:
+        if Path(f).is_file():
+            client.log_artifact(rid, str(f))
+    client.set_terminated(rid)
+    logger.info("MLflow: evaluation run %s (%s) under run %s", rid, run_name, parent_run_id)
+    return rid

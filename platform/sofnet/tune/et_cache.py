@@ -47,6 +47,7 @@ class ETBundle:
     label: np.ndarray  # [N] single label (-1 unlabelled)
     ids: List[str]
     meta: Dict[str, Any]
+    inside: Optional[np.ndarray] = None  # [N, T] 1 inside an annotated segment (caches written before: None)
 
     @classmethod
     def load(cls, directory: str | Path) -> "ETBundle":
@@ -62,7 +63,8 @@ class ETBundle:
                                         f"jobs/evaluate.py --et-cache {d} or jobs/tune_early_exit.py --checkpoint)")
         arrays = np.load(d / TARGETS)
         bundle = cls(cache=ETCache.load(d / CACHE), targets=arrays["targets"], label=arrays["label"],
-                     ids=json.loads((d / IDS).read_text()), meta=json.loads((d / META).read_text()))
+                     ids=json.loads((d / IDS).read_text()), meta=json.loads((d / META).read_text()),
+                     inside=arrays["inside"] if "inside" in arrays.files else None)
         if not len(bundle.cache) == len(bundle.targets) == len(bundle.ids):
             raise ValueError(f"{d}: cache, targets and ids disagree on the number of videos")
         return bundle
@@ -93,13 +95,14 @@ def write_cache(model: torch.nn.Module, cfg: Any, out_dir: str | Path, *, shards
     loader = eval_loader(model, d, shards, subset)  # the full evaluation's loader: same frames, same crop
     model.eval()
     dtype = next(model.parameters()).dtype
-    outputs, ids, targets, labels = [], [], [], []
+    outputs, ids, targets, labels, inside = [], [], [], [], []
     start = time.perf_counter()
     for batch in loader:
         outputs.append(model.infer(batch["frames"].to(dtype=dtype)))
         ids += list(batch["id"])
         targets.append(batch["labels"].numpy())
         labels.append(batch["label"].numpy())
+        inside.append(batch["inside"].numpy())
     if not ids:
         raise ValueError(f"{shards} ({subset}): no video to cache")
     expected = loader.dataset.num_videos
@@ -116,7 +119,8 @@ def write_cache(model: torch.nn.Module, cfg: Any, out_dir: str | Path, *, shards
     out.mkdir(parents=True, exist_ok=True)
     cache.save(out / CACHE)
     with open(out / (TARGETS + ".tmp"), "wb") as f:
-        np.savez(f, targets=np.concatenate(targets)[order], label=np.concatenate(labels)[order])
+        np.savez(f, targets=np.concatenate(targets)[order], label=np.concatenate(labels)[order],
+                 inside=np.concatenate(inside)[order])
     (out / (TARGETS + ".tmp")).replace(out / TARGETS)
     _write_json(out / IDS, [ids[i] for i in order])
     _write_json(out / META, {"model": hp, "shards": shards, "subset": subset, "videos": len(ids),
@@ -137,11 +141,13 @@ def replay_metrics(bundle: ETBundle, rho: float, t_min: int, mode: str = "reache
 
     Returns:
         ``{prefix + "mAP", "top1", "top5", "gflops_per_video", "gflops_per_frame", "frame_usage",
-        "frames_processed", "fallback_rate", "survival/<block>"}``, as ``sofnet.evaluation.evaluate`` names them.
+        "frames_processed", "fallback_rate", "survival/<block>", "stop_rate/...", "exit/..."}``, as
+        ``sofnet.evaluation.evaluate`` names them.
     """
     out = replay(bundle.cache, rho, int(t_min), mode)
     metrics, _ = score(prefix, out.logits.float().softmax(-1).numpy(), bundle.targets, bundle.label,
-                                  out.decisions.numpy(), out.gflops.double().numpy(), out.fallback.numpy())
+                       out.decisions.numpy(), out.gflops.double().numpy(), out.fallback.numpy(),
+                       bundle.inside, out.exit_step.numpy() if bundle.inside is not None else None)
     return metrics
 
 
