@@ -42,7 +42,7 @@ def _load(args, cfg, model_overrides):
                                              + ", ".join(f"model.{k}={model_overrides[k]!r}" for k in bad))
         return model, mlflow.models.get_model_info(args.model).run_id
     model, spec = checkpoint.load_network(args.checkpoint, which=args.which, expect=model_overrides)
-    meta = checkpoint.read_meta(spec["path"])
+    meta = spec["meta"]
     return model, meta.get("runs", {}).get(meta.get("stage", ""), "")
 
 

@@ -305,7 +305,8 @@ def build_network(spec: Mapping[str, Any], state: Mapping[str, torch.Tensor], so
 
 def load_network(path: str | Path, which: str = "best",
                  expect: Optional[Mapping[str, Any]] = None) -> Tuple[torch.nn.Module, Dict[str, Any]]:
-    """The network of a checkpoint or run directory (verified, weights-only) and its spec.
+    """The network of a checkpoint or run directory (verified, weights-only) and its spec (``model.json`` plus
+    ``path``: the checkpoint directory, ``meta``: its ``meta.json`` or ``{}``).
 
     Args:
         path: See :func:`resolve`; which: ``best`` or ``last`` for a run directory.
@@ -313,7 +314,7 @@ def load_network(path: str | Path, which: str = "best",
             checkpoint's are refused, listed in one line.
     """
     directory = resolve(path, which)
-    verify(directory)
+    meta = verify(directory)
     spec = read_spec(directory)
     if expect:
         bad = conflicts(spec["model"], expect)
@@ -322,5 +323,5 @@ def load_network(path: str | Path, which: str = "best",
             raise CheckpointError(f"{directory}: the checkpoint's model conflicts with the given {listed}")
     model = build_network(spec, safe_load(directory / WEIGHTS), str(directory / WEIGHTS))
     logger.info("loaded %s", directory)
-    spec["path"] = str(directory)
+    spec["path"], spec["meta"] = str(directory), meta
     return model, spec
