@@ -19,29 +19,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from sofnet.config import load_config_or_exit
+from sofnet.session import SMOKE, ensure_synthetic_shards  # noqa: F401  (re-exported: tests and sweeps)
 
 logger = logging.getLogger(__name__)
-
-SMOKE = ["model.backbone=resnet18", "model.num_segments=4", "model.input_size=64", "model.pretrained=none",
-         "model.gate_hidden=64", "data.batch_size=2", "data.num_workers=0", "data.resize=73",
-         "data.shuffle_buffer=8", "train.stage1.epochs=1", "train.stage2.epochs=1", "train.log_every=1",
-         "train.decision_map_videos=2"]
-
-
-def ensure_synthetic_shards(root: str | Path, videos: int = 16, classes: int = 3, seed: int = 0) -> Path:
-    """Generate and shard a tiny synthetic dataset under ``root`` (kept: a second call reuses it)."""
-    from data_prep.shards import PrepParams
-    from data_prep.synthetic import generate, make_shards
-
-    root = Path(root)
-    shards = root / "shards"
-    if not (shards / "manifest.json").is_file():
-        annotation = generate(root / "raw", videos=videos, classes=classes, seed=seed, duration=(4.0, 6.0),
-                              size=(96, 72), fps=8)
-        make_shards(annotation, shards, params=PrepParams(short_side=72, shard_size=4, fps=2.0, min_frames=4),
-                    use_ray=False)
-    return shards
-
 
 def main(dataset: str, argv: Optional[Sequence[str]] = None) -> int:
     """Parse ``--config``, overrides and ``--smoke-test``; train; return the exit status."""

@@ -24,7 +24,7 @@ from typing import Any, Dict, Optional
 
 from omegaconf import OmegaConf
 
-from sofnet.train.tracking import check_tracking, resolve_tracking_uri
+from sofnet.session import init_ray, tracking_store
 
 logger = logging.getLogger(__name__)
 
@@ -117,22 +117,13 @@ def run_training(cfg: Any, *, pid_dir: str = "", verbose: bool = False) -> Any:
         PreflightError: Shards missing, empty, inconsistent or of another class count; storage not writable.
         TrackingError: The MLflow store is unreachable (before Ray starts).
     """
-    import ray
-
     from sofnet.preflight import check_data, check_output_dir
 
-    tracking_uri = resolve_tracking_uri(cfg.mlflow.tracking_uri)
-    check_tracking(tracking_uri, cfg.mlflow.experiment)
+    tracking_uri = tracking_store(cfg)
     check_data(cfg)  # before the paths are made absolute: a relative path in a submitted job gets its own message
     cfg = prepare_config(cfg)
     check_output_dir(cfg.train.output_dir)
-    if not ray.is_initialized():
-        address = cfg.scaling.ray_address or os.environ.get("RAY_ADDRESS") or "local"
-        if address == "local":
-            # Ray Train's preemption watcher polls cloud spot-preemption notices: nothing to watch on the embedded local
-            # Ray, and its actor logs an error line at start. Clusters keep it (the variable reaches this Ray only).
-            os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-        ray.init(address=address, log_to_driver=True)
+    init_ray(cfg)
     tags = {"mlflow.source.git.commit": git_commit(), "mlflow.source.name": source_name(),
             "mlflow.source.type": "JOB", "ray_job_id": ray_job_id(), "ray_run_name": run_name(cfg)}
     logger.info("training %s: stages to %s/%s, MLflow %s (experiment %s), Ray job %s", run_name(cfg),

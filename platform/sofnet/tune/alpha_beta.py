@@ -30,7 +30,8 @@ from omegaconf import OmegaConf
 
 from sofnet.tune.report import SweepRun, pareto_figure, register_run_model, table_d
 from sofnet.config import ConfigError
-from sofnet.tune.runner import (base_config, best_row, init_ray, plain, preflight, result_rows, run_tuner,
+from sofnet.session import init_ray
+from sofnet.tune.runner import (base_config, best_row, plain, preflight, result_rows, run_tuner,
                                 trial_resources)
 from sofnet.tune.sweep import sweep_dir, trial_config, trial_params
 

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from sofnet.config import ConfigError
+from sofnet.session import init_ray
 from sofnet.tune.et_cache import META, ETBundle, load_model, replay_metrics, write_cache
 from sofnet.tune.report import SweepRun, log_metrics, pareto_figure, table_c
-from sofnet.tune.runner import base_config, best_row, init_ray, preflight, result_rows, run_tuner, trial_resources
+from sofnet.tune.runner import base_config, best_row, preflight, result_rows, run_tuner, trial_resources
 from sofnet.tune.sweep import ET_KEYS, sweep_dir, trial_config, trial_params, trial_values
 
 logger = logging.getLogger(__name__)

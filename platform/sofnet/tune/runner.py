@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -31,7 +30,7 @@ TUNE_DIR = "tune"
 
 def training_config(sweep: Any, smoke: bool = False, extra: Sequence[str] = ()) -> Any:
     """``base_config`` + (the training job's smoke settings) + ``overrides`` + ``extra``, validated; no side effects."""
-    from sofnet.train.cli import SMOKE
+    from sofnet.session import SMOKE
 
     return load_config(sweep.base_config, (SMOKE if smoke else []) + list(sweep.overrides) + list(extra))
 
@@ -68,7 +67,7 @@ def check_resume(sweep: Any, resume: bool, src: str = "<sweep>") -> None:
 def base_config(sweep: Any, cfg: Any, smoke: bool = False) -> Any:
     """The training config of the sweep, ready for Ray: with ``smoke`` and no shards named, a tiny synthetic
     dataset under ``<sweep dir>/smoke_data``; paths absolute (trials run in other working directories)."""
-    from sofnet.train.cli import ensure_synthetic_shards
+    from sofnet.session import ensure_synthetic_shards
     from sofnet.train.ray_job import prepare_config
 
     if smoke and not cfg.data.train_shards:
@@ -76,24 +75,6 @@ def base_config(sweep: Any, cfg: Any, smoke: bool = False) -> Any:
         cfg = training_config(sweep, smoke, [f"data.train_shards={shards}", f"data.val_shards={shards}",
                                              "model.num_classes=3"])
     return prepare_config(cfg)
-
-
-def init_ray(cfg: Any) -> None:
-    """Connect to ``scaling.ray_address`` or ``$RAY_ADDRESS`` (``ray job submit``), else start a new local Ray,
-    never a stray local cluster of someone else (what ``address=None`` would attach to); once per process.
-
-    A known ``host:port`` is also handed to every worker (``RAY_ADDRESS`` in the job's runtime env): Ray Train's
-    detached placement-group cleaner finds its cluster through the state API, which without it reads
-    ``/tmp/ray/ray_current_cluster`` or pgreps for a GCS, and on a machine with several Ray clusters (or one
-    started with ``--temp-dir``) it fails, so a trial that Tune stopped (ASHA) kept its workers' CPUs reserved.
-    """
-    import ray
-
-    if not ray.is_initialized():
-        address = cfg.scaling.get("ray_address") or os.environ.get("RAY_ADDRESS") or "local"
-        plain_address = address not in ("local", "auto") and "://" not in address
-        runtime_env = {"env_vars": {"RAY_ADDRESS": address}} if plain_address else None
-        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
 
 
 def trial_resources(sweep: Any) -> Dict[str, float]:

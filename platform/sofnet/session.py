@@ -1,0 +1,74 @@
+"""What every command line sets up the same way: the smoke-test settings, the MLflow store, the Ray session.
+
+Usage::
+
+    from sofnet.session import SMOKE, ensure_synthetic_shards, init_ray, tracking_store
+    cfg = load_config(path, SMOKE + overrides)            # --smoke-test: a tiny run of the same job
+    uri = tracking_store(cfg)                             # resolved and reachable, or TrackingError (one line)
+    init_ray(cfg)                                         # scaling.ray_address / $RAY_ADDRESS / a new local Ray
+
+Used by ``jobs/train_*.py`` (``sofnet.train.cli``), the sweeps (``sofnet.tune``), ``jobs/evaluate.py`` and
+``jobs/results_table.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+SMOKE = ["model.backbone=resnet18", "model.num_segments=4", "model.input_size=64", "model.pretrained=none",
+         "model.gate_hidden=64", "data.batch_size=2", "data.global_batch_size=0", "data.num_workers=0",
+         "data.resize=73", "data.shuffle_buffer=8", "train.stage1.epochs=1", "train.stage2.epochs=1",
+         "train.log_every=1", "train.decision_map_videos=2"]
+
+
+def ensure_synthetic_shards(root: str | Path, videos: int = 16, classes: int = 3, seed: int = 0) -> Path:
+    """Generate and shard a tiny synthetic dataset under ``root`` (kept: a second call reuses it)."""
+    from data_prep.shards import PrepParams
+    from data_prep.synthetic import generate, make_shards
+
+    root = Path(root)
+    shards = root / "shards"
+    if not (shards / "manifest.json").is_file():
+        annotation = generate(root / "raw", videos=videos, classes=classes, seed=seed, duration=(4.0, 6.0),
+                              size=(96, 72), fps=8)
+        make_shards(annotation, shards, params=PrepParams(short_side=72, shard_size=4, fps=2.0, min_frames=4),
+                    use_ray=False)
+    return shards
+
+
+def tracking_store(cfg: Any) -> str:
+    """The config's MLflow store, resolved (``sofnet.train.tracking.resolve_tracking_uri``) and checked reachable
+    (bounded: no retries, 10 s per request to a server); raises ``TrackingError`` in one line."""
+    from sofnet.train.tracking import check_tracking, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(cfg.mlflow.tracking_uri)
+    check_tracking(uri, cfg.mlflow.experiment)
+    return uri
+
+
+def init_ray(cfg: Any) -> None:
+    """Connect to ``scaling.ray_address`` or ``$RAY_ADDRESS`` (``ray job submit``), else start a new local Ray,
+    never a stray local cluster of someone else (what ``address=None`` would attach to); once per process.
+
+    A known ``host:port`` is also handed to every worker (``RAY_ADDRESS`` in the job's runtime env): Ray Train's
+    detached placement-group cleaner finds its cluster through the state API, which without it reads
+    ``/tmp/ray/ray_current_cluster`` or pgreps for a GCS, and on a machine with several Ray clusters (or one
+    started with ``--temp-dir``) it fails, so a trial that Tune stopped (ASHA) kept its workers' CPUs reserved.
+    On a new local Ray, Ray Train's preemption watcher is off: it polls cloud spot-preemption notices (nothing to
+    watch on a laptop) and its actor logs an error line at start; clusters keep it.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.scaling.get("ray_address") or os.environ.get("RAY_ADDRESS") or "local"
+    if address == "local":
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")  # reaches this new local Ray only
+    plain_address = address not in ("local", "auto") and "://" not in address
+    runtime_env = {"env_vars": {"RAY_ADDRESS": address}} if plain_address else None
+    ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
