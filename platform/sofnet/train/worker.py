@@ -95,7 +95,23 @@ def train_loop_per_worker(config: Dict[str, Any]) -> None:
     if config.get("pid_dir"):
         Path(config["pid_dir"]).mkdir(parents=True, exist_ok=True)
         (Path(config["pid_dir"]) / f"rank{ctx.rank}.pid").write_text(str(os.getpid()))
-    run_job(cfg, ctx, tracking_uri=config["tracking_uri"], tags=config.get("tags"))
+    run_job(cfg, ctx, tracking_uri=config["tracking_uri"], tags={**(config.get("tags") or {}), **_node_ips(ctx)})
+
+
+def _node_ips(ctx: Any) -> Dict[str, str]:
+    """Every rank's node IP, gathered (a collective: all ranks call it) and logged by rank 0 at WARNING, so that
+    the job log shows where the ranks run and where they meet (``MASTER_ADDR``); returned as the MLflow tag
+    ``node_ips`` (rank order) of the job's and the stages' runs."""
+    import ray
+    import torch.distributed as dist
+
+    ips = [ray.util.get_node_ip_address()] * ctx.world
+    if dist.is_initialized():
+        dist.all_gather_object(ips, ips[0])
+    if ctx.rank == 0:
+        logger.warning("ranks on nodes %s, rendezvous at %s:%s", ",".join(ips), os.environ.get("MASTER_ADDR"),
+                       os.environ.get("MASTER_PORT"))
+    return {"node_ips": ",".join(ips)}
 
 
 def _device(cfg: Any) -> torch.device:
