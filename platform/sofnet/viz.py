@@ -9,8 +9,10 @@ Built on ``matplotlib.figure.Figure`` with no pyplot state, so it renders headle
 
 Rows are the sampled frames (time increases downward); columns are the five blocks (stem, layer1..layer4)
 and the classifier. A row is filled up to the block the frame last ran; a red tick marks the gate that
-stopped it. Decisions are ints: k in 0..4 = stopped at gate k (after block k), 5 = reached the classifier,
--1 = not processed because early termination (ET) fired at an earlier frame.
+stopped it. With ``thumbnails`` (the sampled frames; ``sofnet.figure_a`` reads the evaluation's own frames and
+has the command line) each frame is drawn left of its row and framed by its fate. Decisions are ints: k in 0..4 =
+stopped at gate k (after block k), 5 = reached the classifier, -1 = not processed because early termination (ET)
+fired at an earlier frame.
 """
 
 from __future__ import annotations
@@ -127,6 +129,22 @@ def _thumbnail_strip(thumbnails: Sequence[Any], t: int) -> np.ndarray:
     return np.concatenate([im[::step, ::step] for im in imgs], axis=0)
 
 
+def _mark_thumbnails(tax: Any, d: np.ndarray) -> None:
+    """Frame each thumbnail by its fate, as patches over the image (its pixels stay the frame's): a green border =
+    reached the classifier, a red border = stopped at a gate (its row says which), a grey hatched veil = never
+    computed (early exit). No text on the frames: it would hide what the gate saw."""
+    for i, k in enumerate(d):
+        if k == NOT_PROCESSED:
+            patch = Rectangle((0, i - 0.5), 1, 1, facecolor=NOT_PROCESSED_COLOR, alpha=0.6, hatch="//",
+                              edgecolor="#999999", linewidth=0, gid=f"frame{i}:not_processed")
+        else:
+            reached = k == REACHED_CLASSIFIER
+            patch = Rectangle((0.02, i - 0.46), 0.96, 0.92, fill=False, linewidth=2.5,
+                              edgecolor=STAGE_COLORS[-1] if reached else STOP_COLOR,
+                              gid=f"frame{i}:{'classifier' if reached else 'stopped'}")
+        tax.add_patch(patch)
+
+
 def decision_map(
     decisions: Any,
     *,
@@ -150,7 +168,9 @@ def decision_map(
         inside: [T] flags, True where the frame lies inside a ground-truth action segment.
         timestamps: [T] seconds of each sampled frame; labels the rows, and places ``segments``.
         segments: [S, 2] ground-truth segments ``[start_s, end_s]`` (the annotation's ``segment`` fields).
-        thumbnails: T uint8 HxWx3 frames of equal size, drawn as a column left of the rows.
+        thumbnails: T uint8 HxWx3 frames of equal size (the frames the model saw: ``sofnet.figure_a.eval_frames``),
+            drawn as a column left of the rows, each framed by its fate: green = reached the classifier, red =
+            stopped at a gate, grey hatched veil = never computed (early exit).
         title: First title line, e.g. the video id.
         true_label: Ground-truth class name.
         pred_label: Predicted class name.
@@ -176,7 +196,7 @@ def decision_map(
     strip = _thumbnail_strip(thumbnails, t) if thumbnails is not None else None
 
     # Sizes in inches, so rows stay readable at any T; thumbnails keep their aspect ratio per row.
-    row_h = 0.55 if strip is not None else 0.32
+    row_h = 0.9 if strip is not None else 0.32  # a frame must be big enough to see what is in it
     widths = [len(STAGE_NAMES) * 0.8]
     names = ["decisions"]
     if strip is not None:
@@ -233,6 +253,7 @@ def decision_map(
         ax.tick_params(axis="y", which="both", left=False, labelleft=False)
         ax.set_ylabel("")
         tax.set_ylabel("sampled frame (time ↓)")
+        _mark_thumbnails(tax, d)
 
     if last is not None:
         for a in axes.values():
@@ -258,6 +279,9 @@ def decision_map(
         handles.append(
             Patch(facecolor=NOT_PROCESSED_COLOR, hatch="//", edgecolor="#999999", label="not processed (ET)")
         )
+    if strip is not None:
+        handles += [Patch(facecolor="none", edgecolor=STAGE_COLORS[-1], linewidth=2, label="frame: used"),
+                    Patch(facecolor="none", edgecolor=STOP_COLOR, linewidth=2, label="frame: stopped early")]
     if gt is not None:
         handles.append(Patch(color=GT_INSIDE_COLOR, label="inside GT action"))
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
