@@ -58,8 +58,10 @@ def main(argv=None) -> int:
         _log(cfg, rows, text, out)
     from sofnet.train.tracking import resolve_tracking_uri
 
+    # MLflow 3.17's UI opens on its GenAI pages unless the URL asks for model training (workflowType)
     print(f"MLflow UI: {sys.executable.rsplit('/', 1)[0]}/mlflow ui --backend-store-uri "
-          f"{resolve_tracking_uri(cfg.mlflow.tracking_uri)} --port 5000   (then open http://127.0.0.1:5000)")
+          f"{resolve_tracking_uri(cfg.mlflow.tracking_uri)} --port 5000\n"
+          "  then open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning")
     return 0
 
 

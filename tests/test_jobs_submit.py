@@ -160,8 +160,9 @@ def test_submit_smoke_job_succeeds_and_is_tracked(head: str, shards: Path, tmp_p
             assert key in metrics, key
         arts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.yaml", "per_class_ap", "decision_maps"} <= arts
-        figures = client.list_artifacts(run.info.run_id, "decision_maps/epoch000")
-        assert len(figures) == 2 and all(f.path.endswith(".png") for f in figures)
+        figures = [a.path for g in ("correct", "failed")  # the first (1-based) epoch's most confident of each
+                   for a in client.list_artifacts(run.info.run_id, f"decision_maps/epoch001/{g}")]
+        assert 1 <= len(figures) <= 2 and all(f.endswith(".png") for f in figures), figures
     assert {"train/loss_acc", "train/loss_eff", "train/loss_gate", "train/loss_aux",
             "train/top1"} <= set(by_stage["stage2"].data.metrics)
     version = client.get_model_version_by_alias("sofnet-smoke", "best")
@@ -197,7 +198,7 @@ def test_killed_worker_resumes_from_last_checkpoint(head: str, shards: Path, tmp
     assert int((pid_dir / "rank1.pid").read_text()) != victim  # a new worker process took over
     client, runs = _runs(tmp_path, "kill")
     assert len(runs) == 1 and runs[0].data.tags["stage"] == "stage1"  # the same MLflow run continued
-    assert _epochs_logged(client, runs[0]) == list(range(epochs))
+    assert _epochs_logged(client, runs[0]) == list(range(1, epochs + 1))  # steps are 1-based epochs, once each
     assert (run_dir / f"checkpoint-stage1-epoch{epochs - 1:03d}").is_dir()
     assert len(list(run_dir.glob("checkpoint-stage1-epoch*"))) == 2  # train.keep_checkpoints
 
@@ -220,4 +221,4 @@ def test_stopped_job_restarts_from_its_checkpoint(head: str, shards: Path, tmp_p
     assert "stage1 epoch 1/" not in logs.split("resuming from", 1)[1]  # epoch 1 is not trained again
     client, runs = _runs(tmp_path, "resume")
     assert len(runs) == 1
-    assert _epochs_logged(client, runs[0]) == list(range(epochs))
+    assert _epochs_logged(client, runs[0]) == list(range(1, epochs + 1))

@@ -60,7 +60,7 @@ def _cfg(uri: str):
     return load_config(REPO / "jobs" / "configs" / "demo.yaml", [
         "name=server-test", f"mlflow.tracking_uri={uri}", "mlflow.experiment=server-test",
         f"mlflow.registered_model={NAME}", "model.num_classes=3", "model.num_segments=4", "model.input_size=32",
-        "model.gate_hidden=16", "train.decision_map_videos=1"])
+        "model.gate_hidden=16", "train.decision_maps_correct=1"])
 
 
 def _model(cfg, seed: int) -> torch.nn.Module:
@@ -137,3 +137,60 @@ def test_unreachable_server_is_a_clear_error_before_training(tmp_path: Path) -> 
     assert "Started a local Ray instance" not in done.stderr + done.stdout  # nothing started
     assert not any(tmp_path.iterdir())
     assert time.monotonic() - start < 90
+
+
+def _rest(uri: str, path: str, body: dict | None = None) -> dict:
+    """One call of MLflow's REST API, as the UI makes it (GET with a query, or POST with JSON)."""
+    import json
+
+    if body is None:
+        req = urllib.request.Request(f"{uri}/api/2.0/mlflow/{path}")
+    else:
+        req = urllib.request.Request(f"{uri}/api/2.0/mlflow/{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+@pytest.mark.slow
+def test_what_the_ui_reads_over_rest(server: str, tmp_path: Path) -> None:
+    """A whole two-stage job (in process) against the real server; then the REST calls behind the UI's pages: the
+    experiment opens as model training, the stage runs are nested in the job's run, each has its datasets, source
+    and per-epoch history (steps = 1-based epochs), and the registered model's alias points at the best version."""
+    import urllib.parse
+
+    from sofnet.session import SMOKE, ensure_synthetic_shards
+    from sofnet.train.context import LocalContext
+    from sofnet.train.worker import run_dir, run_job
+
+    shards = ensure_synthetic_shards(tmp_path / "data")
+    cfg = load_config(REPO / "jobs/configs/demo.yaml", SMOKE + [
+        f"data.train_shards={shards}", f"data.val_shards={shards}", "model.num_classes=3", "scaling.num_workers=1",
+        f"train.output_dir={tmp_path / 'runs'}", "train.stage2.epochs=2", "train.zero_stage=0", "name=rest-ui",
+        f"mlflow.tracking_uri={server}", "mlflow.experiment=rest-ui", "mlflow.registered_model=sofnet-rest-ui"])
+    run_job(cfg, LocalContext(run_dir(cfg)), tracking_uri=server,
+            tags={"mlflow.source.name": "jobs/train_anet.py", "mlflow.source.git.commit": "0" * 40})
+    exp = _rest(server, "experiments/get-by-name?" + urllib.parse.urlencode({"experiment_name": "rest-ui"}))
+    exp = exp["experiment"]
+    assert {t["key"]: t["value"] for t in exp["tags"]}["mlflow.experimentKind"] == "custom_model_development"
+    runs = _rest(server, "runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100})["runs"]
+    tags = {r["info"]["run_id"]: {t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs}
+    job = [rid for rid, t in tags.items() if "stage" not in t]
+    stages = {t["stage"]: rid for rid, t in tags.items() if "stage" in t}
+    assert len(job) == 1 and sorted(stages) == ["stage1", "stage2"]
+    by_id = {r["info"]["run_id"]: r for r in runs}
+    for stage, rid in stages.items():
+        t = tags[rid]
+        assert t["mlflow.parentRunId"] == job[0] and t["mlflow.source.name"] == "jobs/train_anet.py"
+        assert t["mlflow.note.content"].startswith(stage)
+        contexts = sorted({tag["value"] for d in by_id[rid]["inputs"]["dataset_inputs"] for tag in d["tags"]
+                           if tag["key"] == "mlflow.data.context"})
+        assert contexts == ["training", "validation"]
+        history = _rest(server, "metrics/get-history?" + urllib.parse.urlencode({"run_id": rid, "metric_key": "epoch"}))
+        epochs = cfg.train[stage].epochs
+        assert sorted(m["step"] for m in history["metrics"]) == list(range(1, epochs + 1))
+        assert sorted(m["value"] for m in history["metrics"]) == list(range(1, epochs + 1))
+    alias = _rest(server, "registered-models/alias?" + urllib.parse.urlencode(
+        {"name": "sofnet-rest-ui", "alias": "best"}))["model_version"]
+    assert alias["run_id"] == stages["stage2"]
+    assert {t["key"]: t["value"] for t in alias["tags"]}["best_metric"] == (cfg.train.best_metric or "val/mAP")

@@ -249,9 +249,9 @@ def test_training_logs_correct_and_failed_maps_with_frames(evaluated: SimpleName
     client = mlflow.MlflowClient(tracking_uri=uri)
     picks = choose_videos(evaluated.result, 1, 2)
     for group in ("correct", "failed"):
-        logged = [a.path for a in client.list_artifacts(run_id, f"decision_maps/epoch003/{group}")]
-        assert logged == sorted(f"decision_maps/epoch003/{group}/{v}.png" for v in picks[group])
-    local = client.download_artifacts(run_id, f"decision_maps/epoch003/failed/{picks['failed'][0]}.png", str(tmp_path))
+        logged = [a.path for a in client.list_artifacts(run_id, f"decision_maps/epoch004/{group}")]  # 1-based
+        assert logged == sorted(f"decision_maps/epoch004/{group}/{v}.png" for v in picks[group])
+    local = client.download_artifacts(run_id, f"decision_maps/epoch004/failed/{picks['failed'][0]}.png", str(tmp_path))
     assert Path(local).read_bytes().startswith(b"\x89PNG") and Path(local).stat().st_size > 20_000
 
 

@@ -23,8 +23,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sofnet.early_exit import EarlyExit, EarlyExitError
 from sofnet.schema import (  # noqa: F401  (re-exported: the config API lives here)
-    ARCHS, BACKBONES, EFF_WEIGHTS, ET_MODES, GATE_INITS, GATE_TARGETS, NUM_BLOCKS, SHIFTS, Config, DataConfig,
-    EarlyExitConfig, LossConfig, MlflowConfig, ModelConfig, OptimConfig, ScalingConfig, StageConfig, TrainConfig,
+    ARCHS, BACKBONES, BEST_METRICS, EFF_WEIGHTS, ET_MODES, GATE_INITS, GATE_TARGETS, NUM_BLOCKS,
+    PLACEMENT_STRATEGIES, SHIFTS, Config, DataConfig, EarlyExitConfig, LossConfig, MlflowConfig, ModelConfig, OptimConfig, ScalingConfig, StageConfig,
+    TrainConfig,
 )
 
 class ConfigError(ValueError):
@@ -62,10 +63,13 @@ def validate(cfg: Any, src: str = "<config>") -> None:
     ]
     if "data" in cfg and "scaling" in cfg:  # a full config (model_config() validates a model section alone)
         d, s, t = cfg.data, cfg.scaling, cfg.train
+        _choice(s.placement_strategy, PLACEMENT_STRATEGIES, "scaling.placement_strategy", src)
+        _choice(t.best_metric, BEST_METRICS, "train.best_metric", src)
         checks += [
             (s.num_workers >= 1, "scaling.num_workers", "must be >= 1 (training workers)"),
             (s.cpus_per_worker >= 1, "scaling.cpus_per_worker", "must be >= 1"),
             (not s.use_gpu or s.gpus_per_worker > 0, "scaling.gpus_per_worker", "must be > 0 with use_gpu"),
+            (s.collective_timeout_s > 0, "scaling.collective_timeout_s", "must be > 0 (seconds)"),
             (d.batch_size >= 1, "data.batch_size", "must be >= 1"),
             (d.num_workers >= 0, "data.num_workers", "must be >= 0 (dataloader processes; 0 = in the worker)"),
             (d.shuffle_buffer >= 0, "data.shuffle_buffer", "must be >= 0"),
@@ -75,6 +79,8 @@ def validate(cfg: Any, src: str = "<config>") -> None:
             (t.val_every >= 1, "train.val_every", "must be >= 1"),
             (t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1 (resume needs the last one)"),
             (t.max_failures >= -1, "train.max_failures", "must be >= -1 (-1 = retry forever)"),
+            (t.decision_maps_correct >= 0 and t.decision_maps_failed >= 0, "train.decision_maps_correct/failed",
+             "must be >= 0 (videos per decision-map group; 0 = none)"),
             (t.stage1.epochs >= 1 and t.stage2.epochs >= 1, "train.stageN.epochs", "must be >= 1"),
         ]
     for ok, key, why in checks:

@@ -25,18 +25,21 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _QUIET_INFO = ("ray.train", "ray.tune", "mlflow", "DeepSpeed", "deepspeed", "torch.distributed", "alembic")
 
 
+_quiet = False
+
+
 def setup(verbose: bool = False, rank: int = 0) -> None:
     """Configure logging and warning filters for this process (idempotent)."""
+    global _quiet
+    import mlflow  # noqa: F401  (MLflow sets its loggers' levels when imported: import it first, then override)
+
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format=FORMAT, force=True)
     logging.getLogger("sofnet").setLevel(logging.INFO if rank == 0 or verbose else logging.WARNING)
     logging.getLogger("data_prep").setLevel(logging.INFO)
+    _quiet = not verbose
     if verbose:
         return
-    for name in _QUIET_INFO:
-        logging.getLogger(name).setLevel(logging.WARNING)
-    # DeepSpeed warns on every engine that ZeRO runs "an untested optimizer": we pass torch's SGD on purpose
-    # (zero_allow_untested_optimizer in sofnet.train.deepspeed_config), once per stage and rank.
-    logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
+    quiet_libraries()
     # torch's extension builder says "No CUDA runtime is found" on every CPU rank while DeepSpeed builds its CPU op.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     # DeepSpeed's collectives call torch's all_gather_into_tensor, deprecated in torch 2.14: a FutureWarning per
@@ -44,3 +47,15 @@ def setup(verbose: bool = False, rank: int = 0) -> None:
     warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
     # MLflow's progress bars for artifact downloads (it downloads every logged model back to validate it).
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def quiet_libraries() -> None:
+    """(Re)apply the quiet levels of the libraries above; call again after importing one that resets its own
+    logger's level when imported (DeepSpeed does: ``sofnet.train.deepspeed_config.build_engine`` calls this)."""
+    if not _quiet:
+        return
+    for name in _QUIET_INFO:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # DeepSpeed warns on every engine that ZeRO runs "an untested optimizer": we pass torch's SGD on purpose
+    # (zero_allow_untested_optimizer in sofnet.train.deepspeed_config), once per stage and rank.
+    logging.getLogger("DeepSpeed").setLevel(logging.ERROR)

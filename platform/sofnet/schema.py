@@ -16,6 +16,8 @@ ET_MODES = ("reached", "official")
 GATE_TARGETS = ("sample", "logits")  # L_gate on the hard Gumbel sample (official) or on the gate logits
 EFF_WEIGHTS = ("official", "marginal")  # L_eff weights: the official shifted remaining cost, or our marginal cost
 NUM_BLOCKS = 5  # stem, layer1..layer4: the five places SoF-Net may stop a frame
+BEST_METRICS = ("", "val/mAP", "val/mAP_first_label", "val/top1", "val/top5")  # "": val/mAP, Sports-1M val/top1
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray placement groups
 
 
 @dataclass
@@ -78,6 +80,7 @@ class OptimConfig:
     lr_gamma: float = 0.1
     clip_grad: float = 20.0
     linear_lr_mult: float = 5.0  # the new linear layers learn faster (official: 5x weights, 10x biases)
+    lstm_bias_official: bool = True  # LSTM biases at 2x lr without weight decay (official); false: base lr with decay
     gate_lr_mult: float = 1.0  # extra lr multiplier of the gates (official 1; short demo runs raise it)
     base_batch_size: int = 0  # linear lr scaling: lr * global batch / base_batch_size; 0 = off (official)
 
@@ -102,9 +105,11 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on GPUs that have it, else fp32) | fp32 | bf16
     output_dir: str = "runs"
     keep_checkpoints: int = 2
+    best_metric: str = ""  # what picks a stage's best epoch; "": the official one (val/mAP = mmAP; Sports-1M top-1)
     max_failures: int = 2
     val_every: int = 1
-    decision_map_videos: int = 4
+    decision_maps_correct: int = 2  # Figure A at a stage's last epoch: the most confident correct videos and
+    decision_maps_failed: int = 2  # the most confident failures, with their frames (decision_maps/epochNNN/...)
 
 
 @dataclass
@@ -114,6 +119,8 @@ class ScalingConfig:
     cpus_per_worker: int = 1
     gpus_per_worker: float = 1.0
     ray_address: str = ""  # "" = $RAY_ADDRESS (set by `ray job submit`) else a new local Ray; "auto" = the running one
+    placement_strategy: str = "PACK"  # of the workers' placement group; STRICT_SPREAD = one worker per node
+    collective_timeout_s: int = 1800  # torch.distributed (gloo/nccl) timeout: a lost peer fails the step
 
 
 @dataclass

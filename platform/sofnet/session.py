@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 SMOKE = ["model.backbone=resnet18", "model.num_segments=4", "model.input_size=64", "model.pretrained=none",
          "model.gate_hidden=64", "data.batch_size=2", "data.global_batch_size=0", "data.num_workers=0",
          "data.resize=73", "data.shuffle_buffer=8", "train.stage1.epochs=1", "train.stage2.epochs=1",
-         "train.log_every=1", "train.decision_map_videos=2"]
+         "train.log_every=1", "train.decision_maps_correct=1",
+         "train.decision_maps_failed=1"]
 
 
 def ensure_synthetic_shards(root: str | Path, videos: int = 16, classes: int = 3, seed: int = 0) -> Path:

@@ -52,7 +52,7 @@ def resolve_precision(precision: str, use_gpu: bool) -> str:
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float, linear_lr_mult: float,
-                 gate_lr_mult: float = 1.0) -> List[Dict[str, Any]]:
+                 gate_lr_mult: float = 1.0, lstm_bias_official: bool = True) -> List[Dict[str, Any]]:
     """Split the trainable parameters into the official learning-rate groups (empty groups are left out).
 
     Args:
@@ -61,6 +61,8 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, linear_lr_mul
         weight_decay: Weight decay of the groups that have it.
         linear_lr_mult: Multiplier of linear weights; linear biases get twice this.
         gate_lr_mult: Extra multiplier of every parameter under ``gates.`` (its groups are named ``gate_*``).
+        lstm_bias_official: LSTM biases in their own group at 2x lr without weight decay (official); False puts
+            them with the base group (1x, decayed), the recipe ``jobs/configs/demo.yaml`` was studied with.
 
     Returns:
         Torch optimizer parameter groups with ``lr``, ``weight_decay``, ``lr_mult`` and ``name``.
@@ -80,7 +82,7 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, linear_lr_mul
                 kind = "bn"
             elif isinstance(module, nn.modules.conv._ConvNd) and pname == "bias":
                 kind = "conv_bias"
-            elif isinstance(module, nn.LSTMCell) and pname.startswith("bias"):
+            elif lstm_bias_official and isinstance(module, nn.LSTMCell) and pname.startswith("bias"):
                 kind = "lstm_bias"  # official: bias_ih and bias_hh in normal_bias (2x lr, no weight decay)
             else:
                 kind = "base"
@@ -102,7 +104,8 @@ def build_optimizer(model: nn.Module, optim: Any, lr: Optional[float] = None) ->
     """SGD with momentum over :func:`param_groups` (``optim`` is an ``OptimConfig``; ``lr`` overrides
     ``optim.lr``, e.g. with :func:`effective_lr`)."""
     base = float(optim.lr if lr is None else lr)
-    groups = param_groups(model, base, optim.weight_decay, optim.linear_lr_mult, optim.gate_lr_mult)
+    groups = param_groups(model, base, optim.weight_decay, optim.linear_lr_mult, optim.gate_lr_mult,
+                          optim.get("lstm_bias_official", True))
     return torch.optim.SGD(groups, lr=base, momentum=optim.momentum, weight_decay=optim.weight_decay)
 
 
@@ -201,6 +204,10 @@ def build_engine(model: nn.Module, cfg: Any, stage_optim: Any, world_size: int, 
     a one-rank collective and a copy back of every gradient: ~20% of a CPU step) is switched off.
     """
     import deepspeed  # imported here: DS_ACCELERATOR must be set before the first import
+
+    from sofnet.console import quiet_libraries
+
+    quiet_libraries()  # DeepSpeed set its logger back to INFO when imported
 
     ds_config = deepspeed_config(cfg, stage_optim=stage_optim, world_size=world_size, precision=precision)
     optimizer = build_optimizer(model, stage_optim, lr=effective_lr(stage_optim, ds_config["train_batch_size"]))

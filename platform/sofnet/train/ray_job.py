@@ -95,8 +95,9 @@ def make_trainer(cfg: Any, tracking_uri: str, tags: Dict[str, str], pid_dir: str
         train_loop_per_worker,
         train_loop_config={"cfg": OmegaConf.to_container(cfg, resolve=True), "tracking_uri": tracking_uri,
                            "tags": tags, "pid_dir": pid_dir, "verbose": verbose},
-        torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo", timeout_s=s.collective_timeout_s),
+        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources,
+                                     placement_strategy=s.placement_strategy),
         run_config=RunConfig(
             name=run_name(cfg), storage_path=cfg.train.output_dir,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),

@@ -9,7 +9,7 @@ Usage::
     tracker = RunTracker(cfg, uri, tags={"mlflow.source.git.commit": ..., "ray_job_id": ...})   # rank 0 only
     job_id = tracker.start_job(stages)                         # the job's parent run (or start_job(stages, run_id))
     run_id = tracker.start("stage2", stage_model)              # nested; or start("stage2", model, run_id=...)
-    tracker.log_metrics(metrics, step=epoch)
+    tracker.log_metrics(metrics, step=epoch + 1)          # steps are 1-based epochs
     tracker.log_eval(result, stage="stage2", epoch=epoch, class_names=names, figures=True)
     tracker.log_model(model, register=True, score=result.metrics["val/mAP"])
     tracker.end()
@@ -167,7 +167,10 @@ class RunTracker:
             logger.info("MLflow: resumed run %s", run_id)
         else:
             arch = model["arch"]
-            tags = {**self.tags, "dataset": self.cfg.data.dataset, "stage": stage, "arch": arch}
+            note = (f"{stage} of {self.cfg.name or self.cfg.data.dataset}: trains {arch} ({model['backbone']}, "
+                    f"{model['num_segments']} frames at {model['input_size']} px); the job's run holds the whole config")
+            tags = {**self.tags, "dataset": self.cfg.data.dataset, "stage": stage, "arch": arch,
+                    "mlflow.note.content": note}
             run = mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name(self.cfg, stage, arch),
                                    tags=tags, nested=True, log_system_metrics=True)
             effective = OmegaConf.merge(self.cfg, {"model": dict(model)})
@@ -196,41 +199,44 @@ class RunTracker:
         """The per-class AP table of an evaluation and, with ``figures``, the decision maps (Figure A).
 
         Args:
-            result: A :class:`sofnet.train.loop.EvalResult`.
+            result: A :class:`sofnet.evaluation.EvalResult`.
             stage: Stage name (artifact paths); epoch: 0-based epoch.
             class_names: ``K`` names.
-            figures: Draw the decision maps of the first ``train.decision_map_videos`` videos (sorted ids).
+            figures: Draw the decision maps, with their frames, of the ``train.decision_maps_correct`` most
+                confident correct and ``train.decision_maps_failed`` most confident failed videos
+                (``decision_maps/epochNNN/{correct,failed}/<id>.png``, NNN the 1-based epoch; ``sofnet.figure_a``).
         """
         table: Dict[str, List[Any]] = {"class": list(class_names), "ap": result.per_class_ap[""]}
         if "et" in result.per_class_ap:
             table["ap_et"] = result.per_class_ap["et"]
-        mlflow.log_table(table, artifact_file=f"per_class_ap/epoch{epoch:03d}.json")
+        # artifact folders name the 1-based epoch, as the metric steps do (epoch001 = the first epoch)
+        mlflow.log_table(table, artifact_file=f"per_class_ap/epoch{epoch + 1:03d}.json")
         if figures:
             self._decision_maps(result, epoch, class_names)
 
     def _decision_maps(self, result: Any, epoch: int, class_names: Sequence[str]) -> None:
-        import matplotlib
+        """Figure A of the chosen videos; their frames are read again from the eval shards (one pass at most: a
+        failure to read them is a warning, and the maps are drawn without frames)."""
+        from sofnet.clips import DataError
+        from sofnet.figure_a import FigureError, choose_videos, eval_frames, figures
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        from sofnet.viz import decision_map
-
-        a = result.arrays
-        prefix = "et_" if "et_decisions" in a else ""
-        for i, vid in enumerate(result.ids[: self.cfg.train.decision_map_videos]):
-            label, pred = int(a["label"][i]), int(a[prefix + "scores"][i].argmax())
-            fig = decision_map(a[prefix + "decisions"][i], exit_step=int(a[prefix + "exit_step"][i]),
-                               inside=a["inside"][i], timestamps=a["timestamps"][i],
-                               title=f"{vid} (epoch {epoch + 1}{', early exit' if prefix else ''})",
-                               true_label=class_names[label] if 0 <= label < len(class_names) else None,
-                               pred_label=class_names[pred] if pred < len(class_names) else str(pred))
-            mlflow.log_figure(fig, f"decision_maps/epoch{epoch:03d}/{vid}.png")
-            plt.close(fig)
+        t, d = self.cfg.train, self.cfg.data
+        picks = choose_videos(result, t.decision_maps_correct, t.decision_maps_failed)
+        ids = [v for group in picks.values() for v in group]
+        size = int(self.cfg.model.input_size)
+        try:
+            frames = eval_frames(d.val_shards, ids, subset=d.val_subset,
+                                 num_segments=int(result.arrays["decisions"].shape[1]), input_size=size,
+                                 resize=max(int(d.resize), size))
+        except (OSError, DataError, FigureError) as e:
+            logger.warning("decision maps drawn without their frames: %s", str(e).splitlines()[0])
+            frames = {}
+        for rel, fig in figures(result, picks, class_names, frames, note=f"epoch {epoch + 1}"):
+            mlflow.log_figure(fig, f"decision_maps/epoch{epoch + 1:03d}/{rel}")
 
     def log_model(self, model: Any, *, register: bool, score: Optional[float], step: int = 0,
                   best: Optional[Mapping[str, Any]] = None) -> Optional[str]:
-        """Log the pyfunc model (linked to the metrics of epoch ``step``); when ``register`` and a registered name is
+        """Log the pyfunc model (linked to the metrics of ``step``, the 1-based epoch); when ``register`` and a name is
         configured, register it, tag the version with what it is (``best``: metric, value and epoch; GFLOPs/V and
         the early-exit setting) and move the alias to the best-scoring version. Returns the version, or None."""
         from sofnet.early_exit import EarlyExit
@@ -244,7 +250,7 @@ class RunTracker:
         version = str(info.registered_model_version)
         if score is not None:
             self.client.set_model_version_tag(name, version, SCORE_TAG, str(score))
-        tags = {"best_metric": (best or {}).get("metric", ""), "best_epoch": str(step + 1),
+        tags = {"best_metric": (best or {}).get("metric", ""), "best_epoch": str(step),
                 "early_exit": ("on" if et.enabled else "off") + f" rho={et.rho} t_min={et.t_min} mode={et.mode}"}
         for key in ("val/gflops_per_video", "val/et/gflops_per_video"):
             history = {m.step: m.value for m in self.client.get_metric_history(self.run_id, key)}
@@ -316,7 +322,8 @@ def log_evaluation(tracking_uri: str, parent_run_id: str, run_name: str, report:
 
     client = MlflowClient(tracking_uri=tracking_uri)
     parent = client.get_run(parent_run_id)
-    tags = {"mlflow.parentRunId": parent_run_id, "kind": "evaluation", "stage": parent.data.tags.get("stage", ""),
+    tags = {"mlflow.parentRunId": parent_run_id, "kind": "evaluation",
+            "evaluated_stage": parent.data.tags.get("stage", ""),
             "ray_run_name": parent.data.tags.get("ray_run_name", "")}
     run = client.create_run(parent.info.experiment_id, run_name=run_name, tags={k: v for k, v in tags.items() if v})
     rid, now = run.info.run_id, int(time.time() * 1000)

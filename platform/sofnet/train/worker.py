@@ -224,7 +224,7 @@ def _run_stage(cfg: Any, stage: Stage, engine: Any, start_epoch: int, ctx: Any, 
     loader, steps, val = _loaders(cfg, ctx, start_epoch)
     loss_fn = _loss_fn(cfg, stage, model)
     et = EarlyExit.from_config(cfg.early_exit)
-    key = primary_metric(cfg.data.dataset)
+    key = cfg.train.best_metric or primary_metric(cfg.data.dataset)
     for epoch in range(start_epoch, stage.epochs):
         t0 = time.perf_counter()
         tau = model.set_epoch(epoch)
@@ -252,8 +252,8 @@ def _run_stage(cfg: Any, stage: Stage, engine: Any, start_epoch: int, ctx: Any, 
                                       {"stage": stage.name, "epoch": epoch, "best": best, "runs": runs})
             if last:
                 best_model, _ = checkpoint.load_network(run_dir(cfg) / checkpoint.BEST / stage.name)
-                tracker.log_model(best_model, register=final, score=best.get("value"), step=best.get("epoch", epoch),
-                                  best=best)
+                tracker.log_model(best_model, register=final, score=best.get("value"),
+                                  step=best.get("epoch", epoch) + 1, best=best)
         meta = {"stage": stage.name, "epoch": epoch, "epochs": stage.epochs, "world": ctx.world, "runs": runs,
                 "best": best}
         with tempfile.TemporaryDirectory(prefix="sofnet-ckpt-") as tmp:
@@ -271,6 +271,7 @@ def _log_epoch(cfg: Any, stage: Stage, epoch: int, metrics: Dict[str, float], ke
     shown = ("train/loss", key, "val/gflops_per_video", "val/et/" + key.split("/")[1], "val/et/gflops_per_video")
     logger.info("%s epoch %d/%d done in %.1fs: %s", stage.name, epoch + 1, stage.epochs, metrics["time/epoch_s"],
                 "  ".join(f"{k}={metrics[k]:.4f}" for k in shown if k in metrics))
-    tracker.log_metrics(metrics, step=epoch)
+    # MLflow's x-axis is "step": the step is the 1-based epoch, and the metric "epoch" lets charts use it by name
+    tracker.log_metrics({**metrics, "epoch": epoch + 1}, step=epoch + 1)
     if result is not None:
         tracker.log_eval(result, stage=stage.name, epoch=epoch, class_names=names, figures=epoch + 1 == stage.epochs)
