@@ -202,7 +202,6 @@ def test_results_table_and_evaluate_log_to_mlflow(trained, tmp_path: Path, capsy
     client = MlflowClient(f"sqlite:///{db}")
     exp = client.get_experiment_by_name(cfg.mlflow.experiment)
     runs = client.search_runs([exp.experiment_id])
-    by_id = {r.info.run_id: r for r in runs}
     evals = [r for r in runs if r.data.tags.get("kind") == "evaluation"]
     assert len(evals) == 3  # two from the table, one from jobs/evaluate.py
     assert sorted(r.data.tags["evaluated_stage"] for r in evals) == \
