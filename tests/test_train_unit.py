@@ -38,6 +38,12 @@ def test_lr_groups_follow_the_official_code() -> None:
     assert not bns[1].weight.requires_grad  # partial BN: frozen ones are left out
     doubled = {g["name"]: g["lr"] for g in param_groups(model, 0.01, 1e-4, 5.0, gate_lr_mult=10.0)}
     assert doubled["gate_linear_weight"] == pytest.approx(0.5) and doubled["linear_weight"] == pytest.approx(0.05)
+    lstm_bias = {id(p) for g in model.gates for n, p in g.named_parameters() if "lstm" in n and "bias" in n}
+    assert lstm_bias and {id(p) for p in groups["gate_lstm_bias"]["params"]} == lstm_bias  # official: own group
+    assert groups["gate_lstm_bias"]["lr"] == pytest.approx(0.02) and groups["gate_lstm_bias"]["weight_decay"] == 0.0
+    plain = {g["name"]: g for g in param_groups(model, 0.01, 1e-4, 5.0, lstm_bias_official=False)}
+    assert "gate_lstm_bias" not in plain and lstm_bias <= {id(p) for p in plain["gate_base"]["params"]}
+    assert plain["gate_base"]["weight_decay"] == 1e-4  # optim.lstm_bias_official=false: base lr, decayed
 
 
 def test_step_schedule_and_set_lr() -> None:

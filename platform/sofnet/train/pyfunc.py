@@ -30,10 +30,6 @@ import torch
 from sofnet import checkpoint
 from sofnet.early_exit import EarlyExit
 
-# MLflow warns when a PythonModel's predict() has no type hints (at class definition, so here at import): hints would
-# make MLflow derive a schema from them, and the tensor signature of ``signature()`` is the one we want.
-warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
-
 _REQUIREMENTS = ("torch", "torchvision", "mlflow", "omegaconf", "numpy")
 
 
@@ -56,7 +52,9 @@ class SofnetPyfunc(mlflow.pyfunc.PythonModel):
         self.model = checkpoint.build_network(self.spec, checkpoint.safe_load(context.artifacts["weights"]),
                                               context.artifacts["weights"])
 
-    def predict(self, context, model_input, params=None):  # no type hints: MLflow would derive a schema from them
+    # ``np.ndarray`` is the one hint MLflow derives no schema from (the tensor signature of ``signature()`` is ours);
+    # without a hint it warns at every import of this class.
+    def predict(self, context: Any, model_input: np.ndarray, params: Optional[Dict[str, Any]] = None) -> np.ndarray:
         """Score clips.
 
         Args:
