@@ -1,0 +1,126 @@
+"""The local multi-node cluster for tests (``infra/local_cluster.py``) and `ray job submit` against it.
+
+    nodes = start_cluster(STATE_DIR)          # pytest.skip (one line why) where namespaces cannot be made
+    ...
+    local_cluster.down(STATE_DIR)             # in the fixture's finalizer: always
+
+Everything Ray runs in the namespaces (``ray start`` subprocesses); the test process only talks HTTP to the job
+server at 198.51.100.10:8265 over the bridge.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+sys.path.insert(0, str(REPO / "infra"))
+
+import local_cluster  # noqa: E402  (infra/ is a folder of scripts, not a package)
+
+STATE_DIR = Path("/tmp/sofnet-cluster-test")  # the tests' own: `down` after a crashed run finds its state here
+ADDRESS = local_cluster.DASHBOARD
+EXPERIMENT = "sofnet-demo"
+NODE_LINE = re.compile(r"ranks on nodes ([0-9.,]+), rendezvous at ([0-9.]+):(\d+)")
+
+
+def start_cluster(workers: int = 3, cpus: List[int] | None = None) -> List[local_cluster.Node]:
+    """``local_cluster.up`` in the tests' state dir; skips where namespaces cannot be made, and fails (without
+    touching it) where a cluster of another state dir, e.g. one brought up by hand, holds the names."""
+    reason = local_cluster.why_unsupported()
+    if reason:
+        pytest.skip(f"no local multi-node cluster: {reason}")
+    taken = [n.netns for n in local_cluster.plan(8)
+             if local_cluster._ip("netns", "pids", n.netns, check=False).returncode == 0]
+    if taken and not (STATE_DIR / "state.json").is_file():
+        pytest.fail(f"namespaces {taken} exist and are not the tests' (a cluster brought up by hand?): "
+                    "`python infra/local_cluster.py down` first")
+    return local_cluster.up(STATE_DIR, workers=workers, cpus=cpus, timeout=240)
+
+
+def env() -> dict:
+    """The environment of the `ray` CLI on the host: no auth, no proxy between us and the bridge."""
+    e = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    e.pop("RAY_ADDRESS", None)
+    return dict(e, RAY_AUTH_MODE="disabled", DS_ACCELERATOR="cpu", PATH=f"{BIN}:{e['PATH']}",
+                NO_PROXY=f"{local_cluster.NET}.0/24")
+
+
+def train_entry(shards: Path, out: Path, name: str, *extra: str) -> List[str]:
+    """The user's command: the demo config, smoke-sized, absolute shard/output/MLflow paths, 2 ranks."""
+    return ["python", "jobs/train_anet.py", "--config", "jobs/configs/demo.yaml", "--smoke-test",
+            f"data.train_shards={shards}", f"data.val_shards={shards}", "model.num_classes=3", f"name={name}",
+            f"train.output_dir={out}/runs", f"mlflow.tracking_uri=sqlite:///{out}/mlflow.db",
+            f"mlflow.registered_model=sofnet-{name}", "scaling.num_workers=2", *extra]
+
+
+def submit(sid: str, entry: List[str], wait: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``ray job submit --address http://198.51.100.10:8265 --working-dir . -- <entry>`` from the host."""
+    return subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", ADDRESS, "--submission-id", sid, "--working-dir", ".",
+         "--runtime-env", "infra/runtime_env.yaml", *([] if wait else ["--no-wait"]), "--", *entry],
+        cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _client():
+    from ray.job_submission import JobSubmissionClient  # HTTP only: no Ray session in this process
+
+    return JobSubmissionClient(ADDRESS)
+
+
+def status(sid: str) -> str:
+    return str(_client().get_job_status(sid).value)
+
+
+def logs(sid: str) -> str:
+    return _client().get_job_logs(sid)
+
+
+def wait_status(sid: str, want: str, timeout: float = 600) -> None:
+    """Until job ``sid`` is ``want`` (bounded); fails with the log tail if it ends otherwise."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / 2) + 1):
+        s = status(sid)
+        if s == want:
+            return
+        assert s not in {"SUCCEEDED", "FAILED", "STOPPED"}, f"job {sid} ended {s}:\n{logs(sid)[-4000:]}"
+        if time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    pytest.fail(f"job {sid} still {status(sid)} after {timeout:.0f} s:\n{logs(sid)[-3000:]}")
+
+
+def placements(job_log: str) -> List[tuple]:
+    """Per attempt of the job (rank 0's WARNING line): (node IP of each rank, rendezvous address)."""
+    return [(ips.split(","), addr) for ips, addr, _ in NODE_LINE.findall(job_log)]
+
+
+def wait_checkpoint(run_dir: Path, name: str, timeout: float = 300) -> None:
+    """Until Ray Train has registered checkpoint ``name`` (its snapshot lists it)."""
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout * 10) + 1):
+        if snapshot.is_file() and name in snapshot.read_text():
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    pytest.fail(f"no {name} in {run_dir} after {timeout:.0f} s")
+
+
+def mlflow_runs(out: Path, name: str) -> tuple:
+    """(client, {"job" | stage: run}) of the job ``name`` in ``<out>/mlflow.db``."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out}/mlflow.db")
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([exp.experiment_id], f"tags.ray_run_name = '{name}'")
+    return client, {r.data.tags.get("stage", "job"): r for r in runs}
