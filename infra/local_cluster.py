@@ -248,6 +248,8 @@ def up(state_dir: Path | str = DEFAULT_STATE_DIR, workers: int = 3, cpus: Option
     down(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     nodes = plan(workers, cpus)
+    for n in plan(8):  # the previous run's Ray sessions (logs, spilled objects) would pile up run after run
+        shutil.rmtree(state_dir / n.name, ignore_errors=True)
     _save(state_dir, nodes)  # before anything is made: `down` finds it after a crash
     try:
         _network(nodes)
