@@ -49,8 +49,8 @@ def test_schema_rejects_a_broken_config() -> None:
     raise AssertionError("the schema accepted min_workers: 'zero'")
 
 
-# A listening address on every interface: 0.0.0.0, ::, [::] (as a flag value or a host:port).
-ANY_INTERFACE = re.compile(r"(?<![\w.])(0\.0\.0\.0|\[::\]|::)(?![\w.])")
+# A listening address on every interface: 0.0.0.0, ::, [::] (as a flag value or a host:port); not reST's "Usage::".
+ANY_INTERFACE = re.compile(r"(?<![\w.)\]:`])(0\.0\.0\.0(?![\w.])|\[::\]|::(?![\w.:]))")
 
 
 def _doors() -> dict:
@@ -70,7 +70,8 @@ def test_no_server_listens_on_every_interface() -> None:
             assert name == "mlflow_server.sh" and ("case" in line or line.strip().startswith(("0.0.0.0|", "echo"))), \
                 f"{name}:{i} binds every interface: {line.strip()}"
     assert ANY_INTERFACE.search("ray start --dashboard-host=0.0.0.0") and ANY_INTERFACE.search("--host ::")
-    assert not ANY_INTERFACE.search("--host 10.0.0.5 --port 5000")
+    assert not ANY_INTERFACE.search("--host 10.0.0.5 --port 5000") and not ANY_INTERFACE.search("Usage (as root)::")
+    assert ANY_INTERFACE.search("--address 0.0.0.0:8265") and ANY_INTERFACE.search("host=[::]:5000")
 
 
 def test_every_ray_node_requires_the_token_and_the_dashboard_stays_on_loopback() -> None:

@@ -209,3 +209,34 @@ def test_results_table_and_evaluate_log_to_mlflow(trained, tmp_path: Path, capsy
     assert all("val/mAP" in r.data.metrics for r in evals)
     job = next(r for r in runs if "stage" not in r.data.tags and "kind" not in r.data.tags)
     assert "results_table.md" in {a.path for a in client.list_artifacts(job.info.run_id)}
+
+
+def test_zero_optimizer_states_load_weights_only_and_refuse_a_planted_pickle(tmp_path: Path) -> None:
+    """ZeRO 1/2 keep the optimizer in their own file, with three plain DeepSpeed types: resume reads it weights-only
+    (allow-listing those types), and a pickle planted there (seal re-written) is refused without running."""
+    from sofnet.models import build_model
+    from sofnet.train.deepspeed_config import build_engine
+
+    LocalContext(tmp_path / "run")  # the one-rank process group DeepSpeed needs
+    cfg = load_config(REPO / "jobs/configs/demo.yaml", SMOKE + ["train.zero_stage=1", "scaling.num_workers=1"])
+    model = build_model(cfg.model)
+    engine = build_engine(model, cfg, cfg.train.stage2.optim, world_size=1, precision="fp32")
+    x = torch.randn(2, cfg.model.num_segments, 3, cfg.model.input_size, cfg.model.input_size)
+    engine.backward(engine(x).logits.sum())
+    engine.step()
+    ckpt = tmp_path / "ckpt"
+    engine.save_checkpoint(str(ckpt), tag=checkpoint.DS_TAG)
+    checkpoint.seal(ckpt, 0)
+    optim = sorted((ckpt / checkpoint.DS_TAG).glob("*optim_states.pt"))
+    assert optim, sorted(p.name for p in (ckpt / checkpoint.DS_TAG).iterdir())
+    assert checkpoint.safe_load(optim[0])["optimizer_state_dict"]["partition_count"]  # real states, weights-only
+    fresh = build_engine(build_model(cfg.model), cfg, cfg.train.stage2.optim, world_size=1, precision="fp32")
+    checkpoint.restore_engine(fresh, ckpt)  # a real ZeRO-1 resume through the safe loader
+    assert all(torch.equal(a, b) for a, b in zip(fresh.module.state_dict().values(), model.state_dict().values()))
+    marker = tmp_path / "pwned"
+    _plant(optim[0], marker)
+    checkpoint.seal(ckpt, 0)
+    with pytest.raises(checkpoint.CheckpointError, match="refused: holds objects other than tensors"):
+        checkpoint.restore_engine(build_engine(build_model(cfg.model), cfg, cfg.train.stage2.optim, world_size=1,
+                                               precision="fp32"), ckpt)
+    assert not marker.exists()

@@ -44,8 +44,14 @@ def _fail(proc: subprocess.CompletedProcess) -> str:
 
 
 def _children(client: MlflowClient, parent: dict) -> list:
-    return client.search_runs([parent["experiment_id"]], f"tags.`mlflow.parentRunId` = '{parent['run_id']}'",
-                              max_results=1000)
+    """Every run under the sweep's run: a trial's training job run and, nested in it, its stage runs."""
+    runs, frontier = [], [parent["run_id"]]
+    for _ in range(3):  # sweep -> trial (job run) -> stage runs
+        found = [r for rid in frontier for r in client.search_runs(
+            [parent["experiment_id"]], f"tags.`mlflow.parentRunId` = '{rid}'", max_results=1000)]
+        runs += found
+        frontier = [r.info.run_id for r in found]
+    return runs
 
 
 def test_early_exit_job_equals_full_evaluation_at_every_point(env, trained, tmp_path):
@@ -142,7 +148,7 @@ def test_alpha_beta_sweep_interrupted_and_resumed(env, trained, tmp_path):
     assert client.get_run(parent["run_id"]).info.status == "FINISHED"
     runs = _children(client, parent)
     assert len([r for r in runs if r.data.tags.get("stage") == "stage1"]) == 1  # stage 1 trained once, shared
-    first = [r for r in runs if r.data.tags.get("tune_trial_id") == done[0]]
+    first = [r for r in runs if r.data.tags.get("tune_trial_id") == done[0] and r.data.tags.get("stage") == "stage2"]
     assert len(first) == 1 and first[0].info.status == "FINISHED"  # the finished trial was not trained again
     assert len(list((sweep / "trials" / f"trial_{done[0]}").glob("checkpoint-stage2-*"))) == 1
     stage2 = [r for r in runs if r.data.tags.get("stage") == "stage2" and "val/mAP" in r.data.metrics]
