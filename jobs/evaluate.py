@@ -86,23 +86,10 @@ def main(argv=None) -> int:
     p.add_argument("--debug", action="store_true", help="show tracebacks and every library's log lines")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = p.parse_args(argv)
-    from sofnet.config import load_config_or_exit
-    from sofnet.console import setup
+    from sofnet.session import cli_config, one_line_errors
 
-    setup(verbose=args.debug)
-
-    cfg = load_config_or_exit(args.config, args.overrides)
-    try:
-        return _evaluate(args, cfg)
-    except Exception as e:
-        from sofnet.checkpoint import CheckpointError
-        from sofnet.early_exit import EarlyExitError
-        from sofnet.preflight import PreflightError
-
-        if args.debug or not isinstance(e, (CheckpointError, EarlyExitError, PreflightError)):
-            raise
-        sys.stderr.write(f"error: {e}\n")
-        return 2
+    cfg = cli_config(args.config, args.overrides, verbose=args.debug)
+    return one_line_errors(lambda: _evaluate(args, cfg), debug=args.debug)
 
 
 def _evaluate(args, cfg) -> int:

@@ -26,24 +26,21 @@ def main(argv=None) -> int:
     p.add_argument("--verbose", action="store_true", help="every library's log lines")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
-    from sofnet.console import setup
-    from sofnet.config import load_config_or_exit
+    from sofnet.session import cli_config, one_line_errors
 
-    setup(verbose=args.verbose)
-    cfg = load_config_or_exit(args.config, args.overrides)
-    from sofnet.checkpoint import CheckpointError
-    from sofnet.preflight import PreflightError, check_shards
+    cfg = cli_config(args.config, args.overrides, verbose=args.verbose)
+    return one_line_errors(lambda: _table(args, cfg))
+
+
+def _table(args, cfg) -> int:
+    from sofnet.preflight import check_shards
     from sofnet.train.report import evaluate_run, results_table
     from sofnet.train.worker import run_dir
 
     run = Path(args.run) if args.run else run_dir(cfg)
     out = Path(args.out) if args.out else run.with_name(run.name + "-eval")
-    try:
-        check_shards(cfg.data.val_shards, cfg.data.val_subset, key="data.val_shards", num_classes=cfg.model.num_classes)
-        rows = evaluate_run(cfg, run, out, device=args.device)
-    except (CheckpointError, PreflightError) as e:
-        sys.stderr.write(f"error: {e}\n")
-        return 2
+    check_shards(cfg.data.val_shards, cfg.data.val_subset, key="data.val_shards", num_classes=cfg.model.num_classes)
+    rows = evaluate_run(cfg, run, out, device=args.device)
     primary = "top1" if cfg.data.dataset == "sports1m" else "mAP"
     table = results_table([(name, r["metrics"]) for name, r in rows], primary=primary)
     digest = _digest(cfg.data.val_shards, cfg.data.val_subset)

@@ -247,30 +247,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--debug", action="store_true", help="show tracebacks and every library's log lines")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = p.parse_args(argv)
-    from sofnet.config import load_config_or_exit
-    from sofnet.console import setup
+    from sofnet.clips import DataError
+    from sofnet.session import cli_config, one_line_errors
 
-    setup(verbose=args.debug)
-    cfg = load_config_or_exit(args.config, args.overrides)
-    try:
-        if args.ids and (args.correct is not None or args.failed is not None):
-            raise FigureError("give either --ids or --correct/--failed, not both")
-        args.correct = 2 if args.correct is None else args.correct
-        args.failed = 2 if args.failed is None else args.failed
-        written = run(args, cfg)
-    except Exception as e:
-        from sofnet.checkpoint import CheckpointError
-        from sofnet.clips import DataError
-        from sofnet.early_exit import EarlyExitError
-        from sofnet.preflight import PreflightError
+    cfg = cli_config(args.config, args.overrides, verbose=args.debug)
+    return one_line_errors(lambda: _main(args, cfg), debug=args.debug,
+                           errors=(DataError, FigureError, FileNotFoundError))
 
-        if args.debug or not isinstance(e, (CheckpointError, DataError, EarlyExitError, FigureError, PreflightError,
-                                            FileNotFoundError)):
-            raise
-        sys.stderr.write(f"error: {e}\n")
-        return 2
-    for path in written:
-        print(path)  # the command's result, on stdout
+
+def _main(args: argparse.Namespace, cfg: Any) -> int:
+    if args.ids and (args.correct is not None or args.failed is not None):
+        raise FigureError("give either --ids or --correct/--failed, not both")
+    args.correct = 2 if args.correct is None else args.correct
+    args.failed = 2 if args.failed is None else args.failed
+    for path in run(args, cfg):
+        sys.stdout.write(f"{path}\n")  # the command's result: one written file per line
     return 0
 
 

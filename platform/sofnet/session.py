@@ -7,16 +7,20 @@ Usage::
     uri = tracking_store(cfg)                             # resolved and reachable, or TrackingError (one line)
     init_ray(cfg)                                         # scaling.ray_address / $RAY_ADDRESS / a new local Ray
 
-Used by ``jobs/train_*.py`` (``sofnet.train.cli``), the sweeps (``sofnet.tune``), ``jobs/evaluate.py`` and
-``jobs/results_table.py``.
+Used by ``jobs/train_*.py`` (``sofnet.train.cli``), the sweeps (``sofnet.tune``), ``jobs/evaluate.py``,
+``jobs/results_table.py`` and ``python -m sofnet.figure_a``; their start-up and one-line errors::
+
+    cfg = cli_config(args.config, args.overrides, verbose=args.debug)
+    return one_line_errors(lambda: run(args, cfg), debug=args.debug, errors=(DataError,))
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -73,3 +77,33 @@ def init_ray(cfg: Any) -> None:
     plain_address = address not in ("local", "auto") and "://" not in address
     runtime_env = {"env_vars": {"RAY_ADDRESS": address}} if plain_address else None
     ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
+
+
+def cli_config(path: str, overrides: Sequence[str], verbose: bool = False) -> Any:
+    """A command line's start: the quiet console (``sofnet.console``), then the typed config or one line + exit 2."""
+    from sofnet.config import load_config_or_exit
+    from sofnet.console import setup
+
+    setup(verbose=verbose)
+    return load_config_or_exit(path, overrides)
+
+
+def input_errors() -> tuple:
+    """The errors that mean bad input at a command line (checkpoint, early-exit value, shards and paths)."""
+    from sofnet.checkpoint import CheckpointError
+    from sofnet.early_exit import EarlyExitError
+    from sofnet.preflight import PreflightError
+
+    return (CheckpointError, EarlyExitError, PreflightError)
+
+
+def one_line_errors(body: Callable[[], int], *, debug: bool = False, errors: tuple = ()) -> int:
+    """Run a command's ``body``; bad input (:func:`input_errors` and ``errors``) becomes one ``error:`` line on
+    stderr and exit status 2, a traceback only with ``debug``. Other exceptions propagate (a bug, not an input)."""
+    try:
+        return body()
+    except input_errors() + tuple(errors) as e:
+        if debug:
+            raise
+        sys.stderr.write(f"error: {e}\n")
+        return 2
