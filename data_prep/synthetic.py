@@ -34,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.checks import check_number, check_out_dir
+from data_prep import bench_task
+from data_prep.checks import InputError, check_number, check_out_dir
 from data_prep.cli import add_prep_args, check_prep_args, main_guard, prep_parser, run_prep
 from data_prep.labels import load_activitynet_json
 from data_prep.media import write_video
@@ -44,6 +45,7 @@ from data_prep.shards import PrepParams
 log = logging.getLogger(__name__)
 
 ANNOTATION = "activity_net.synthetic.json"
+TASKS = ("easy", "bench")
 SHAPES = ("square", "disc", "ring")
 ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 COLOUR_NAMES = (  # one per 30 degrees of hue
@@ -130,6 +132,22 @@ def _render(
     write_video(path, frames(), fps=fps, container="mp4", gop=2 * fps, options={"crf": "23", "preset": "veryfast"})
 
 
+def _easy_segments(rng: np.random.Generator, length: float) -> list[list[float]]:
+    """Segments of the easy task: 30-50 % of the video; one video in four has two halves with background between."""
+    segment_length = length * rng.uniform(0.3, 0.5)
+    margin = min(0.5, length / 8)  # background before, after and between segments
+    if rng.random() < 0.25:  # two shorter segments of the same action, background between them
+        half = segment_length / 2
+        first = float(rng.uniform(margin, length / 2 - half))
+        second = float(rng.uniform(length / 2 + margin, length - half - margin))
+        segments = [[first, first + half], [second, second + half]]
+    else:
+        begin = float(rng.uniform(margin, length - segment_length - margin))
+        segments = [[begin, begin + segment_length]]
+    segments = [[round(a, 3), round(b, 3)] for a, b in segments]
+    return segments
+
+
 def _video_ids(rng: np.random.Generator, count: int) -> list[str]:
     ids: list[str] = []
     while len(ids) < count:
@@ -149,6 +167,7 @@ def generate(
     size: tuple[int, int] = (160, 120),
     fps: int = 12,
     val_fraction: float = 0.25,
+    task: str = "easy",
 ) -> Path:
     """Write the synthetic dataset; returns the path of its ActivityNet-format annotation JSON.
 
@@ -161,15 +180,19 @@ def generate(
         size: ``(width, height)`` of the videos, even numbers (H.264 with yuv420p).
         fps: Frame rate of the videos.
         val_fraction: Share of each class in the validation subset (at least one video of each class that has two).
+        task: ``easy`` (the class is a colour the stem sees; the tests' small sets) or ``bench`` (the benchmark task of
+            :mod:`data_prep.bench_task`: classes need depth, segments vary; at most 8 classes).
 
     Returns:
         Path of ``activity_net.synthetic.json``.
     """
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
+    if task not in TASKS:
+        raise ValueError(f"--task: {task!r} is not one of {', '.join(TASKS)}")
     rng = np.random.default_rng(seed)
-    styles = _classes(classes)
-    names = [name for name, _, _ in styles]
+    styles = _classes(classes) if task == "easy" else []
+    names = [name for name, _, _ in styles] if task == "easy" else bench_task.class_names(classes)
     labels = rng.permutation([i % classes for i in range(videos)])
     validation = set()
     for k in range(classes):
@@ -179,19 +202,13 @@ def generate(
     database = {}
     for i, video_id in enumerate(_video_ids(rng, videos)):
         length = float(rng.uniform(*duration))
-        segment_length = length * rng.uniform(0.3, 0.5)
-        margin = min(0.5, length / 8)  # background before, after and between segments
-        if rng.random() < 0.25:  # two shorter segments of the same action, background between them
-            half = segment_length / 2
-            first = float(rng.uniform(margin, length / 2 - half))
-            second = float(rng.uniform(length / 2 + margin, length - half - margin))
-            segments = [[first, first + half], [second, second + half]]
+        path = out / "videos" / f"v_{video_id}.mp4"
+        if task == "bench":
+            segments = bench_task.segments_for(rng, length)
+            bench_task.render(rng, path, length, segments, names[labels[i]], size, fps)
         else:
-            begin = float(rng.uniform(margin, length - segment_length - margin))
-            segments = [[begin, begin + segment_length]]
-        segments = [[round(a, 3), round(b, 3)] for a, b in segments]
-        style = styles[labels[i]][1:]
-        _render(rng, out / "videos" / f"v_{video_id}.mp4", length, segments, style, size, fps)
+            segments = _easy_segments(rng, length)
+            _render(rng, path, length, segments, styles[labels[i]][1:], size, fps)
         database[video_id] = {
             "subset": "validation" if i in validation else "training",
             "duration": round(length, 3),
@@ -250,6 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--min-duration", type=float, default=10.0, help="shortest video, seconds")
     parser.add_argument("--max-duration", type=float, default=20.0, help="longest video, seconds")
+    parser.add_argument("--task", choices=TASKS, default="easy",
+                        help="easy: the class is a colour (tests); bench: the benchmark task (data_prep.bench_task)")
+    parser.add_argument("--video-fps", type=int, default=12, help="frame rate of the generated videos")
+    parser.add_argument("--val-fraction", type=float, default=0.25, help="share of each class in validation")
     add_prep_args(parser, out_flag="--shards", out_required=False)
     parser.set_defaults(short_side=128, shard_size=8)  # small videos; several shards for ranks and workers
 
@@ -260,9 +281,14 @@ def main(argv: list[str] | None = None) -> int:
         check_number("--classes", args.classes, low=1, high=1_000)
         check_number("--min-duration", args.min_duration, low=0.0, high=3600.0, low_open=True)
         check_number("--max-duration", args.max_duration, low=args.min_duration, high=3600.0)
+        check_number("--video-fps", args.video_fps, low=1, high=120)
+        check_number("--val-fraction", args.val_fraction, low=0.0, high=1.0, low_open=True)
+        if args.task == "bench" and args.classes > bench_task.MAX_CLASSES:
+            raise InputError(f"--classes: the bench task has at most {bench_task.MAX_CLASSES} classes, not {args.classes}")
         check_out_dir(args.out, "--out")
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-        annotation = generate(args.out, args.videos, args.classes, args.seed, (args.min_duration, args.max_duration))
+        annotation = generate(args.out, args.videos, args.classes, args.seed, (args.min_duration, args.max_duration),
+                              fps=args.video_fps, val_fraction=args.val_fraction, task=args.task)
         print(f"{args.videos} videos, {args.classes} classes: {annotation}")
         if not args.shards_out:
             return 0

@@ -1,0 +1,95 @@
+"""The benchmark task (``data_prep.synthetic --task bench``): real formats, seeded, an actor only inside its
+segments, classes that no colour names, and segments that vary in position and length."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from data_prep import bench_task
+from data_prep.labels import load_activitynet_json, read_classes
+from data_prep.synthetic import generate, make_shards
+
+KW = {"videos": 16, "classes": 8, "duration": (6.0, 9.0), "size": (96, 72), "fps": 8, "task": "bench"}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate(tmp_path_factory.mktemp("bench") / "a", seed=3, **KW)
+
+
+def frames_of(path: Path) -> tuple[list[float], list[np.ndarray]]:
+    with av.open(str(path)) as container:
+        frames = list(container.decode(video=0))
+    return [float(f.time) for f in frames], [f.to_ndarray(format="rgb24").astype(float) for f in frames]
+
+
+def stripes(rgb: np.ndarray) -> float:
+    """Share of pixels on a dark/bright edge: the actor's stripes (the background is smooth, distractors solid)."""
+    grey = rgb.mean(axis=2)
+    dark = grey < 45
+    edge = np.zeros_like(dark)
+    edge[:, 1:] |= dark[:, 1:] != dark[:, :-1]
+    edge[1:, :] |= dark[1:, :] != dark[:-1, :]
+    return float(edge.mean())
+
+
+def test_classes_are_arrangements_not_colours(dataset: Path) -> None:
+    names = bench_task.class_names(8)
+    assert len(names) == 8 == len(set(names)) and names == sorted(names)
+    assert read_classes(dataset.parent / "classInd.txt") == names == load_activitynet_json(dataset).classes
+    data = json.loads(dataset.read_text())["database"]
+    assert {a["label"] for v in data.values() for a in v["annotations"]} <= set(names)
+    with pytest.raises(ValueError, match="at most|1 to 8"):
+        bench_task.class_names(9)
+
+
+def test_actor_only_inside_segments(dataset: Path) -> None:
+    data = json.loads(dataset.read_text())["database"]
+    inside, outside = [], []
+    for vid, video in data.items():
+        times, frames = frames_of(dataset.parent / "videos" / f"v_{vid}.mp4")
+        spans = [a["segment"] for a in video["annotations"]]
+        for t, frame in zip(times, frames):
+            near = any(s - 0.2 <= t <= e + 0.2 for s, e in spans)
+            if any(s + 0.2 <= t <= e - 0.2 for s, e in spans):
+                inside.append(stripes(frame))
+            elif not near:
+                outside.append(stripes(frame))
+    assert inside and outside
+    # every action frame shows the striped actor; background frames almost never look like one
+    assert np.percentile(inside, 5) > 3 * np.percentile(outside, 95), (np.percentile(inside, 5),
+                                                                       np.percentile(outside, 95))
+
+
+def test_segments_vary_and_fit(dataset: Path) -> None:
+    data = json.loads(dataset.read_text())["database"]
+    shares, starts = [], []
+    for video in data.values():
+        spans = [a["segment"] for a in video["annotations"]]
+        assert all(0 <= s < e <= video["duration"] for s, e in spans)
+        shares.append(sum(e - s for s, e in spans) / video["duration"])
+        starts.append(spans[0][0] / video["duration"])
+    assert min(shares) < 0.35 and max(shares) > 0.4  # short and long actions
+    assert max(starts) > 0.4 and min(starts) < 0.2  # early and late starts
+
+
+def test_seeded_and_sharded(dataset: Path, tmp_path: Path) -> None:
+    again = generate(tmp_path / "b", seed=3, **KW)
+    assert json.loads(again.read_text()) == json.loads(dataset.read_text())
+    summary = make_shards(dataset, tmp_path / "shards", use_ray=False)
+    assert summary["written"] == 16
+
+
+def test_cli_refuses_too_many_classes(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "data_prep.synthetic", "--task", "bench", "--out", str(tmp_path / "x"),
+                           "--classes", "9"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: --classes: the bench task has at most 8 classes, not 9"]
+    assert not (tmp_path / "x").exists()
