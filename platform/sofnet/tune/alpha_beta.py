@@ -76,7 +76,7 @@ def train_trial(config: Dict[str, Any], *, base: Dict[str, Any], trials_dir: str
     if stage1:
         cfg.train.stage1.enabled = False
         cfg.train.stage2.init_from = stage1
-    done = _finished(Path(trials_dir) / cfg.name, cfg)
+    done = finished_training(Path(trials_dir) / cfg.name, cfg)
     if done is not None:
         # A resumed sweep reran a trial whose training had finished (the driver died before Tune saved that):
         # training again would report nothing, so report what its last epoch logged.
@@ -88,7 +88,7 @@ def train_trial(config: Dict[str, Any], *, base: Dict[str, Any], trials_dir: str
     trainer.fit()
 
 
-def _finished(run_dir: Path, cfg: Any) -> Optional[Path]:
+def finished_training(run_dir: Path, cfg: Any) -> Optional[Path]:
     """The last checkpoint of a trial's training when its final stage has run all its epochs, else None."""
     from sofnet import checkpoint
     from sofnet.train.worker import enabled_stages

@@ -1,0 +1,55 @@
+"""Results that hold: train TSN and SoF-Net for several seeds, evaluate every row with the one evaluator, print the
+Table A/B rows and the Table C grids as mean ± std over seeds, and whether the recipe meets its targets.
+
+    python jobs/study.py --config jobs/configs/study.yaml                  # seeds 1 2 3 of the benchmark task
+    python jobs/study.py --config jobs/configs/study.yaml seeds=[1,2,3,4,5] name=five-seeds
+    python jobs/study.py --config jobs/configs/study.yaml "overrides=[model.gate_init=official]" name=official-init
+
+Resumable: rerun the same command and finished seeds are neither retrained nor re-evaluated. Writes
+<output_dir>/<name>/study_table.md and study.json; MLflow: a parent run with a child per (method, seed).
+Exit status: 0 done (targets met or not: the table says which), 1 a training failed, 2 bad input (one line).
+"""
+
+import argparse
+import logging
+import sys
+
+logger = logging.getLogger("sofnet.jobs.study")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", required=True, help="study YAML (jobs/configs/study.yaml)")
+    p.add_argument("--verbose", action="store_true", help="every library's log lines")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the study file (OmegaConf dotlist)")
+    args = p.parse_args(argv)
+    from sofnet.config import ConfigError
+    from sofnet.console import setup
+    from sofnet.session import one_line_errors
+    from sofnet.train.tracking import TrackingError
+
+    setup(verbose=args.verbose)
+    return one_line_errors(lambda: _run(args), errors=(ConfigError, TrackingError))
+
+
+def _run(args) -> int:
+    from sofnet.preflight import check_data
+    from sofnet.study import load_study, run_study, seed_config
+    from sofnet.train.tracking import check_tracking, resolve_tracking_uri
+
+    study = load_study(args.config, args.overrides)
+    cfg = seed_config(study, study.seeds[0])
+    check_data(cfg)  # shards present, of the right class count: before any Ray or training starts
+    check_tracking(resolve_tracking_uri(study.mlflow.tracking_uri or cfg.mlflow.tracking_uri), study.mlflow.experiment)
+    try:
+        outcome = run_study(study)
+    except RuntimeError as e:
+        logger.error("%s", e)
+        return 1
+    print(outcome["table"])
+    print(f"\nstudy {study.name}: {outcome['seconds'] / 60:.1f} min; MLflow parent run {outcome['run_id']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,309 @@
+"""A multi-seed study: TSN and SoF-Net trained for N seeds, every row from the one evaluator, mean ± std over seeds.
+
+Usage (what ``jobs/study.py`` does)::
+
+    from sofnet.study import load_study, run_study
+    study = load_study("jobs/configs/study.yaml", ["seeds=[1,2,3]"])
+    outcome = run_study(study)                # trains what is missing, evaluates, logs to MLflow
+    print(outcome["table"])                   # Table A/B rows as mean ± std, the TSN + ET grid, the criteria
+
+Per seed ``s`` the base training config runs once as a two-stage job named ``<name>-seed<s>`` (stage 1 = TSN, shared by
+that seed's SoF-Net; stage 2 = SoF-Net from it) on Ray Train + DeepSpeed, into ``<output_dir>/<name>/``. Each run's
+best epochs go through :func:`sofnet.train.report.evaluate_run` (with and without early exit, the config's rho and
+T_min) and, for the Table C grid, through the early-exit cache of :mod:`sofnet.tune.et_cache` (a replayed point
+equals a full evaluation, as its tests prove), for TSN and SoF-Net alike. A seed whose evaluation is on disk is not
+retrained nor re-evaluated (resumable); a seed whose training stopped part-way resumes from its last checkpoint.
+
+MLflow: one parent run ``study <name>`` (the table as ``study_table.md``, every number as ``study.json``) and one
+child run per (method, seed) with that row's metrics and the training run's id as a tag. Seeds train one after
+another: a job's two workers take both cores of a 2-core machine (on a bigger cluster, raise ``scaling.num_workers``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from sofnet.config import ConfigError, load_config
+
+logger = logging.getLogger(__name__)
+
+# The rows of Table A/B, from the two stages' reports: (method, stage, metric prefix).
+ROWS = (("TSN", "stage1", "val/"), ("TSN + ET", "stage1", "val/et/"), ("SoF-Net", "stage2", "val/"),
+        ("SoF-Net + ET", "stage2", "val/et/"))
+COLUMNS = ("mAP", "top1", "gflops_per_video", "gflops_ratio", "frame_usage", "stop_rate/background/block2",
+           "stop_rate/action/block2")
+
+
+@dataclass
+class EtGrid:
+    rho: List[float] = field(default_factory=lambda: [0.9, 0.95, 0.99, 0.999])
+    t_min: List[int] = field(default_factory=lambda: [1, 2, 3, 4])
+
+
+@dataclass
+class Targets:
+    """What "the recipe holds" means (issue "results that hold"); checked on the means over seeds."""
+    map_drop: float = 1.0  # SoF-Net's mAP at least TSN's minus this many points
+    ratio_no_et: float = 0.70  # SoF-Net without early exit: at most this share of TSN's GFLOPs
+    ratio_et: float = 0.50  # ... with early exit
+    gates_over_et: float = 1.3  # the cheapest TSN + ET grid point within map_drop of TSN: >= this x SoF-Net + ET
+    background_over_action: float = 3.0  # share of background frames stopped by layer2 / share of action frames
+    std_map: float = 2.0  # seed std of mAP, points
+    std_ratio: float = 5.0  # seed std of the GFLOPs ratio, points
+
+
+@dataclass
+class StudyMlflow:
+    experiment: str = "sofnet-study"  # of the study's parent and child runs (the training runs keep the base's)
+    tracking_uri: str = ""  # "" = the base config's store
+
+
+@dataclass
+class StudyConfig:
+    name: str = "study"
+    kind: str = "study"  # what MLflow's parent run is tagged with (sweep_kind), beside the sweeps' kinds
+    base_config: str = "jobs/configs/bench.yaml"  # the two-stage training config every seed runs
+    overrides: List[str] = field(default_factory=list)  # dotlist applied to the base (the recipe under study)
+    seeds: List[int] = field(default_factory=lambda: [1, 2, 3])
+    output_dir: str = "runs/study"  # <output_dir>/<name>/: the seeds' runs, evaluations and the table
+    mlflow: StudyMlflow = field(default_factory=StudyMlflow)
+    et_grid: EtGrid = field(default_factory=EtGrid)
+    targets: Targets = field(default_factory=Targets)
+
+
+def load_study(path: str | Path, dotlist: Sequence[str] = ()) -> DictConfig:
+    """Defaults -> the study YAML -> ``dotlist``, typed; the base config is loaded too, so a bad key fails here.
+
+    Raises:
+        ConfigError: one line naming the file and the key.
+    """
+    try:
+        study = OmegaConf.merge(OmegaConf.structured(StudyConfig), OmegaConf.load(path),
+                                OmegaConf.from_dotlist(list(dotlist)))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such study config") from None
+    except Exception as e:  # omegaconf's errors: unknown key, wrong type
+        raise ConfigError(f"{path}: {str(e).splitlines()[0]}") from None
+    if not study.seeds or len(set(study.seeds)) != len(study.seeds):
+        raise ConfigError(f"{path}: seeds must be a non-empty list of distinct integers")
+    if not study.et_grid.rho or not study.et_grid.t_min:
+        raise ConfigError(f"{path}: et_grid needs rho and t_min values")
+    if any(not 0 < r < 1 for r in study.et_grid.rho) or any(t < 1 for t in study.et_grid.t_min):
+        raise ConfigError(f"{path}: et_grid.rho must be in (0, 1) and et_grid.t_min >= 1")
+    seed_config(study, study.seeds[0])  # the base config and the overrides, checked before anything runs
+    return study
+
+
+def seed_config(study: Any, seed: int) -> DictConfig:
+    """The training config of one seed: the base, the study's overrides, its name, seed and output folder."""
+    return load_config(study.base_config, list(study.overrides) + [
+        f"name={study.name}-seed{seed}", f"train.seed={seed}", f"train.output_dir={study_dir(study)}"])
+
+
+def study_dir(study: Any) -> Path:
+    return Path(study.output_dir) / study.name
+
+
+def _seed_eval(study: Any, seed: int) -> Path:
+    return study_dir(study) / f"{study.name}-seed{seed}-eval" / "seed.json"
+
+
+def evaluate_seed(study: Any, cfg: Any, seed: int) -> Dict[str, Any]:
+    """Evaluate one seed's run (both stages, with/without ET, the TSN and SoF-Net ET grids); written to seed.json."""
+    from sofnet import checkpoint
+    from sofnet.train.report import evaluate_run
+    from sofnet.train.worker import run_dir
+    from sofnet.tune.et_cache import ETBundle, replay_metrics, write_cache
+
+    run, out = run_dir(cfg), _seed_eval(study, seed).parent
+    reports = {r["stage"]: r for _, r in evaluate_run(cfg, run, out)}
+    grids: Dict[str, List[Dict[str, float]]] = {}
+    for stage in ("stage1", "stage2"):
+        model, _ = checkpoint.load_network(run / checkpoint.BEST / stage)
+        bundle = ETBundle.load(write_cache(model, cfg, out / stage / "et_cache", source=str(run)))
+        grids[stage] = [{"rho": float(rho), "t_min": int(t), **replay_metrics(bundle, float(rho), int(t))}
+                        for rho in study.et_grid.rho for t in study.et_grid.t_min]
+    record = {"seed": seed, "run": str(run), "reports": {s: {"metrics": r["metrics"], "runs": r["runs"]}
+                                                         for s, r in reports.items()}, "grids": grids}
+    tmp = _seed_eval(study, seed).with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(_seed_eval(study, seed))
+    return record
+
+
+def row_metrics(record: Mapping[str, Any]) -> Dict[str, Dict[str, float]]:
+    """One seed's Table A/B rows: ``{method: {column: value}}`` (GFLOPs ratio against the same seed's TSN)."""
+    base = record["reports"]["stage1"]["metrics"]["val/gflops_per_video"]
+    rows = {}
+    for method, stage, prefix in ROWS:
+        m = record["reports"][stage]["metrics"]
+        if prefix + "mAP" not in m:
+            continue
+        row = {c: float(m[prefix + c]) for c in COLUMNS if prefix + c in m}
+        row["gflops_ratio"] = row["gflops_per_video"] / base
+        rows[method] = row
+    return rows
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def summarize(records: Sequence[Mapping[str, Any]], targets: Any) -> Dict[str, Any]:
+    """Mean ± std over seeds of every row and grid point, and the criteria checked on the means."""
+    per_seed = [row_metrics(r) for r in records]
+    rows = {}
+    for method, _, _ in ROWS:
+        if all(method in s for s in per_seed):
+            rows[method] = {c: _mean_std([s[method][c] for s in per_seed]) for c in per_seed[0][method]}
+    grids = {}
+    for stage, method in (("stage1", "TSN + ET"), ("stage2", "SoF-Net + ET")):
+        points = []
+        for i, point in enumerate(records[0]["grids"][stage]):
+            base = [r["reports"]["stage1"]["metrics"]["val/gflops_per_video"] for r in records]
+            points.append({"rho": point["rho"], "t_min": point["t_min"],
+                           "mAP": _mean_std([r["grids"][stage][i]["val/et/mAP"] for r in records]),
+                           "gflops_ratio": _mean_std([r["grids"][stage][i]["val/et/gflops_per_video"] / b
+                                                      for r, b in zip(records, base)])})
+        grids[method] = points
+    return {"seeds": [r["seed"] for r in records], "rows": rows, "grids": grids,
+            "criteria": criteria(rows, grids["TSN + ET"], targets)}
+
+
+def criteria(rows: Mapping[str, Any], tsn_grid: Sequence[Mapping[str, Any]], t: Any) -> List[Dict[str, Any]]:
+    """The recipe's targets, each ``{name, value, target, ok}``, on the means over seeds (mAP in points)."""
+    tsn, sof, sof_et = rows["TSN"], rows["SoF-Net"], rows.get("SoF-Net + ET")
+    out = []
+
+    def check(name: str, value: float, target: str, ok: bool) -> None:
+        out.append({"name": name, "value": value, "target": target, "ok": bool(ok)})
+
+    floor = 100 * tsn["mAP"][0] - t.map_drop
+    for label, row, limit in (("SoF-Net", sof, t.ratio_no_et), ("SoF-Net + ET", sof_et, t.ratio_et)):
+        if row is None:
+            continue
+        check(f"{label}: mAP - TSN mAP (points)", 100 * (row["mAP"][0] - tsn["mAP"][0]), f">= -{t.map_drop:g}",
+              100 * row["mAP"][0] >= floor)
+        check(f"{label}: GFLOPs vs TSN (%)", 100 * row["gflops_ratio"][0], f"<= {100 * limit:g}",
+              row["gflops_ratio"][0] <= limit)
+    if sof_et is not None:
+        near = [p for p in tsn_grid if 100 * p["mAP"][0] >= floor]
+        cheapest = min((p["gflops_ratio"][0] for p in near), default=float("nan"))
+        ratio = cheapest / sof_et["gflops_ratio"][0] if near else float("nan")
+        check("cheapest TSN + ET within the mAP floor / SoF-Net + ET (GFLOPs)", ratio, f">= {t.gates_over_et:g}",
+              bool(near) and ratio >= t.gates_over_et)
+    bg, act = sof.get("stop_rate/background/block2"), sof.get("stop_rate/action/block2")
+    if bg is not None and act is not None:
+        ratio = bg[0] / act[0] if act[0] > 0 else float("inf")
+        check("SoF-Net: background / action frames stopped by layer2", ratio, f">= {t.background_over_action:g}",
+              ratio >= t.background_over_action)
+    for label, row in (("SoF-Net", sof), ("SoF-Net + ET", sof_et)):
+        if row is not None:
+            check(f"{label}: seed std of mAP (points)", 100 * row["mAP"][1], f"<= {t.std_map:g}",
+                  100 * row["mAP"][1] <= t.std_map)
+            check(f"{label}: seed std of GFLOPs vs TSN (points)", 100 * row["gflops_ratio"][1], f"<= {t.std_ratio:g}",
+                  100 * row["gflops_ratio"][1] <= t.std_ratio)
+    return out
+
+
+def _pm(value: tuple[float, float], scale: float = 100.0, digits: int = 1) -> str:
+    return f"{scale * value[0]:.{digits}f} ± {scale * value[1]:.{digits}f}"
+
+
+def study_table(summary: Mapping[str, Any], header: str = "") -> str:
+    """Markdown: Table A/B rows (mean ± std), the ET grids of TSN and SoF-Net (Table C), the criteria."""
+    lines = [header, ""] if header else []
+    lines += ["| method | mAP (%) | top-1 (%) | GFLOPs/V | GFLOPs vs TSN (%) | frame usage (%) | stopped by layer2: "
+              "background / action (%) |", "|---|---|---|---|---|---|---|"]
+    for method, r in summary["rows"].items():
+        stops = "-"
+        if "stop_rate/background/block2" in r:
+            stops = f"{_pm(r['stop_rate/background/block2'])} / {_pm(r['stop_rate/action/block2'])}"
+        lines.append(f"| {method} | {_pm(r['mAP'])} | {_pm(r['top1'])} | {_pm(r['gflops_per_video'], 1, 3)} | "
+                     f"{_pm(r['gflops_ratio'])} | {_pm(r['frame_usage'])} | {stops} |")
+    for method, points in summary["grids"].items():
+        lines += ["", f"{method} over the early-exit grid (mAP % / GFLOPs vs TSN %, mean ± std):", "",
+                  "| rho \\ T_min | " + " | ".join(str(t) for t in sorted({p['t_min'] for p in points})) + " |",
+                  "|---|" + "---|" * len({p["t_min"] for p in points})]
+        for rho in sorted({p["rho"] for p in points}):
+            cells = [f"{_pm(p['mAP'])} / {_pm(p['gflops_ratio'], digits=0)}" for p in points if p["rho"] == rho]
+            lines.append(f"| {rho:g} | " + " | ".join(cells) + " |")
+    lines += ["", "| criterion (on the means) | measured | target | |", "|---|---|---|---|"]
+    for c in summary["criteria"]:
+        lines.append(f"| {c['name']} | {c['value']:.2f} | {c['target']} | {'met' if c['ok'] else 'MISSED'} |")
+    return "\n".join(lines)
+
+
+def run_study(study: Any, *, train: Optional[Any] = None) -> Dict[str, Any]:
+    """Train what is missing, evaluate what is missing, summarise, log to MLflow; returns the outcome.
+
+    Args:
+        study: From :func:`load_study`.
+        train: ``train(cfg)`` of one seed's two-stage job (default: :func:`sofnet.train.ray_job.run_training`,
+            Ray Train + DeepSpeed); raises or returns a result with ``error``.
+    """
+    from sofnet.train.worker import run_dir
+    from sofnet.tune.alpha_beta import finished_training
+
+    if train is None:
+        from sofnet.train.ray_job import run_training as train
+    records, started = [], time.time()
+    study_dir(study).mkdir(parents=True, exist_ok=True)
+    for seed in study.seeds:
+        cfg, done = seed_config(study, seed), _seed_eval(study, seed)
+        if done.is_file():
+            logger.info("seed %d: evaluated before (%s), not retrained", seed, done)
+            records.append(json.loads(done.read_text()))
+            continue
+        if finished_training(run_dir(cfg), cfg) is None:
+            logger.info("seed %d: training %s (%d of %d)", seed, run_dir(cfg), study.seeds.index(seed) + 1,
+                        len(study.seeds))
+            result = train(cfg)
+            if getattr(result, "error", None) is not None:
+                raise RuntimeError(f"seed {seed}: training failed: {result.error}")
+        logger.info("seed %d: evaluating both stages' best epochs", seed)
+        records.append(evaluate_seed(study, cfg, seed))
+    summary = summarize(records, study.targets)
+    cfg0 = seed_config(study, study.seeds[0])
+    header = (f"study {study.name}: {len(records)} seeds {list(study.seeds)}, base {study.base_config} "
+              f"{' '.join(study.overrides)}; {int(records[0]['reports']['stage1']['metrics']['val/videos'])} "
+              f"validation videos of {cfg0.data.val_shards}; ET in rows: rho={cfg0.early_exit.rho} "
+              f"t_min={cfg0.early_exit.t_min}")
+    table = study_table(summary, header)
+    (study_dir(study) / "study_table.md").write_text(table + "\n")
+    (study_dir(study) / "study.json").write_text(json.dumps({"summary": summary, "records": records}, indent=1))
+    run_id = log_study(study, cfg0, summary, records, table)
+    return {"table": table, "summary": summary, "run_id": run_id, "seconds": time.time() - started}
+
+
+def log_study(study: Any, cfg: Any, summary: Mapping[str, Any], records: Sequence[Mapping[str, Any]],
+              table: str) -> str:
+    """The parent run (reopened on a resumed study) and one child per (method, seed); returns the parent's id."""
+    from sofnet.train.tracking import resolve_tracking_uri
+    from sofnet.tune.report import SweepRun, log_metrics
+
+    uri = resolve_tracking_uri(study.mlflow.tracking_uri or cfg.mlflow.tracking_uri)
+    parent = SweepRun.open(study, uri, study_dir(study))
+    for record in records:
+        for method, row in row_metrics(record).items():
+            stage = "stage1" if method.startswith("TSN") else "stage2"
+            runs = record["reports"][stage]["runs"]
+            child = parent.child(f"{method}|seed{record['seed']}", f"{method} seed {record['seed']}",
+                                 {"method": method, "seed": record["seed"], "run_dir": record["run"]})
+            parent.client.set_tag(child, "training_run", runs.get(stage, ""))
+            log_metrics(parent.client, child, {f"study/{k}": v for k, v in row.items()})
+            parent.client.set_terminated(child)
+    means = {f"study/{method}/{c}": v[0] for method, r in summary["rows"].items() for c, v in r.items()}
+    log_metrics(parent.client, parent.run_id, {k.replace(" + ", "_").replace(" ", "_"): v for k, v in means.items()})
+    parent.finish({"study_table.md": table})
+    parent.client.log_dict(parent.run_id, {"summary": summary}, "study.json")
+    return parent.run_id

@@ -1,0 +1,133 @@
+"""The multi-seed study (``jobs/study.py``): mean ± std over seeds, the criteria on the means, resumable, MLflow.
+
+The end-to-end test trains two seeds of a smoke-sized two-stage job on real Ray Train + DeepSpeed and real shards,
+then reruns the command: nothing is retrained, the table is the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from sofnet.study import StudyConfig, Targets, criteria, study_table, summarize
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _record(seed: int, tsn_map: float, sof_map: float, sof_gf: float, et_gf: float, bg: float, act: float) -> dict:
+    tsn = {"val/mAP": tsn_map, "val/top1": tsn_map, "val/gflops_per_video": 1.0, "val/frame_usage": 1.0,
+           "val/et/mAP": tsn_map - 0.05, "val/et/top1": tsn_map, "val/et/gflops_per_video": 0.6,
+           "val/et/frame_usage": 0.6}
+    sof = {"val/mAP": sof_map, "val/top1": sof_map, "val/gflops_per_video": sof_gf, "val/frame_usage": 0.5,
+           "val/stop_rate/background/block2": bg, "val/stop_rate/action/block2": act,
+           "val/et/mAP": sof_map, "val/et/top1": sof_map, "val/et/gflops_per_video": et_gf, "val/et/frame_usage": 0.3,
+           "val/et/stop_rate/background/block2": bg, "val/et/stop_rate/action/block2": act}
+    grid = [{"rho": 0.9, "t_min": 1, "val/et/mAP": tsn_map - 0.2, "val/et/gflops_per_video": 0.2},
+            {"rho": 0.99, "t_min": 3, "val/et/mAP": tsn_map - 0.005, "val/et/gflops_per_video": 0.7}]
+    return {"seed": seed, "run": f"r{seed}", "reports": {"stage1": {"metrics": tsn, "runs": {}},
+                                                         "stage2": {"metrics": sof, "runs": {}}},
+            "grids": {"stage1": grid, "stage2": grid}}
+
+
+def test_mean_std_and_criteria() -> None:
+    records = [_record(1, 0.90, 0.895, 0.60, 0.40, 0.9, 0.1), _record(2, 0.92, 0.915, 0.64, 0.44, 0.8, 0.2)]
+    s = summarize(records, Targets())
+    mean, std = s["rows"]["SoF-Net"]["mAP"]
+    assert mean == pytest.approx(0.905) and std == pytest.approx(0.01414, abs=1e-4)  # sample std (ddof 1)
+    assert s["rows"]["SoF-Net + ET"]["gflops_ratio"][0] == pytest.approx(0.42)
+    got = {c["name"]: c for c in s["criteria"]}
+    assert got["SoF-Net: GFLOPs vs TSN (%)"]["ok"] and got["SoF-Net: mAP - TSN mAP (points)"]["ok"]
+    assert got["SoF-Net + ET: GFLOPs vs TSN (%)"]["value"] == pytest.approx(42.0)
+    # the cheapest TSN + ET grid point within 1 point of TSN is (0.99, 3) at 0.7: 0.7 / 0.42 = 1.67 >= 1.3
+    gates = got["cheapest TSN + ET within the mAP floor / SoF-Net + ET (GFLOPs)"]
+    assert gates["value"] == pytest.approx(0.7 / 0.42) and gates["ok"]
+    assert got["SoF-Net: background / action frames stopped by layer2"]["value"] == pytest.approx(0.85 / 0.15)
+    table = study_table(s, "header")
+    assert "| SoF-Net | 90.5 ± 1.4 |" in table and "MISSED" not in table and table.count("| met |") == 10
+
+
+def test_criteria_miss_when_gates_add_nothing() -> None:
+    rows = {"TSN": {"mAP": (0.9, 0.0), "gflops_ratio": (1.0, 0.0)},
+            "SoF-Net": {"mAP": (0.85, 0.03), "gflops_ratio": (0.5, 0.1)},
+            "SoF-Net + ET": {"mAP": (0.9, 0.0), "gflops_ratio": (0.45, 0.0)}}
+    grid = [{"rho": 0.9, "t_min": 1, "mAP": (0.895, 0.0), "gflops_ratio": (0.5, 0.0)}]
+    got = {c["name"]: c["ok"] for c in criteria(rows, grid, Targets())}
+    assert got == {"SoF-Net: mAP - TSN mAP (points)": False, "SoF-Net: GFLOPs vs TSN (%)": True,
+                   "SoF-Net + ET: mAP - TSN mAP (points)": True, "SoF-Net + ET: GFLOPs vs TSN (%)": True,
+                   "cheapest TSN + ET within the mAP floor / SoF-Net + ET (GFLOPs)": False,
+                   "SoF-Net: seed std of mAP (points)": False, "SoF-Net: seed std of GFLOPs vs TSN (points)": False,
+                   "SoF-Net + ET: seed std of mAP (points)": True,
+                   "SoF-Net + ET: seed std of GFLOPs vs TSN (points)": True}
+
+
+def _study(tmp: Path, shards: Path, extra: str = "") -> Path:
+    from sofnet.session import SMOKE
+
+    overrides = SMOKE + [f"data.train_shards={shards}", f"data.val_shards={shards}", "model.num_classes=3",
+                         "train.keep_checkpoints=1", "mlflow.registered_model=''", "scaling.num_workers=1"]
+    study = OmegaConf.structured(StudyConfig(name="t", base_config=str(REPO / "jobs/configs/demo.yaml"),
+                                             overrides=overrides, seeds=[1, 2], output_dir=str(tmp / "runs")))
+    study.et_grid.rho, study.et_grid.t_min = [0.5, 0.99], [1, 2]
+    path = tmp / "study.yaml"
+    path.write_text(OmegaConf.to_yaml(study) + extra)
+    return path
+
+
+def _run(tmp: Path, path: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "DS_ACCELERATOR": "cpu",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    return subprocess.run([sys.executable, str(REPO / "jobs/study.py"), "--config", str(path), *extra], cwd=tmp,
+                          env=env, capture_output=True, text=True, timeout=900, start_new_session=True)
+
+
+def test_bad_study_config_is_one_line(tmp_path: Path) -> None:
+    path = _study(tmp_path, tmp_path / "no-shards")
+    proc = _run(tmp_path, path, "seeds=[1,1]")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"error: {path}: seeds must be a non-empty list of distinct integers"], proc.stderr
+    proc = _run(tmp_path, path, "et_grid.rho=[1.5]")
+    assert proc.returncode == 2 and "et_grid.rho must be in (0, 1)" in proc.stderr
+    proc = _run(tmp_path, path)  # shards missing: refused before Ray starts
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "no-shards" in proc.stderr
+
+
+@pytest.mark.slow
+def test_study_two_seeds_end_to_end_and_resume(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from sofnet.session import ensure_synthetic_shards
+
+    shards = ensure_synthetic_shards(tmp_path / "data", videos=24, classes=3)
+    path = _study(tmp_path, shards)
+    first = _run(tmp_path, path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    table = (tmp_path / "runs/t/study_table.md").read_text()
+    assert "study t: 2 seeds [1, 2]" in table and "| SoF-Net + ET |" in table and "± " in table
+    assert "TSN + ET over the early-exit grid" in table and "| 0.99 |" in table
+    saved = json.loads((tmp_path / "runs/t/study.json").read_text())
+    assert [r["seed"] for r in saved["records"]] == [1, 2]
+    # the two seeds really differ (each trained from its own seed), and each seed evaluated the same videos
+    m = [r["reports"]["stage2"]["metrics"] for r in saved["records"]]
+    assert m[0]["val/videos"] == m[1]["val/videos"] and m[0] != m[1]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("sofnet-study")
+    parents = client.search_runs([exp.experiment_id], "tags.sweep_kind = 'study'")
+    assert len(parents) == 1
+    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+    assert sorted(c.data.tags["tune_trial_id"] for c in children) == sorted(
+        f"{m}|seed{s}" for m in ("TSN", "TSN + ET", "SoF-Net", "SoF-Net + ET") for s in (1, 2))
+    # rerun: both seeds are on disk, nothing trains again, same table, same parent, no duplicate child
+    again = _run(tmp_path, path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "not retrained" in again.stderr and "training " not in again.stderr
+    assert (tmp_path / "runs/t/study_table.md").read_text() == table
+    assert len(client.search_runs([exp.experiment_id], "tags.sweep_kind = 'study'")) == 1
+    assert len(client.search_runs([exp.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")) == 8
