@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup test test-fast demo bench bench-data study clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,16 @@ demo: setup
 	rm -rf runs/demo runs/demo-eval
 	$(DEMO_ENV) $(BIN)/python jobs/train_anet.py --config jobs/configs/demo.yaml
 	$(DEMO_ENV) $(BIN)/python jobs/results_table.py --config jobs/configs/demo.yaml --out runs/demo-eval
+
+# The benchmark task (data_prep.bench_task: 512 training + 256 validation videos, 8 classes; ~3 min on 2 cores) and
+# the multi-seed study on it (jobs/study.py: 3 seeds of TSN + SoF-Net, ~20 min a seed on 2 cores; resumable).
+bench-data: setup
+	test -f data/bench/shards/manifest.json || $(BIN)/python -m data_prep.synthetic --task bench --out data/bench/raw \
+		--videos 768 --classes 8 --seed 0 --min-duration 6 --max-duration 12 --video-fps 8 --val-fraction 0.334 \
+		--shards data/bench/shards --fps 2 --shard-size 16 --no-progress
+
+study: bench-data
+	$(DEMO_ENV) $(BIN)/python jobs/study.py --config jobs/configs/study.yaml
 
 bench: setup
 	$(BIN)/python bench/skip_speedup.py
