@@ -86,6 +86,9 @@ def test_two_stage_job_runs_in_process_and_keeps_best_epochs(trained) -> None:
     assert "sofnet" in job.data.tags["mlflow.note.content"] and job.data.params["world_size"] == "1"
     assert stages["stage1"].data.params["model.arch"] == "tsn"  # what stage 1 trains, not the job's sofnet
     assert stages["stage2"].data.params["model.arch"] == "sofnet"
+    for run in (job, *stages.values()):  # what makes machines differ, on every run (sofnet.machine)
+        assert run.data.tags["machine.aten_capability"] == torch.backends.cpu.get_cpu_capability()
+        assert run.data.tags["machine.torch"] == torch.__version__ and run.data.tags["machine.onednn"]
     for run in stages.values():
         inputs = {{t.key: t.value for t in i.tags}["mlflow.data.context"]: i for i in run.inputs.dataset_inputs}
         assert set(inputs) == {"training", "validation"}
@@ -207,6 +210,7 @@ def test_results_table_and_evaluate_log_to_mlflow(trained, tmp_path: Path, capsy
     assert sorted(r.data.tags["evaluated_stage"] for r in evals) == \
         ["stage1", "stage2", "stage2"]
     assert all("val/mAP" in r.data.metrics for r in evals)
+    assert all(r.data.tags["machine.aten_capability"] for r in evals)  # the evaluating machine, maybe not the trainer
     job = next(r for r in runs if "stage" not in r.data.tags and "kind" not in r.data.tags)
     assert "results_table.md" in {a.path for a in client.list_artifacts(job.info.run_id)}
 

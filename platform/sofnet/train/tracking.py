@@ -36,6 +36,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from sofnet.config import flatten, to_yaml
+from sofnet.machine import fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +147,8 @@ class RunTracker:
         if run_id:
             run = mlflow.start_run(run_id=run_id)
         else:
-            tags = {**self.tags, "dataset": self.cfg.data.dataset, "mlflow.note.content": description(self.cfg, stages)}
+            tags = {**self.tags, **fingerprint(), "dataset": self.cfg.data.dataset,
+                    "mlflow.note.content": description(self.cfg, stages)}
             run = mlflow.start_run(experiment_id=self.experiment_id, run_name=self.cfg.name or self.cfg.data.dataset,
                                    tags=tags)
             mlflow.log_params({k: str(v)[:500] for k, v in flatten(self.cfg).items()})
@@ -169,7 +171,7 @@ class RunTracker:
             arch = model["arch"]
             note = (f"{stage} of {self.cfg.name or self.cfg.data.dataset}: trains {arch} ({model['backbone']}, "
                     f"{model['num_segments']} frames at {model['input_size']} px); the job's run holds the whole config")
-            tags = {**self.tags, "dataset": self.cfg.data.dataset, "stage": stage, "arch": arch,
+            tags = {**self.tags, **fingerprint(), "dataset": self.cfg.data.dataset, "stage": stage, "arch": arch,
                     "mlflow.note.content": note}
             run = mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name(self.cfg, stage, arch),
                                    tags=tags, nested=True, log_system_metrics=True)
@@ -322,7 +324,7 @@ def log_evaluation(tracking_uri: str, parent_run_id: str, run_name: str, report:
 
     client = MlflowClient(tracking_uri=tracking_uri)
     parent = client.get_run(parent_run_id)
-    tags = {"mlflow.parentRunId": parent_run_id, "kind": "evaluation",
+    tags = {**fingerprint(), "mlflow.parentRunId": parent_run_id, "kind": "evaluation",  # evaluation's machine
             "evaluated_stage": parent.data.tags.get("stage", ""),
             "ray_run_name": parent.data.tags.get("ray_run_name", "")}
     run = client.create_run(parent.info.experiment_id, run_name=run_name, tags={k: v for k, v in tags.items() if v})

@@ -1,0 +1,75 @@
+"""What makes one machine's numbers differ from another's: the facts every run logs as MLflow tags.
+
+Usage::
+
+    from sofnet.machine import fingerprint
+    fingerprint()   # {"machine.cpu_model": "AMD EPYC", "machine.aten_capability": "AVX512", "machine.threads": "2", ...}
+
+One machine with one seed and one thread count repeats a run bitwise (``tests/test_determinism.py``). Another CPU
+runs other kernels (AVX-512 vs AVX2 vs plain C++ in ATen, another oneDNN ISA), whose float rounding differs; a
+training run amplifies that into other weights. ``ATEN_CPU_CAPABILITY=avx2`` (or ``default``) with
+``ONEDNN_MAX_CPU_ISA=AVX2`` makes this machine run those other kernels, which is how the README's cross-CPU checks
+were made; the tags say which level a run really used (``machine.aten_capability``), not only what was asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import sys
+from pathlib import Path
+from typing import Dict
+
+import torch
+
+# The environment variables that change which CPU kernels run (asked-for levels; the capability tag says what ran).
+KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _cpu() -> tuple[str, str]:
+    """CPU model name and the vector extensions that pick kernels (from /proc/cpuinfo where there is one)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine(), ""
+    model = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+    flags = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
+    have = set(flags.group(1).split()) if flags else set()
+    vector = ",".join(f for f in ("avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "avx2", "fma") if f in have)
+    return (model.group(1).strip() if model else platform.processor() or platform.machine()), vector
+
+
+def _onednn() -> str:
+    found = re.search(r"(?:oneDNN|MKL-DNN) (v[\d.]+)", torch.__config__.show())
+    return found.group(1) if found else "none"
+
+
+def fingerprint() -> Dict[str, str]:
+    """``machine.*`` tags: CPU model and vector extensions, torch / torchvision / oneDNN versions, the ATen CPU
+    capability in use, threads, deterministic-algorithms mode, Python, and the kernel-level variables if set.
+    No host name or user: runs are shared."""
+    import torchvision
+
+    model, vector = _cpu()
+    tags = {
+        "machine.cpu_model": model,
+        "machine.cpu_vector": vector,
+        "machine.cpus": str(os.cpu_count()),
+        "machine.torch": torch.__version__,
+        "machine.torchvision": torchvision.__version__,
+        "machine.onednn": _onednn(),
+        "machine.aten_capability": torch.backends.cpu.get_cpu_capability(),
+        "machine.threads": str(torch.get_num_threads()),
+        "machine.interop_threads": str(torch.get_num_interop_threads()),
+        "machine.deterministic_algorithms": str(torch.are_deterministic_algorithms_enabled()),
+        "machine.python": sys.version.split()[0],
+    }
+    if torch.cuda.is_available():
+        tags["machine.gpu"] = torch.cuda.get_device_name(0)
+        tags["machine.cuda"] = str(torch.version.cuda)
+        tags["machine.cudnn"] = str(torch.backends.cudnn.version())
+    for name in KERNEL_ENV:
+        if os.environ.get(name):
+            tags[f"machine.env.{name}"] = os.environ[name]
+    return {k: v[:500] for k, v in tags.items()}

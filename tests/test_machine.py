@@ -1,0 +1,32 @@
+"""The machine fingerprint every run carries: what ran, not only what was asked for."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+from sofnet.machine import fingerprint
+
+
+def test_fingerprint_names_kernels_versions_and_threads() -> None:
+    tags = fingerprint()
+    assert tags["machine.torch"] == torch.__version__
+    assert tags["machine.aten_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert tags["machine.threads"] == str(torch.get_num_threads())
+    assert tags["machine.cpu_model"] and tags["machine.onednn"].startswith("v")
+    assert all(k.startswith("machine.") and isinstance(v, str) and len(v) <= 500 for k, v in tags.items())
+    assert not any("host" in k for k in tags)  # runs are shared: no host name
+
+
+def test_forced_kernel_level_is_what_the_tag_says() -> None:
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    code = "import json; from sofnet.machine import fingerprint; print(json.dumps(fingerprint()))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         check=True)
+    tags = json.loads(out.stdout)
+    assert tags["machine.aten_capability"] == "DEFAULT"
+    assert tags["machine.env.ATEN_CPU_CAPABILITY"] == "default" and tags["machine.env.ONEDNN_MAX_CPU_ISA"] == "AVX2"
