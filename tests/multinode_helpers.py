@@ -59,7 +59,9 @@ def train_entry(shards: Path, out: Path, name: str, *extra: str) -> List[str]:
     return ["python", "jobs/train_anet.py", "--config", "jobs/configs/demo.yaml", "--smoke-test",
             f"data.train_shards={shards}", f"data.val_shards={shards}", "model.num_classes=3", f"name={name}",
             f"train.output_dir={out}/runs", f"mlflow.tracking_uri=sqlite:///{out}/mlflow.db",
-            f"mlflow.registered_model=sofnet-{name}", "scaling.num_workers=2", *extra]
+            f"mlflow.registered_model=sofnet-{name}", "scaling.num_workers=2",
+            # the namespaces share this machine's disk: the stand-in for an NFS mount every node has
+            "train.shared_storage=true", *extra]
 
 
 def submit(sid: str, entry: List[str], wait: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:

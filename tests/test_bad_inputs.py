@@ -163,3 +163,14 @@ def test_relative_shards_in_a_submitted_job_say_why(world, capsys: pytest.Captur
     assert status == 2 and len(err) == 1
     assert "data.train_shards=data/demo/shards" in err[0] and "uploaded working directory" in err[0]
     assert "absolute path" in err[0]
+
+
+def test_local_storage_refused_on_several_nodes_only() -> None:
+    from sofnet.preflight import PreflightError, check_storage_for_nodes
+
+    check_storage_for_nodes("runs", nodes=1, shared=False)  # the laptop default is never refused
+    check_storage_for_nodes("s3://bucket/runs", nodes=4, shared=False)
+    check_storage_for_nodes("/mnt/nfs/runs", nodes=4, shared=True)
+    with pytest.raises(PreflightError, match=r"^train.output_dir=/data/runs: a local path, but the Ray cluster has 3 "
+                                             r"nodes .* train.shared_storage=true$"):
+        check_storage_for_nodes("/data/runs", nodes=3, shared=False)

@@ -127,3 +127,15 @@ def test_lost_host_resumes_on_the_spare_node(cluster: list, shards: Path, tmp_pa
     steps = sorted(m.step for m in client.get_metric_history(runs["stage1"].info.run_id, "val/mAP"))
     assert steps == list(range(1, epochs + 1)), f"val/mAP logged at epochs {steps}, want each of 1..{epochs} once"
     assert (run_dir / f"checkpoint-stage1-epoch{epochs - 1:03d}").is_dir()
+
+
+def test_local_storage_on_several_nodes_is_refused_before_training(cluster: list, shards: Path, tmp_path: Path) -> None:
+    """Without train.shared_storage a local output_dir on a multi-node cluster is one line and exit 2, before any
+    worker starts (Ray Train no longer syncs checkpoints to the head)."""
+    entry = [a for a in mn.train_entry(shards, tmp_path, "mn-local") if a != "train.shared_storage=true"]
+    done = mn.submit("mn-local", entry, timeout=300)
+    assert done.returncode != 0 and mn.status("mn-local") == "FAILED"
+    log = mn.logs("mn-local")
+    errors = [line for line in log.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "train.output_dir=" in errors[0] and "shared_storage" in errors[0], log[-3000:]
+    assert "Traceback" not in log and "RayTrainWorker" not in log and not (tmp_path / "runs" / "mn-local").exists()

@@ -74,6 +74,22 @@ def check_data(cfg: Any, train: bool = True) -> None:
     check_shards(d.val_shards, d.val_subset, key="data.val_shards", num_classes=k)
 
 
+def check_storage_for_nodes(path: str, nodes: int, shared: bool, key: str = "train.output_dir") -> None:
+    """A run on several nodes needs storage every node sees: since Ray 2.7, Ray Train no longer syncs a worker's
+    checkpoints to the head, so with a local path each node would keep its own part of every checkpoint and a
+    restarted worker on another node would not find them (or a resume would load half a checkpoint).
+
+    Args:
+        path: ``train.output_dir``.
+        nodes: Alive Ray nodes with CPUs in the cluster the job runs on.
+        shared: ``train.shared_storage``: the user says the local path is a mount every node has (NFS, Lustre).
+    """
+    if nodes > 1 and "://" not in path and not shared:
+        raise PreflightError(f"{key}={path}: a local path, but the Ray cluster has {nodes} nodes and Ray Train no "
+                             "longer copies checkpoints to the head; use storage every node reaches (s3://bucket/"
+                             "runs, gs://...) or, for a mount every node has, set train.shared_storage=true")
+
+
 def check_output_dir(path: str, key: str = "train.output_dir") -> None:
     """The run's storage can be written (created if missing)."""
     if "://" in path:

@@ -103,7 +103,8 @@ class TrainConfig:
     log_every: int = 20  # steps between progress lines
     zero_stage: int = 0
     precision: str = "auto"  # auto (bf16 on GPUs that have it, else fp32) | fp32 | bf16
-    output_dir: str = "runs"
+    output_dir: str = "runs"  # Ray Train's storage: a local path, or s3://, gs://, ... (every node must reach it)
+    shared_storage: bool = False  # a local output_dir that every node mounts (NFS, Lustre): allowed on several nodes
     keep_checkpoints: int = 2
     best_metric: str = ""  # what picks a stage's best epoch; "": the official one (val/mAP = mmAP; Sports-1M top-1)
     max_failures: int = 2

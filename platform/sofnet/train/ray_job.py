@@ -106,6 +106,13 @@ def make_trainer(cfg: Any, tracking_uri: str, tags: Dict[str, str], pid_dir: str
     )
 
 
+def cluster_nodes() -> int:
+    """Alive nodes of the connected Ray cluster that can run a training worker (have CPUs)."""
+    import ray
+
+    return sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0)
+
+
 def run_training(cfg: Any, *, pid_dir: str = "", verbose: bool = False) -> Any:
     """Check MLflow, connect to (or start) Ray, train both stages; returns Ray Train's ``Result``.
 
@@ -118,13 +125,14 @@ def run_training(cfg: Any, *, pid_dir: str = "", verbose: bool = False) -> Any:
         PreflightError: Shards missing, empty, inconsistent or of another class count; storage not writable.
         TrackingError: The MLflow store is unreachable (before Ray starts).
     """
-    from sofnet.preflight import check_data, check_output_dir
+    from sofnet.preflight import check_data, check_output_dir, check_storage_for_nodes
 
     tracking_uri = tracking_store(cfg)
     check_data(cfg)  # before the paths are made absolute: a relative path in a submitted job gets its own message
     cfg = prepare_config(cfg)
     check_output_dir(cfg.train.output_dir)
     init_ray(cfg)
+    check_storage_for_nodes(cfg.train.output_dir, cluster_nodes(), cfg.train.shared_storage)
     tags = {"mlflow.source.git.commit": git_commit(), "mlflow.source.name": source_name(),
             "mlflow.source.type": "JOB", "ray_job_id": ray_job_id(), "ray_run_name": run_name(cfg)}
     logger.info("training %s: stages to %s/%s, MLflow %s (experiment %s), Ray job %s", run_name(cfg),
