@@ -86,3 +86,22 @@ def test_official_costs_match_the_authors_table() -> None:
     for ours, theirs in zip(costs[:3], (4.132, 2.253, 0.488)):
         assert 0.98 * theirs <= ours <= theirs
     assert 0.045 <= costs[3] <= 0.055 + 0.0033  # MobileNetV2@84 + LSTMCell(1280, 512) + heads
+
+
+def test_loss_is_the_authors_formula_by_hand() -> None:
+    from sofnet.models.arnet import ARNetOutput, arnet_loss
+
+    # 2 videos x 2 frames, actions [R0, skip] and [R1, R1] over A = 5 (2 backbones, lite, 2 skips)
+    one_hot = torch.zeros(2, 2, 5)
+    one_hot[0, 0, 0] = one_hot[0, 1, 3] = one_hot[1, 0, 1] = one_hot[1, 1, 1] = 1
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    out = ARNetOutput(logits, one_hot.argmax(-1), one_hot=one_hot.requires_grad_())
+    loss, terms = arnet_loss(out, torch.tensor([0, 2]), [4.0, 2.0])
+    ce = (-torch.log_softmax(logits, -1)[0, 0] - torch.log_softmax(logits, -1)[1, 2]) / 2
+    eff = (1 * 4.0 + 2 * 2.0) / 4  # frames on R0, R1 times their GFLOPs, over batch x frames
+    usage = torch.tensor([1, 2, 0, 1, 0]) / 4
+    uniform = float(((usage - usage.mean()) ** 2).sum().sqrt())
+    assert terms["loss_eff"] == pytest.approx(eff) and terms["loss_uniform"] == pytest.approx(uniform)
+    assert float(loss) == pytest.approx(0.95 * float(ce) + 0.05 * (eff + 3.0 * uniform))
+    loss.backward()
+    assert one_hot.grad is not None  # the policy learns through the straight-through one-hots

@@ -40,11 +40,13 @@ OFFICIAL_BACKBONES = (("resnet50", 224), ("resnet34", 168), ("resnet18", 112))
 
 @dataclass
 class ARNetOutput:
-    """Video logits [N, C], per-frame action ids [N, T], and (``infer``) GMACs per video [N]."""
+    """Video logits [N, C], per-frame action ids [N, T], the (straight-through) one-hot actions [N, T, A] of the
+    training path, and (``infer``) GMACs per video [N]."""
 
     logits: torch.Tensor
     actions: torch.Tensor
     gflops: Optional[torch.Tensor] = None
+    one_hot: Optional[torch.Tensor] = None
 
 
 def _new_linear(features: int, out: int) -> nn.Linear:
@@ -140,7 +142,7 @@ class ARNet(nn.Module):
         actions, lite = self._policy(frames, n, t)
         nets = [b(self._resize(frames, s)).view(n, t, -1) for b, s in zip(self.backbones, self.sizes)]
         per_net = torch.stack(nets + [lite], 2)
-        return ARNetOutput(self._combine(per_net, actions, self.reso_dim), actions.argmax(-1))
+        return ARNetOutput(self._combine(per_net, actions, self.reso_dim), actions.argmax(-1), one_hot=actions)
 
     @torch.no_grad()
     def infer(self, x: torch.Tensor) -> ARNetOutput:
@@ -193,3 +195,30 @@ class ARNet(nn.Module):
 def _meta_copy(module: nn.Module) -> nn.Module:
     """A twin of ``module`` on the meta device (counting FLOPs there costs nothing and leaves the module as is)."""
     return copy.deepcopy(module).to("meta")
+
+
+def arnet_loss(out: ARNetOutput, target: torch.Tensor, backbone_gflops: Sequence[float], *,
+               accuracy_weight: float = 0.95, efficiency_weight: float = 0.05,
+               uniform_weight: float = 3.0) -> Tuple[torch.Tensor, dict]:
+    """The authors' joint-training loss (facts sheet, section 4; ``main_base.py:473-572``).
+
+    ``accuracy_weight * CE(video logits, smallest label) + efficiency_weight * (E[GFLOPs] + uniform_weight * U)``:
+    E[GFLOPs] is the mean over batch and frames of the one-hot actions times the backbones' GFLOPs (0 for the
+    policy's own head and the skips), raw, not normalised; U is the L2 norm of (usage share of each action - its mean)
+    over the batch, from the hard one-hots (the gradient flows straight through).
+
+    Returns:
+        ``(loss, {"loss_acc", "loss_eff", "loss_uniform"})`` (the terms before weighting, detached floats).
+    """
+    actions = out.one_hot
+    if actions is None:
+        raise ValueError("arnet_loss needs the training path's output (ARNet.forward), not infer()")
+    costs = actions.new_zeros(actions.shape[-1])
+    costs[: len(backbone_gflops)] = actions.new_tensor(list(backbone_gflops))
+    acc = F.cross_entropy(out.logits, target)
+    eff = (actions.mean(dim=(0, 1)) * costs).sum()
+    usage = actions.sum(dim=(0, 1))
+    usage = usage / usage.sum()
+    uniform = torch.linalg.vector_norm(usage - usage.mean())
+    loss = accuracy_weight * acc + efficiency_weight * (eff + uniform_weight * uniform)
+    return loss, {"loss_acc": float(acc), "loss_eff": float(eff), "loss_uniform": float(uniform)}
