@@ -124,6 +124,9 @@ def test_lost_host_resumes_on_the_spare_node(cluster: list, shards: Path, tmp_pa
     assert f"stage1 epoch {restored + 2}/{epochs} done" in resumed, resumed[-3000:]
     client, runs = mn.mlflow_runs(tmp_path, "lost")
     assert set(runs) == {"job", "stage1"}, sorted(runs)  # the same MLflow runs continued
+    for run in runs.values():  # where the ranks run now, and where they ran before the node was lost
+        assert run.data.tags["node_ips"] == ",".join(second), run.data.tags
+        assert run.data.tags["node_ips_history"] == ",".join(first), run.data.tags
     steps = sorted(m.step for m in client.get_metric_history(runs["stage1"].info.run_id, "val/mAP"))
     assert steps == list(range(1, epochs + 1)), f"val/mAP logged at epochs {steps}, want each of 1..{epochs} once"
     assert (run_dir / f"checkpoint-stage1-epoch{epochs - 1:03d}").is_dir()

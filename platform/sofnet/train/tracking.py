@@ -146,6 +146,7 @@ class RunTracker:
         """Start (or reopen) the job's parent run: the whole config, its description and source tags."""
         if run_id:
             run = mlflow.start_run(run_id=run_id)
+            self._refresh_placement(run)
         else:
             tags = {**self.tags, **fingerprint(), "dataset": self.cfg.data.dataset,
                     "mlflow.note.content": description(self.cfg, stages)}
@@ -166,6 +167,7 @@ class RunTracker:
         """
         if run_id:
             run = mlflow.start_run(run_id=run_id, nested=True, log_system_metrics=True)
+            self._refresh_placement(run)
             logger.info("MLflow: resumed run %s", run_id)
         else:
             arch = model["arch"]
@@ -188,6 +190,16 @@ class RunTracker:
             logger.info("MLflow: run %s (%s)", run.info.run_id, run.info.run_name)
         self.run_id = run.info.run_id
         return self.run_id
+
+    def _refresh_placement(self, run: Any) -> None:
+        """A resumed attempt may run elsewhere (a lost node): ``node_ips`` and the ``machine.*`` tags say where this
+        attempt runs; the earlier placements stay in ``node_ips_history`` (attempts separated by ``;``)."""
+        current = self.tags.get("node_ips")
+        before = run.data.tags.get("node_ips")
+        if current and before and current != before:
+            history = run.data.tags.get("node_ips_history", before)
+            mlflow.set_tag("node_ips_history", history if history.endswith(before) else f"{history};{before}")
+        mlflow.set_tags({k: v for k, v in {**fingerprint(), "node_ips": current}.items() if v})
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log derived settings (e.g. world size, global batch, effective lr) on the active run."""
