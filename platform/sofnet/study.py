@@ -166,10 +166,10 @@ def summarize(records: Sequence[Mapping[str, Any]], targets: Any) -> Dict[str, A
         if all(method in s for s in per_seed):
             rows[method] = {c: _mean_std([s[method][c] for s in per_seed]) for c in per_seed[0][method]}
     grids = {}
+    base = [r["reports"]["stage1"]["metrics"]["val/gflops_per_video"] for r in records]  # each seed's own TSN
     for stage, method in (("stage1", "TSN + ET"), ("stage2", "SoF-Net + ET")):
         points = []
         for i, point in enumerate(records[0]["grids"][stage]):
-            base = [r["reports"]["stage1"]["metrics"]["val/gflops_per_video"] for r in records]
             points.append({"rho": point["rho"], "t_min": point["t_min"],
                            "mAP": _mean_std([r["grids"][stage][i]["val/et/mAP"] for r in records]),
                            "gflops_ratio": _mean_std([r["grids"][stage][i]["val/et/gflops_per_video"] / b
