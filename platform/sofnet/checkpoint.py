@@ -220,24 +220,70 @@ def epoch_checkpoints(run_dir: Path) -> list[Path]:
     """The ``checkpoint-*`` directories of a run directory, oldest (stage, epoch) first."""
     found = [p for p in run_dir.glob("checkpoint-*") if (p / META).is_file()]
 
-    def order(p: Path) -> Tuple[int, int]:
-        meta = _read_json(p / META)
-        return (STAGE_ORDER.index(meta["stage"]) if meta.get("stage") in STAGE_ORDER else -1, int(meta.get("epoch", -1)))
+    return sorted(found, key=lambda p: _order_key(_read_json(p / META)))
 
-    return sorted(found, key=order)
+
+def _order_key(meta: Mapping[str, Any]) -> Tuple[int, int]:
+    return (STAGE_ORDER.index(meta["stage"]) if meta.get("stage") in STAGE_ORDER else -1, int(meta.get("epoch", -1)))
+
+
+def fetch_remote(uri: str, which: str = "best") -> Path:
+    """Download the one checkpoint directory an object-store URI names (``s3://``, ``gs://``; see :func:`resolve`)
+    to a new temporary directory and return it; the seals are then verified on that local copy like any other.
+
+    Only the chosen checkpoint is copied (not the run's other epochs); the copy is left for the caller's process
+    (a temp dir per call: a few MB for a demo model, the DeepSpeed state too for ``which="last"``). Credentials and
+    endpoint come from the standard variables pyarrow reads (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``, ...).
+    """
+    import pyarrow.fs as pafs
+
+    try:
+        fs, root = pafs.FileSystem.from_uri(uri.rstrip("/"))
+
+        def kind(rel: str) -> Any:
+            return fs.get_file_info(f"{root}/{rel}" if rel else root).type
+
+        if kind("") == pafs.FileType.NotFound:
+            raise CheckpointError(f"{uri}: no such checkpoint or run directory")
+        chosen = ""
+        if kind(WEIGHTS) != pafs.FileType.File and kind(MODEL) != pafs.FileType.File:
+            bests = [f"{BEST}/{s}" for s in STAGE_ORDER if kind(f"{BEST}/{s}/{WEIGHTS}") == pafs.FileType.File]
+            if which == "best" and bests:
+                chosen = bests[-1]
+            else:
+                epochs = [i.base_name for i in fs.get_file_info(pafs.FileSelector(root))
+                          if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint-")
+                          and kind(f"{i.base_name}/{META}") == pafs.FileType.File]
+                if not epochs:
+                    raise CheckpointError(f"{uri}: no checkpoint here (expected a run directory with best/ or "
+                                          f"checkpoint-*/, or a checkpoint directory with {WEIGHTS})")
+                chosen = max(epochs, key=lambda e: _order_key(json.loads(fs.open_input_file(
+                    f"{root}/{e}/{META}").read())))
+        local = Path(tempfile.mkdtemp(prefix="sofnet-ckpt-")) / (chosen.replace("/", "-") or "checkpoint")
+        local.mkdir()  # pyarrow copies into an existing directory only
+        pafs.copy_files(f"{root}/{chosen}".rstrip("/"), str(local), source_filesystem=fs,
+                        destination_filesystem=pafs.LocalFileSystem())
+    except (OSError, ValueError, json.JSONDecodeError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{uri}: cannot read it ({' '.join(str(e).split())[:200]})") from None
+    logger.info("downloaded %s/%s to %s", uri.rstrip("/"), chosen, local)
+    return local
 
 
 def resolve(path: str | Path, which: str = "best") -> Path:
-    """The checkpoint directory ``path`` names.
+    """The checkpoint directory ``path`` names (an object-store URI is downloaded first: :func:`fetch_remote`).
 
     Args:
-        path: A checkpoint directory (holds ``weights.pt``), or a run directory.
+        path: A checkpoint directory (holds ``weights.pt``), or a run directory; local or ``s3://``/``gs://``.
         which: For a run directory: ``best`` (the final stage's best epoch; the official test script loads
             ``ckpt.best``) or ``last`` (its latest epoch checkpoint).
 
     Raises:
         CheckpointError: nothing usable there, said in one line.
     """
+    if "://" in str(path):
+        return fetch_remote(str(path), which)
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{p}: no such checkpoint or run directory")
@@ -264,7 +310,7 @@ def load_state(spec: str) -> Dict[str, torch.Tensor]:
 
         return load_logged(spec).state_dict()
     p = Path(spec)
-    directory = p.parent if p.is_file() and p.name == WEIGHTS else resolve(p)
+    directory = p.parent if "://" not in spec and p.is_file() and p.name == WEIGHTS else resolve(spec)
     verify(directory)
     return safe_load(directory / WEIGHTS)
 
