@@ -5,7 +5,7 @@ Usage (what ``jobs/study.py`` does)::
     from sofnet.study import load_study, run_study
     study = load_study("jobs/configs/study.yaml", ["seeds=[1,2,3]"])
     outcome = run_study(study)                # trains what is missing, evaluates, logs to MLflow
-    print(outcome["table"])                   # Table A/B rows as mean ± std, the TSN + ET grid, the criteria
+    table = outcome["table"]                  # Table A/B rows as mean ± std, the TSN + ET grid, the criteria
 
 Per seed ``s`` the base training config runs once as a two-stage job named ``<name>-seed<s>`` (stage 1 = TSN, shared by
 that seed's SoF-Net; stage 2 = SoF-Net from it) on Ray Train + DeepSpeed, into ``<output_dir>/<name>/``. Each run's

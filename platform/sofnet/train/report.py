@@ -4,7 +4,7 @@ Usage (what ``jobs/results_table.py`` does)::
 
     from sofnet.train.report import evaluate_run, results_table
     rows = evaluate_run(cfg, run_dir="runs/demo", out_dir="runs/demo-eval")   # [(method, metrics), ...]
-    print(results_table(rows))
+    table = results_table(rows)                                                # Markdown, printed by the job
 
 Each stage's best epoch (``<run>/best/<stage>``: the TSN/TSM baseline of stage 1, SoF-Net of stage 2) is evaluated
 by :func:`sofnet.evaluation.evaluate_model` on the same validation videos, with and without early exit, so every
