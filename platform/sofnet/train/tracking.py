@@ -136,6 +136,7 @@ class RunTracker:
 
     def __init__(self, cfg: Any, tracking_uri: str, tags: Optional[Mapping[str, str]] = None) -> None:
         self.cfg, self.uri, self.tags = cfg, tracking_uri, dict(tags or {})
+        self.machine = fingerprint()  # this process's machine: read once, tagged on every run it opens
         mlflow.set_tracking_uri(tracking_uri)
         self.experiment_id = check_tracking(tracking_uri, cfg.mlflow.experiment)
         self.client = MlflowClient(tracking_uri=tracking_uri)
@@ -148,7 +149,7 @@ class RunTracker:
             run = mlflow.start_run(run_id=run_id)
             self._refresh_placement(run)
         else:
-            tags = {**self.tags, **fingerprint(), "dataset": self.cfg.data.dataset,
+            tags = {**self.tags, **self.machine, "dataset": self.cfg.data.dataset,
                     "mlflow.note.content": description(self.cfg, stages)}
             run = mlflow.start_run(experiment_id=self.experiment_id, run_name=self.cfg.name or self.cfg.data.dataset,
                                    tags=tags)
@@ -173,7 +174,7 @@ class RunTracker:
             arch = model["arch"]
             note = (f"{stage} of {self.cfg.name or self.cfg.data.dataset}: trains {arch} ({model['backbone']}, "
                     f"{model['num_segments']} frames at {model['input_size']} px); the job's run holds the whole config")
-            tags = {**self.tags, **fingerprint(), "dataset": self.cfg.data.dataset, "stage": stage, "arch": arch,
+            tags = {**self.tags, **self.machine, "dataset": self.cfg.data.dataset, "stage": stage, "arch": arch,
                     "mlflow.note.content": note}
             run = mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name(self.cfg, stage, arch),
                                    tags=tags, nested=True, log_system_metrics=True)
@@ -199,7 +200,7 @@ class RunTracker:
         if current and before and current != before:
             history = run.data.tags.get("node_ips_history", before)
             mlflow.set_tag("node_ips_history", history if history.endswith(before) else f"{history};{before}")
-        mlflow.set_tags({k: v for k, v in {**fingerprint(), "node_ips": current}.items() if v})
+        mlflow.set_tags({k: v for k, v in {**self.machine, "node_ips": current}.items() if v})
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log derived settings (e.g. world size, global batch, effective lr) on the active run."""
