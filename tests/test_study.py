@@ -87,6 +87,14 @@ def _run(tmp: Path, path: Path, *extra: str) -> subprocess.CompletedProcess:
                           env=env, capture_output=True, text=True, timeout=900, start_new_session=True)
 
 
+def test_the_shipped_study_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sofnet.study import load_study
+
+    monkeypatch.chdir(REPO)  # base_config is relative to the repository root, where `make study` runs
+    study = load_study(REPO / "jobs/configs/study.yaml")
+    assert list(study.seeds) == [1, 2, 3] and study.base_config.endswith("bench.yaml")
+
+
 def test_bad_study_config_is_one_line(tmp_path: Path) -> None:
     path = _study(tmp_path, tmp_path / "no-shards")
     proc = _run(tmp_path, path, "seeds=[1,1]")
