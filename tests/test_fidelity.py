@@ -34,6 +34,13 @@ COSTS = CostTable(blocks=[0.5, 1.0, 1.5, 2.0, 2.5], gates=[0.01, 0.02, 0.03, 0.0
 @pytest.mark.parametrize("path", PAPER, ids=[p.stem for p in PAPER])
 def test_paper_configs_use_every_official_setting(path: Path) -> None:
     cfg = load_config(path)
+    if cfg.model.arch == "arnet":  # AR-Net's authors' settings (their facts sheet, sections 4-5; test_train_unit)
+        assert cfg.model.partial_bn is False and cfg.data.global_batch_size == 48
+        assert (cfg.loss.alpha, cfg.loss.uniform_weight, cfg.early_exit.enabled) == (0.95, 3.0, False)
+        for stage in ("stage1", "stage2", "stage3"):
+            optim = cfg.train[stage].optim
+            assert (optim.base_batch_size, optim.linear_lr_mult, optim.clip_grad) == (0, 5.0, 20.0)
+        return
     assert cfg.model.partial_bn is False and cfg.model.gate_init == "official"
     assert (cfg.loss.gate_target, cfg.loss.eff_weights, cfg.early_exit.mode) == ("sample", "official", "official")
     assert cfg.data.global_batch_size == 24

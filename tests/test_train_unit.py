@@ -16,7 +16,7 @@ from sofnet.train.worker import enabled_stages, stage_model_config
 
 REPO = Path(__file__).resolve().parents[1]
 # Training-job configs (jobs/configs/study.yaml is a study's config, loaded and checked by tests/test_study.py).
-CONFIGS = sorted(p for p in (REPO / "jobs" / "configs").glob("*.yaml") if p.stem != "study")
+CONFIGS = sorted(p for p in (REPO / "jobs" / "configs").glob("*.yaml") if not p.stem.startswith("study"))
 PAPER = ("anet_", "sports1m_")
 
 
@@ -104,7 +104,18 @@ def test_every_job_config_loads_and_says_what_it_reproduces(path: Path) -> None:
     paper = path.stem.startswith(PAPER)
     assert path.read_text().startswith("#") and ("Reproduces" in path.read_text() or not paper)
     assert cfg.name == path.stem
-    if paper:
+    if paper and cfg.model.arch == "arnet":  # the authors' ActivityNet run (facts sheet, section 5)
+        m, t = cfg.model, cfg.train
+        assert (m.num_segments, m.input_size, list(m.arnet_backbones), list(m.arnet_sizes), m.arnet_policy_size) == (
+            16, 224, ["resnet50", "resnet34", "resnet18"], [224, 168, 112], 84)
+        assert (list(m.arnet_skips), m.arnet_hidden, m.tau0, m.tau_decay, m.dropout, m.pretrained) == (
+            [1, 2, 4], 512, 5.0, 0.045, 0.5, "imagenet")
+        assert (cfg.data.global_batch_size, cfg.loss.alpha, cfg.loss.uniform_weight) == (48, 0.95, 3.0)
+        assert [(t[s].epochs, t[s].optim.lr, list(t[s].optim.lr_steps)) for s in ("stage1", "stage2", "stage3")] == [
+            (10, 0.02, []), (50, 0.001, []), (50, 0.0005, [])]
+        assert all(t[s].optim.clip_grad == 20.0 and t[s].optim.linear_lr_mult == 5.0 for s in ("stage1", "stage2"))
+        assert not cfg.early_exit.enabled and not m.partial_bn
+    elif paper:
         m, s1, s2 = cfg.model, cfg.train.stage1, cfg.train.stage2
         assert (m.num_segments, m.backbone, cfg.data.batch_size) == (16, "resnet50", 24)
         assert (s1.epochs, s1.optim.lr, s1.optim.clip_grad, s1.optim.weight_decay) == (15, 0.001, 20.0, 1e-4)

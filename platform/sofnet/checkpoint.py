@@ -40,12 +40,14 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
 
+from sofnet.schema import STAGE_NAMES
+
 logger = logging.getLogger(__name__)
 
 FORMAT = 1
 WEIGHTS, MODEL, META, DS_TAG, BEST = "weights.pt", "model.json", "meta.json", "ds", "best"
 SEAL_PREFIX = "SEAL.rank"
-STAGE_ORDER = ("stage1", "stage2")
+STAGE_ORDER = STAGE_NAMES  # stage3: AR-Net's fine-tuning
 
 
 class CheckpointError(ValueError):

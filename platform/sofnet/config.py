@@ -23,9 +23,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sofnet.early_exit import EarlyExit, EarlyExitError
 from sofnet.schema import (  # noqa: F401  (re-exported: the config API lives here)
-    ARCHS, BACKBONES, BEST_METRICS, EFF_WEIGHTS, ET_MODES, GATE_INITS, GATE_TARGETS, NUM_BLOCKS,
-    PLACEMENT_STRATEGIES, SHIFTS, Config, DataConfig, EarlyExitConfig, LossConfig, MlflowConfig, ModelConfig, OptimConfig, ScalingConfig, StageConfig,
-    TrainConfig,
+    ARCHS, ARNET_PHASES, BACKBONES, BEST_METRICS, EFF_WEIGHTS, ET_MODES, GATE_INITS, GATE_TARGETS, NUM_BLOCKS,
+    PLACEMENT_STRATEGIES, SHIFTS, STAGE_NAMES, Config, DataConfig, EarlyExitConfig, LossConfig, MlflowConfig,
+    ModelConfig, OptimConfig, ScalingConfig, StageConfig, TrainConfig,
 )
 
 class ConfigError(ValueError):
@@ -45,6 +45,9 @@ def validate(cfg: Any, src: str = "<config>") -> None:
     _choice(m.shift, SHIFTS, "model.shift", src)
     _choice(m.gate_init, GATE_INITS, "model.gate_init", src)
     _choice(et.mode, ET_MODES, "early_exit.mode", src)
+    _choice(m.get("arnet_phase", "joint"), ARNET_PHASES, "model.arnet_phase", src)
+    for name in m.get("arnet_backbones", []):
+        _choice(name, BACKBONES, "model.arnet_backbones", src)
     _choice(loss.get("gate_target", "logits"), GATE_TARGETS, "loss.gate_target", src)
     _choice(loss.get("eff_weights", "marginal"), EFF_WEIGHTS, "loss.eff_weights", src)
     checks = [
@@ -56,6 +59,17 @@ def validate(cfg: Any, src: str = "<config>") -> None:
         (m.tau0 > 0 and m.tau_decay >= 0, "model.tau0", "tau0 must be > 0 and tau_decay >= 0"),
         (m.shift_div >= 2, "model.shift_div", "must be >= 2"),
         (m.et_chunk >= 1, "model.et_chunk", "must be >= 1"),
+        (len(m.get("arnet_backbones", [])) >= 1 and len(m.get("arnet_backbones", [])) == len(m.get("arnet_sizes", [])),
+         "model.arnet_sizes", "needs one resolution per entry of model.arnet_backbones"),
+        (all(s >= 32 for s in m.get("arnet_sizes", [])) and m.get("arnet_policy_size", 84) >= 32,
+         "model.arnet_sizes", "resolutions (and arnet_policy_size) must be >= 32"),
+        (all(s >= 1 for s in m.get("arnet_skips", [])), "model.arnet_skips", "skip lengths must be >= 1"),
+        (m.get("arnet_hidden", 1) >= 1, "model.arnet_hidden", "must be >= 1"),
+        (loss.get("uniform_weight", 0.0) >= 0, "loss.uniform_weight", "must be >= 0"),
+        (m.arch != "arnet" or max(m.get("arnet_sizes", [0])) <= m.input_size, "model.arnet_sizes",
+         f"must be <= model.input_size ({m.input_size}): each resolution is a downsampling of the input crop"),
+        (m.arch != "arnet" or m.pretrained in ("none", "imagenet"), "model.pretrained",
+         "must be none or imagenet for AR-Net (one path cannot hold its three ResNets and MobileNetV2)"),
         (not (m.arch == "sofnet_tsm" and m.shift == "bidirectional"), "model.shift",
          "sofnet_tsm needs the causal shift: a bidirectional shift reads frames that skipping never computes"),
         (0.0 <= loss.alpha <= 1.0, "loss.alpha", "must be in [0, 1]"),
@@ -81,7 +95,9 @@ def validate(cfg: Any, src: str = "<config>") -> None:
             (t.max_failures >= -1, "train.max_failures", "must be >= -1 (-1 = retry forever)"),
             (t.decision_maps_correct >= 0 and t.decision_maps_failed >= 0, "train.decision_maps_correct/failed",
              "must be >= 0 (videos per decision-map group; 0 = none)"),
-            (t.stage1.epochs >= 1 and t.stage2.epochs >= 1, "train.stageN.epochs", "must be >= 1"),
+            (all(t[st].epochs >= 1 for st in STAGE_NAMES), "train.stageN.epochs", "must be >= 1"),
+            (m.arch != "arnet" or not et.enabled, "early_exit.enabled",
+             "AR-Net has no early exit here (its policy skips frames itself): set early_exit.enabled=false"),
         ]
     for ok, key, why in checks:
         if not ok:
@@ -91,7 +107,7 @@ def validate(cfg: Any, src: str = "<config>") -> None:
     except EarlyExitError as e:
         raise ConfigError(f"{src}: {e}") from None
     if "data" in cfg and "scaling" in cfg:
-        for stage in ("stage1", "stage2"):
+        for stage in STAGE_NAMES:
             if cfg.train[stage].optim.base_batch_size < 0:
                 raise ConfigError(f"{src}: train.{stage}.optim.base_batch_size must be >= 0 (0 = no lr scaling)")
         from sofnet.train.deepspeed_config import per_worker_batch  # the one owner of the batch split

@@ -69,5 +69,6 @@ class EarlyExit:
 
     @staticmethod
     def applies_to(model: Any) -> bool:
-        """Whether a model can exit early: every causal one (a bidirectional TSM shift reads later frames)."""
-        return getattr(model, "shift", None) != "bidirectional"
+        """Whether a model can exit early: every causal one (a bidirectional TSM shift reads later frames), and not
+        AR-Net (``exits_early = False``: its policy skips frames itself)."""
+        return getattr(model, "exits_early", True) and getattr(model, "shift", None) != "bidirectional"

@@ -99,6 +99,12 @@ def gate_diagnostics(prefix: str, decisions: np.ndarray, inside: np.ndarray,
     return m
 
 
+def action_shares(prefix: str, actions: np.ndarray, names: List[str]) -> Dict[str, float]:
+    """AR-Net's resolution shares: ``action_share/<name>``, the share of sampled frames that got each action."""
+    actions = np.asarray(actions)
+    return {f"{prefix}action_share/{name}": float((actions == k).mean()) for k, name in enumerate(names)}
+
+
 def score(prefix: str, scores: np.ndarray, targets: np.ndarray, label: np.ndarray, decisions: np.ndarray,
           gflops: np.ndarray, fallback: np.ndarray, inside: Optional[np.ndarray] = None,
           exit_step: Optional[np.ndarray] = None) -> Tuple[Dict[str, float], List[float]]:
@@ -148,6 +154,7 @@ def evaluate(model: torch.nn.Module, loader: Any, *, device: torch.device, dtype
     was_training = model.training
     model.eval()
     use_et = et is not None and et.applies_to(model)
+    action_names = list(model.action_names()) if hasattr(model, "action_names") else []
     cols: Dict[str, List[Any]] = {}
     ids: List[str] = []
     start = time.perf_counter()
@@ -161,6 +168,8 @@ def evaluate(model: torch.nn.Module, loader: Any, *, device: torch.device, dtype
                 for name, v in zip(OUTPUTS, (out.logits.float().softmax(-1), out.decisions, out.exit_step,
                                              out.gflops.double(), out.fallback)):
                     cols.setdefault(prefix + name, []).append(v)
+            if action_names:  # AR-Net: which network (or skip) each frame got
+                cols.setdefault("actions", []).append(variants[0][1].actions)
             for name in BATCH_FIELDS:
                 cols.setdefault(name, []).append(batch[name])
             ids += list(batch["id"])
@@ -169,13 +178,16 @@ def evaluate(model: torch.nn.Module, loader: Any, *, device: torch.device, dtype
                             len(ids) / max(time.perf_counter() - start, 1e-9))
     finally:
         model.train(was_training)
-    names = list(OUTPUTS) + [f"et_{n}" for n in OUTPUTS if use_et] + list(BATCH_FIELDS)
+    names = (list(OUTPUTS) + [f"et_{n}" for n in OUTPUTS if use_et] + ["actions"] * bool(action_names)
+             + list(BATCH_FIELDS))
     host = [[v.cpu() for v in cols.get(n, [])] for n in names]
     gathered_ids, arrays = gather_eval(ids, *host, expected=expected)
     a = dict(zip(names, arrays))
     a["targets"] = a.pop("labels")
     metrics, per_class = score("val/", a["scores"], a["targets"], a["label"], a["decisions"], a["gflops"],
                                a["fallback"], a["inside"])
+    if action_names:
+        metrics.update(action_shares("val/", a["actions"], action_names))
     aps = {"": per_class}
     if "et_scores" in a:
         m_et, aps["et"] = score("val/et/", a["et_scores"], a["targets"], a["label"], a["et_decisions"],

@@ -8,10 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-ARCHS = ("tsn", "tsm", "sofnet", "sofnet_tsm")
+ARCHS = ("tsn", "tsm", "sofnet", "sofnet_tsm", "arnet")
+STAGE_NAMES = ("stage1", "stage2", "stage3")  # stage3: AR-Net's fine-tuning (policy frozen) only
 BACKBONES = ("resnet18", "resnet34", "resnet50")
 SHIFTS = ("auto", "bidirectional", "causal")
 GATE_INITS = ("official", "pytorch")
+ARNET_PHASES = ("warmup", "joint", "finetune")
 ET_MODES = ("reached", "official")
 GATE_TARGETS = ("sample", "logits")  # L_gate on the hard Gumbel sample (official) or on the gate logits
 EFF_WEIGHTS = ("official", "marginal")  # L_eff weights: the official shifted remaining cost, or our marginal cost
@@ -20,9 +22,17 @@ BEST_METRICS = ("", "val/mAP", "val/mAP_first_label", "val/top1", "val/top5")  #
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray placement groups
 
 
+def arch_stages(arch: str) -> tuple:
+    """The stages an architecture trains: stage 1 alone (TSN, TSM), 1-2 (SoF-Net: backbone, gates) or 1-3 (AR-Net:
+    warm-up, joint, fine-tuning)."""
+    if arch == "arnet":
+        return STAGE_NAMES
+    return STAGE_NAMES[:2] if arch.startswith("sofnet") else STAGE_NAMES[:1]
+
+
 @dataclass
 class ModelConfig:
-    arch: str = "sofnet"  # tsn | tsm | sofnet | sofnet_tsm
+    arch: str = "sofnet"  # tsn | tsm | sofnet | sofnet_tsm | arnet
     backbone: str = "resnet50"  # resnet18 | resnet34 | resnet50
     num_classes: int = 200
     num_segments: int = 16
@@ -37,6 +47,14 @@ class ModelConfig:
     shift_div: int = 8  # 1/shift_div of the channels move per direction
     partial_bn: bool = False  # TSN partial BN (freeze all BNs but the first); off as in the published runs (--npb)
     et_chunk: int = 4  # time steps per chunk of the skipping path when early exit is on
+    # AR-Net (arch arnet; ``backbone`` and the gate keys are unused): one backbone per resolution, largest first,
+    # the policy (MobileNetV2 + LSTMCell) at policy_size, skip options. Official ActivityNet setting below.
+    arnet_backbones: List[str] = field(default_factory=lambda: ["resnet50", "resnet34", "resnet18"])
+    arnet_sizes: List[int] = field(default_factory=lambda: [224, 168, 112])
+    arnet_policy_size: int = 84
+    arnet_hidden: int = 512
+    arnet_skips: List[int] = field(default_factory=lambda: [1, 2, 4])
+    arnet_phase: str = "joint"  # set per stage by the job: warmup (stage 1) | joint (stage 2) | finetune (stage 3)
 
 
 @dataclass
@@ -45,6 +63,7 @@ class LossConfig:
     beta: Optional[float] = 0.05  # L_pg = beta * L_gate + (1 - beta) * L_aux; null turns L_pg off
     gate_target: str = "logits"  # L_gate on: logits (ours) | sample (official: the hard Gumbel one-hot)
     eff_weights: str = "marginal"  # L_eff: marginal (ours, expected cost) | official (sampled, shifted by a block)
+    uniform_weight: float = 3.0  # AR-Net: L = alpha * CE + (1 - alpha) * (E[GFLOPs] + uniform_weight * U)
 
 
 @dataclass
@@ -100,6 +119,8 @@ class TrainConfig:
     stage2: StageConfig = field(
         default_factory=lambda: StageConfig(epochs=60, optim=OptimConfig(lr_steps=[30]))
     )
+    # AR-Net's fine-tuning (backbones, policy frozen); runs only for model.arch arnet
+    stage3: StageConfig = field(default_factory=lambda: StageConfig(epochs=50, optim=OptimConfig(lr=0.0005)))
     log_every: int = 20  # steps between progress lines
     zero_stage: int = 0
     precision: str = "auto"  # auto (bf16 on GPUs that have it, else fp32) | fp32 | bf16

@@ -6,6 +6,13 @@
     out.logits, out.actions                                  # [N, C] video logits, [N, T] action ids
     fast = model.infer(x)                                    # real adaptive computation, same result at eval
     fast.gflops                                              # [N] GMACs per video that really ran
+    model = ARNet.from_config(model_config(arch="arnet", num_classes=200))  # what build_model does for the platform
+
+Phases (``model.arnet_phase``, set per stage by the training job, facts sheet section 5): ``warmup`` (stage 1) trains
+the backbones alone, each on its resolution, the policy does not run and is frozen (the authors train three TSNs;
+here they are one model whose loss is the sum of their cross-entropies: the parameters are disjoint, only gradient
+clipping sees them together), and evaluation is the largest backbone on every frame, i.e. TSN; ``joint`` (stage 2)
+trains everything with :func:`arnet_loss`; ``finetune`` (stage 3) freezes the policy (MobileNetV2, LSTM, both heads).
 
 What follows the authors' code (``/work/shared/reference/official-arnet-code.md``, sections 2-4): MobileNetV2 at
 the lowest resolution with its classifier replaced by dropout, an ``LSTMCell(1280, hidden)`` from zero state, the
@@ -23,17 +30,21 @@ every frame to keep the cell state), where the official report charges it once p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
-
 import copy
+import math
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from sofnet.models.backbone import load_pretrained
 from sofnet.models.costs import count_gmacs
+from sofnet.models.output import PASSED
+from sofnet.schema import ModelConfig
 
 OFFICIAL_BACKBONES = (("resnet50", 224), ("resnet34", 168), ("resnet18", 112))
 
@@ -41,12 +52,19 @@ OFFICIAL_BACKBONES = (("resnet50", 224), ("resnet34", 168), ("resnet18", 112))
 @dataclass
 class ARNetOutput:
     """Video logits [N, C], per-frame action ids [N, T], the (straight-through) one-hot actions [N, T, A] of the
-    training path, and (``infer``) GMACs per video [N]."""
+    training path, each backbone's video logits [N, B, C] (warm-up), and from ``infer`` what the one evaluator
+    reads of every model (:class:`sofnet.models.SoFOutput`'s names): GMACs per video [N], ``decisions`` [N, T]
+    (5 = a backbone ran on the frame, 0 = the policy alone: its own head or a skip), ``exit_step`` [N] (= T, no
+    early exit) and ``fallback`` [N] (every frame skipped: zero logits)."""
 
     logits: torch.Tensor
     actions: torch.Tensor
     gflops: Optional[torch.Tensor] = None
     one_hot: Optional[torch.Tensor] = None
+    backbone_logits: Optional[torch.Tensor] = None
+    decisions: Optional[torch.Tensor] = None
+    exit_step: Optional[torch.Tensor] = None
+    fallback: Optional[torch.Tensor] = None
 
 
 def _new_linear(features: int, out: int) -> nn.Linear:
@@ -59,9 +77,10 @@ def _new_linear(features: int, out: int) -> nn.Linear:
 class _Backbone(nn.Module):
     """A torchvision ResNet whose ``fc`` is Dropout + a new Linear(feat, C), as the authors' code."""
 
-    def __init__(self, name: str, num_classes: int, dropout: float) -> None:
+    def __init__(self, name: str, num_classes: int, dropout: float, pretrained: str = "none") -> None:
         super().__init__()
         net = getattr(torchvision.models, name)(weights=None)
+        load_pretrained(net, pretrained, name)
         features = net.fc.in_features
         net.fc = nn.Sequential(nn.Dropout(dropout), _new_linear(features, num_classes))
         self.net = net
@@ -73,20 +92,58 @@ class _Backbone(nn.Module):
 class ARNet(nn.Module):
     """AR-Net: see the module docstring. Inputs are full-size normalised frames ``[N, T, 3, S, S]``."""
 
+    shift = None  # no temporal shift; the platform asks models this
+    exits_early = False  # no early termination over frames: the policy's skips are AR-Net's own
+
     def __init__(self, num_classes: int, backbones: Sequence[Tuple[str, int]] = OFFICIAL_BACKBONES,
                  policy_size: int = 84, hidden: int = 512, skips: Sequence[int] = (1, 2, 4),
-                 dropout: float = 0.5, tau: float = 5.0) -> None:
+                 dropout: float = 0.5, tau: float = 5.0, phase: str = "joint", pretrained: str = "none") -> None:
         super().__init__()
         self.sizes = [int(size) for _, size in backbones]
         self.policy_size, self.skips, self.tau = int(policy_size), [int(s) for s in skips], float(tau)
-        self.backbones = nn.ModuleList(_Backbone(name, num_classes, dropout) for name, _ in backbones)
+        self.phase = phase
+        self.cfg = SimpleNamespace(**{**vars(ModelConfig()), "arch": "arnet", "num_classes": int(num_classes),
+                                      "arnet_backbones": [n for n, _ in backbones], "arnet_sizes": self.sizes,
+                                      "arnet_policy_size": self.policy_size, "arnet_hidden": int(hidden),
+                                      "arnet_skips": self.skips, "dropout": float(dropout), "tau0": float(tau),
+                                      "arnet_phase": phase, "input_size": max(self.sizes),
+                                      "pretrained": pretrained})
+        self.backbones = nn.ModuleList(_Backbone(name, num_classes, dropout, pretrained) for name, _ in backbones)
         mobile = torchvision.models.mobilenet_v2(weights=None)
+        if pretrained == "imagenet":  # the authors' policy starts from ImageNet MobileNetV2 (never trained alone)
+            _load_mobilenet(mobile)
         mobile.classifier = nn.Dropout(dropout)  # the pooled 1280-d feature, as the authors' policy
         self.policy = mobile
         self.rnn = nn.LSTMCell(1280, hidden)
         self.reso_dim = len(backbones) + 1  # + the policy itself as the cheapest classifier (lite_fc)
         self.linear = _new_linear(hidden, self.reso_dim + len(self.skips))
         self.lite_fc = _new_linear(hidden, num_classes)
+        if phase in ("warmup", "finetune"):  # warm-up: not run; fine-tuning: the authors' --freeze_policy (every name
+            # with lite_fc, lite_backbone, rnn, linear); frozen parameters stay out of the optimizer
+            for module in (self.policy, self.rnn, self.linear, self.lite_fc):
+                module.requires_grad_(False)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "ARNet":
+        """The network a model config (namespace, see :func:`sofnet.models.base.as_namespace`) describes."""
+        model = cls(cfg.num_classes, list(zip(cfg.arnet_backbones, cfg.arnet_sizes)), cfg.arnet_policy_size,
+                    cfg.arnet_hidden, cfg.arnet_skips, cfg.dropout, cfg.tau0, cfg.arnet_phase, cfg.pretrained)
+        model.cfg = SimpleNamespace(**vars(cfg))
+        return model
+
+    def hparams(self) -> Dict[str, Any]:
+        """The model config as a plain dict: enough to rebuild this network with ``build_model``."""
+        return dict(vars(self.cfg))
+
+    def set_epoch(self, epoch: int) -> float:
+        """The Gumbel temperature of ``epoch``: tau0 * exp(-tau_decay * epoch), as the authors' --exp_decay."""
+        self.tau = float(self.cfg.tau0 * math.exp(-self.cfg.tau_decay * epoch))
+        return self.tau
+
+    def action_names(self) -> List[str]:
+        """Names of the actions, in the policy's order (metric-name safe)."""
+        return ([f"{n}_{s}" for n, s in zip(self.cfg.arnet_backbones, self.sizes)] + [f"policy_{self.policy_size}"]
+                + [f"skip{s}" for s in self.skips])
 
     @property
     def num_actions(self) -> int:
@@ -136,9 +193,16 @@ class ARNet(nn.Module):
         return total / count.unsqueeze(-1)
 
     def forward(self, x: torch.Tensor) -> ARNetOutput:
-        """Training path (the authors'): every backbone on every frame, decisions mask the logits afterwards."""
+        """Training path (the authors'): every backbone on every frame, decisions mask the logits afterwards. In the
+        warm-up phase the backbones alone: ``backbone_logits`` [N, B, C] (TSN consensus: mean over frames), and
+        ``logits`` the largest backbone's."""
         n, t = x.shape[:2]
         frames = x.flatten(0, 1)
+        if self.phase == "warmup":
+            video = torch.stack([b(self._resize(frames, s)).view(n, t, -1).mean(1)
+                                 for b, s in zip(self.backbones, self.sizes)], 1)
+            zeros = torch.zeros(n, t, dtype=torch.long, device=x.device)
+            return ARNetOutput(video[:, 0], zeros, backbone_logits=video)
         actions, lite = self._policy(frames, n, t)
         nets = [b(self._resize(frames, s)).view(n, t, -1) for b, s in zip(self.backbones, self.sizes)]
         per_net = torch.stack(nets + [lite], 2)
@@ -152,6 +216,11 @@ class ARNet(nn.Module):
             raise RuntimeError("ARNet.infer is the evaluation path: call model.eval() first")
         n, t = x.shape[:2]
         frames = x.flatten(0, 1)
+        if self.phase == "warmup":  # the largest backbone on every frame: TSN, no policy
+            logits = self.backbones[0](self._resize(frames, self.sizes[0])).view(n, t, -1).mean(1)
+            ids = torch.zeros(n, t, dtype=torch.long, device=x.device)
+            gflops = torch.full((n,), self.frame_costs()[0] * t, dtype=torch.float64)
+            return self._evaluated(logits, ids, gflops, passed=torch.ones_like(ids, dtype=torch.bool))
         actions, lite = self._policy(frames, n, t)
         ids = actions.argmax(-1).flatten()
         per_net = torch.zeros(n * t, self.reso_dim, lite.shape[-1], dtype=lite.dtype, device=lite.device)
@@ -161,7 +230,17 @@ class ARNet(nn.Module):
             if chosen.numel():
                 per_net[chosen, k] = net(self._resize(frames[chosen], size)).to(per_net.dtype)
         logits = self._combine(per_net.view(n, t, self.reso_dim, -1), actions, self.reso_dim)
-        return ARNetOutput(logits, ids.view(n, t), self.action_costs()[ids.cpu()].view(n, t).sum(1))
+        ids = ids.view(n, t)
+        return self._evaluated(logits, ids, self.action_costs()[ids.cpu()].sum(1), passed=ids < len(self.sizes))
+
+    def _evaluated(self, logits: torch.Tensor, ids: torch.Tensor, gflops: torch.Tensor,
+                   passed: torch.Tensor) -> ARNetOutput:
+        n, t = ids.shape
+        decisions = torch.where(passed, PASSED, 0).long()
+        fallback = (ids >= self.reso_dim).all(1) if self.phase != "warmup" else torch.zeros(n, dtype=torch.bool)
+        return ARNetOutput(logits, ids, gflops.to(ids.device), decisions=decisions,
+                           exit_step=torch.full((n,), t, dtype=torch.long, device=ids.device),
+                           fallback=fallback.to(ids.device))
 
     def action_costs(self) -> torch.Tensor:
         """GMACs of a frame by its action: the policy (every frame) + the chosen backbone (none for the policy's
@@ -192,14 +271,34 @@ class ARNet(nn.Module):
         lite(hn)
 
 
+def _load_mobilenet(net: nn.Module) -> None:
+    """torchvision's ImageNet MobileNetV2 into ``net`` (its classifier is ours: dropout only)."""
+    try:
+        state = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+    except Exception as e:  # offline machines: one line, not a urllib traceback
+        raise RuntimeError(f"could not download ImageNet weights for mobilenet_v2 ({e}); use model.pretrained=none"
+                           ) from None
+    net.load_state_dict({k: v for k, v in state.items() if not k.startswith("classifier.")})
+
+
 def _meta_copy(module: nn.Module) -> nn.Module:
     """A twin of ``module`` on the meta device (counting FLOPs there costs nothing and leaves the module as is)."""
-    return copy.deepcopy(module).to("meta")
+    return copy.deepcopy(module).to("meta").eval()  # eval: a one-frame count must not trip BatchNorm's batch check
+
+
+def arnet_warmup_loss(out: ARNetOutput, target: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Stage 1: the sum over backbones of the cross-entropy of each one's video logits against the smallest label
+    (the authors' three TSN trainings, each CE at weight 1). Returns ``{"loss", "ce<k>"}``."""
+    if out.backbone_logits is None:
+        raise ValueError("arnet_warmup_loss needs the warm-up phase's output (model.arnet_phase=warmup)")
+    terms = {f"ce{k}": F.cross_entropy(out.backbone_logits[:, k], target)
+             for k in range(out.backbone_logits.shape[1])}
+    return {"loss": torch.stack(list(terms.values())).sum(), **terms}
 
 
 def arnet_loss(out: ARNetOutput, target: torch.Tensor, backbone_gflops: Sequence[float], *,
                accuracy_weight: float = 0.95, efficiency_weight: float = 0.05,
-               uniform_weight: float = 3.0) -> Tuple[torch.Tensor, dict]:
+               uniform_weight: float = 3.0) -> Dict[str, torch.Tensor]:
     """The authors' joint-training loss (facts sheet, section 4; ``main_base.py:473-572``).
 
     ``accuracy_weight * CE(video logits, smallest label) + efficiency_weight * (E[GFLOPs] + uniform_weight * U)``:
@@ -208,7 +307,8 @@ def arnet_loss(out: ARNetOutput, target: torch.Tensor, backbone_gflops: Sequence
     over the batch, from the hard one-hots (the gradient flows straight through).
 
     Returns:
-        ``(loss, {"loss_acc", "loss_eff", "loss_uniform"})`` (the terms before weighting, detached floats).
+        ``{"loss", "acc", "eff", "uniform"}``: the total and the terms before weighting (what the training loop logs
+        as ``train/loss_acc`` ...).
     """
     actions = out.one_hot
     if actions is None:
@@ -221,4 +321,4 @@ def arnet_loss(out: ARNetOutput, target: torch.Tensor, backbone_gflops: Sequence
     usage = usage / usage.sum()
     uniform = torch.linalg.vector_norm(usage - usage.mean())
     loss = accuracy_weight * acc + efficiency_weight * (eff + uniform_weight * uniform)
-    return loss, {"loss_acc": float(acc), "loss_eff": float(eff), "loss_uniform": float(uniform)}
+    return {"loss": loss, "acc": acc, "eff": eff, "uniform": uniform}

@@ -125,7 +125,8 @@ class TemporalShift(nn.Module):
         return torch.cat([prev, x[:, fold:]], dim=1)
 
 
-def _load_pretrained(net: nn.Module, pretrained: str, name: str) -> None:
+def load_pretrained(net: nn.Module, pretrained: str, name: str) -> None:
+    """ImageNet (torchvision's weights) or a state-dict file into a torchvision ResNet, its ``fc`` left alone."""
     if pretrained == "none":
         return
     if pretrained == "imagenet":
@@ -161,7 +162,7 @@ class ResNetTrunk(nn.Module):
         if name not in CHANNELS:
             raise ValueError(f"unknown backbone {name!r}; choose from {sorted(CHANNELS)}")
         net = getattr(torchvision.models, name)(weights=None)
-        _load_pretrained(net, pretrained, name)
+        load_pretrained(net, pretrained, name)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.channels: List[int] = list(CHANNELS[name])

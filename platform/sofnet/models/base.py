@@ -31,6 +31,9 @@ def as_namespace(cfg: Any) -> SimpleNamespace:
         d = dict(cfg.items())
     else:
         d = {k: getattr(cfg, k) for k in MODEL_KEYS if hasattr(cfg, k)}
+    # lists as plain lists (an OmegaConf ListConfig is not JSON: model.json and MLflow params need plain values)
+    d = {k: list(v) if hasattr(v, "__iter__") and not isinstance(v, (str, bytes)) and not hasattr(v, "items") else v
+         for k, v in d.items()}
     full = dataclasses.asdict(ModelConfig())
     unknown = set(d) - set(full)
     if unknown:

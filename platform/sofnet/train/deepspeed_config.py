@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from sofnet.config import ConfigError
+from sofnet.schema import arch_stages
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -153,7 +154,7 @@ def batch_params(cfg: Any, world_size: int) -> Dict[str, Any]:
     per = per_worker_batch(cfg.data, world_size)
     out: Dict[str, Any] = {"world_size": int(world_size), "per_worker_batch_size": per,
                            "global_batch_size": per * int(world_size)}
-    for stage in ("stage1", "stage2"):
+    for stage in arch_stages(cfg.model.arch):
         out[f"{stage}.effective_lr"] = effective_lr(cfg.train[stage].optim, per * int(world_size))
     return out
 

@@ -72,7 +72,7 @@ class SofnetPyfunc(mlflow.pyfunc.PythonModel):
             raise ValueError(f"expected clips [B, T, 3, H, W], got shape {tuple(x.shape)}")
         et = EarlyExit.from_config(self.spec.get("early_exit") or {})
         kwargs = et.infer_kwargs() if et.enabled and et.applies_to(self.model) else {}
-        out = self.model.infer(x.to(self.model.fc.weight.dtype), **kwargs)
+        out = self.model.infer(x.to(next(self.model.parameters()).dtype), **kwargs)
         return out.logits.float().softmax(-1).numpy()
 
 

@@ -24,6 +24,7 @@ from typing import Any, Dict, Optional
 
 from omegaconf import OmegaConf
 
+from sofnet.schema import STAGE_NAMES
 from sofnet.session import init_ray, tracking_store
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def prepare_config(cfg: Any) -> Any:
     for key in ("train_shards", "val_shards"):
         cfg.data[key] = _absolute(cfg.data[key])
     cfg.train.output_dir = _absolute(cfg.train.output_dir)
-    for stage in ("stage1", "stage2"):
+    for stage in STAGE_NAMES:
         init = cfg.train[stage].init_from
         if init and not init.startswith(("models:/", "runs:/")):
             cfg.train[stage].init_from = _absolute(init)

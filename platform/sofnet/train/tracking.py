@@ -89,18 +89,26 @@ def check_tracking(uri: str, experiment: str) -> str:
         raise TrackingError(f"MLflow tracking store {uri} is not usable: {first[:300]}") from None
 
 
+def backbone_name(m: Any) -> str:
+    """The network(s) of a model config: ``resnet50``, or AR-Net's ``resnet50@224+resnet34@168+resnet18@112``."""
+    if m["arch"] == "arnet":
+        return "+".join(f"{n}@{s}" for n, s in zip(m["arnet_backbones"], m["arnet_sizes"]))
+    return str(m["backbone"])
+
+
 def run_name(cfg: Any, stage: str, arch: str) -> str:
     """``<name>/<stage> <arch> <backbone> <T>x<S>``, e.g. ``anet_sofnet/stage2 sofnet resnet50 16x224``."""
     m = cfg.model
-    return f"{cfg.name or cfg.data.dataset}/{stage} {arch} {m.backbone} {m.num_segments}x{m.input_size}"
+    return f"{cfg.name or cfg.data.dataset}/{stage} {arch} {backbone_name(m)} {m.num_segments}x{m.input_size}"
 
 
 def description(cfg: Any, stages: Sequence[Any]) -> str:
     """The job run's description (MLflow shows it on the run page): what is trained on what, stage by stage."""
     m = cfg.model
     parts = [f"{s.name}: {s.model['arch']} for {s.epochs} epochs" for s in stages]
-    return (f"{cfg.name or cfg.data.dataset}: {m.arch} ({m.backbone}, {m.num_segments} frames at {m.input_size} px) on "
-            f"{cfg.data.dataset}; " + "; ".join(parts) + f"; loss alpha={cfg.loss.alpha} beta={cfg.loss.beta}")
+    return (f"{cfg.name or cfg.data.dataset}: {m.arch} ({backbone_name(m)}, {m.num_segments} frames at "
+            f"{m.input_size} px) on {cfg.data.dataset}; " + "; ".join(parts)
+            + f"; loss alpha={cfg.loss.alpha} beta={cfg.loss.beta}")
 
 
 def shard_dataset(shards: str, subset: str) -> tuple:
@@ -172,8 +180,9 @@ class RunTracker:
             logger.info("MLflow: resumed run %s", run_id)
         else:
             arch = model["arch"]
-            note = (f"{stage} of {self.cfg.name or self.cfg.data.dataset}: trains {arch} ({model['backbone']}, "
-                    f"{model['num_segments']} frames at {model['input_size']} px); the job's run holds the whole config")
+            note = (f"{stage} of {self.cfg.name or self.cfg.data.dataset}: trains {arch} ({backbone_name(model)}, "
+                    f"{model['num_segments']} frames at {model['input_size']} px); the job's run holds the whole "
+                    "config")
             tags = {**self.tags, **self.machine, "dataset": self.cfg.data.dataset, "stage": stage, "arch": arch,
                     "mlflow.note.content": note}
             run = mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name(self.cfg, stage, arch),

@@ -8,9 +8,9 @@
 - :class:`sofnet.train.context.LocalContext` in this process (one rank, no Ray): what the fast tests run.
 
 Per stage (a :class:`Stage` value: stage 1 = the backbone as TSN/TSM, stage 2 = SoF-Net from stage 1's best epoch or
-``train.stage2.init_from``): build the model and a DeepSpeed engine, train, evaluate with the skipping path, log
-(rank 0, MLflow), keep the stage's best epoch in ``<run>/best/<stage>`` and checkpoint every epoch (see
-:mod:`sofnet.checkpoint` for the format). The final stage's best epoch is the registered model.
+``train.stage2.init_from``; for AR-Net the authors' three phases: backbone warm-up, joint, fine-tuning = stage 3):
+build the model and a DeepSpeed engine, train, evaluate with the skipping path, log (rank 0, MLflow), keep the
+stage's best epoch in ``<run>/best/<stage>`` and checkpoint every epoch (see :mod:`sofnet.checkpoint` for the format). The final stage's best epoch is the registered model.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from sofnet.early_exit import EarlyExit
 from sofnet.evaluation import class_names, evaluate, primary_metric
 from sofnet.losses import classification_loss, sofnet_loss
 from sofnet.models import build_model, load_backbone_state
+from sofnet.models.arnet import arnet_loss, arnet_warmup_loss
+from sofnet.schema import arch_stages
 from sofnet.train.deepspeed_config import (batch_params, build_engine, lr_at, per_worker_batch, resolve_precision,
                                            set_lr)
 from sofnet.train.loop import seed_everything, train_one_epoch
@@ -55,10 +57,16 @@ class Stage:
     init_from: str = ""
 
 
+ARNET_PHASE = {"stage1": "warmup", "stage2": "joint", "stage3": "finetune"}
+
+
 def stage_model_config(cfg: Any, stage: str) -> Dict[str, Any]:
-    """The model of a stage: stage 1 trains SoF-Net's backbone as TSN (sofnet) or causal TSM (sofnet_tsm)."""
+    """The model of a stage: stage 1 trains SoF-Net's backbone as TSN (sofnet) or causal TSM (sofnet_tsm); AR-Net's
+    stages are its phases (``model.arnet_phase``: warmup, joint, finetune)."""
     m = OmegaConf.to_container(cfg.model, resolve=True)
-    if stage == "stage1" and m["arch"] == "sofnet":
+    if m["arch"] == "arnet":
+        m["arnet_phase"] = ARNET_PHASE[stage]
+    elif stage == "stage1" and m["arch"] == "sofnet":
         m["arch"] = "tsn"
     elif stage == "stage1" and m["arch"] == "sofnet_tsm":
         m["arch"], m["shift"] = "tsm", "causal"  # same parameter names as SoF-Net^TSM's trunk
@@ -66,8 +74,8 @@ def stage_model_config(cfg: Any, stage: str) -> Dict[str, Any]:
 
 
 def enabled_stages(cfg: Any) -> list[str]:
-    """Stages that run: stage 2 only for SoF-Net models."""
-    return [s for s in STAGES if cfg.train[s].enabled and (s == "stage1" or cfg.model.arch.startswith("sofnet"))]
+    """Stages that run: stage 2 for SoF-Net and AR-Net models, stage 3 for AR-Net only."""
+    return [s for s in arch_stages(cfg.model.arch) if cfg.train[s].enabled]
 
 
 def plan(cfg: Any) -> List[Stage]:
@@ -189,7 +197,7 @@ def _initialize(model: torch.nn.Module, stage: Stage, cfg: Any, previous: Option
     if not source:
         return
     state = checkpoint.load_state(source)
-    if stage.name == "stage2":
+    if stage.name == "stage2" and cfg.model.arch != "arnet":  # SoF-Net's gates are new
         load_backbone_state(model, state, source)
     else:
         model.load_state_dict(state)
@@ -210,6 +218,12 @@ def _loaders(cfg: Any, ctx: Any, start_epoch: int) -> tuple:
 
 
 def _loss_fn(cfg: Any, stage: Stage, model: Any) -> Any:
+    if cfg.model.arch == "arnet":
+        if stage.name == "stage1":
+            return arnet_warmup_loss
+        backbones = model.frame_costs()[: len(model.sizes)]
+        return partial(arnet_loss, backbone_gflops=backbones, accuracy_weight=cfg.loss.alpha,
+                       efficiency_weight=1.0 - cfg.loss.alpha, uniform_weight=cfg.loss.uniform_weight)
     if stage.name != "stage2":
         return classification_loss
     costs = model.cost_table(cfg.model.input_size, cfg.model.input_size)
@@ -228,7 +242,8 @@ def _run_stage(cfg: Any, stage: Stage, engine: Any, start_epoch: int, ctx: Any, 
     for epoch in range(start_epoch, stage.epochs):
         t0 = time.perf_counter()
         tau = model.set_epoch(epoch)
-        set_lr(engine.optimizer, lr_at(stage.optim, epoch, global_batch=per_worker_batch(cfg.data, ctx.world) * ctx.world))
+        global_batch = per_worker_batch(cfg.data, ctx.world) * ctx.world
+        set_lr(engine.optimizer, lr_at(stage.optim, epoch, global_batch=global_batch))
         loader.dataset.set_epoch(epoch)
         metrics = train_one_epoch(engine, loader, loss_fn=loss_fn, steps=steps, epoch=epoch, epochs=stage.epochs,
                                   stage=stage.name, device=device, dtype=dtype, log_every=cfg.train.log_every,
