@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast demo bench bench-data study clean
+.PHONY: setup test test-fast demo bench bench-data study table-b clean
 
 setup: $(STAMP)
 
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: setup
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --durations=30
 
 test-fast: setup
 	$(BIN)/python -m pytest tests -m 'not slow'
@@ -41,6 +41,10 @@ bench-data: setup
 
 study: bench-data
 	$(DEMO_ENV) $(BIN)/python jobs/study.py --config jobs/configs/study.yaml
+
+# Table B: the same study with AR-Net beside TSN and SoF-Net (reuses the study's finished seeds).
+table-b: bench-data
+	$(DEMO_ENV) $(BIN)/python jobs/study.py --config jobs/configs/study_table_b.yaml
 
 bench: setup
 	$(BIN)/python bench/skip_speedup.py

@@ -1,7 +1,8 @@
 """The multi-seed study (``jobs/study.py``): mean ± std over seeds, the criteria on the means, resumable, MLflow.
 
 The end-to-end test trains two seeds of a smoke-sized two-stage job on real Ray Train + DeepSpeed and real shards,
-then reruns the command: nothing is retrained, the table is the same.
+then reruns the command: nothing is retrained, the table is the same; then adds AR-Net to the methods: only AR-Net
+trains, and its row joins the table (Table B).
 """
 
 from __future__ import annotations
@@ -52,6 +53,22 @@ def test_mean_std_and_criteria() -> None:
     assert "| SoF-Net | 90.5 ± 1.4 |" in table and "MISSED" not in table and table.count("| met |") == 10
 
 
+def test_table_b_rows_with_arnet() -> None:
+    records = [_record(1, 0.90, 0.895, 0.60, 0.40, 0.9, 0.1), _record(2, 0.92, 0.915, 0.64, 0.44, 0.8, 0.2)]
+    for r, top1 in zip(records, (0.80, 0.84)):
+        r["reports"]["arnet"] = {"stage": "stage3", "runs": {"stage3": "x"}, "metrics": {
+            "val/mAP": top1, "val/top1": top1, "val/top5": 1.0, "val/gflops_per_video": 0.9, "val/frame_usage": 0.7}}
+    s = summarize(records, Targets(), ["tsn", "sofnet", "arnet"])
+    assert list(s["rows"]) == ["TSN", "TSN + ET", "SoF-Net", "SoF-Net + ET", "AR-Net"]
+    assert s["rows"]["AR-Net"]["top1"][0] == pytest.approx(0.82) and s["rows"]["AR-Net"]["gflops_ratio"][0] == 0.9
+    table = study_table(s)
+    row = "| AR-Net | 82.0 ± 2.8 | 82.0 ± 2.8 | 100.0 ± 0.0 | 0.900 ± 0.000 | 90.0 ± 0.0 | 70.0 ± 0.0 | - |"
+    assert row in table
+    only = summarize(records, Targets(), ["tsn", "arnet"])  # no SoF-Net: no SoF-Net rows, grid or criteria
+    assert list(only["rows"]) == ["TSN", "TSN + ET", "AR-Net"] and list(only["grids"]) == ["TSN + ET"]
+    assert only["criteria"] == [] and "criterion" not in study_table(only)
+
+
 def test_criteria_miss_when_gates_add_nothing() -> None:
     rows = {"TSN": {"mAP": (0.9, 0.0), "gflops_ratio": (1.0, 0.0)},
             "SoF-Net": {"mAP": (0.85, 0.03), "gflops_ratio": (0.5, 0.1)},
@@ -66,15 +83,27 @@ def test_criteria_miss_when_gates_add_nothing() -> None:
                    "SoF-Net + ET: seed std of GFLOPs vs TSN (points)": True}
 
 
-def _study(tmp: Path, shards: Path, extra: str = "") -> Path:
+ARNET_TINY = ["model.arch=arnet", "model.arnet_backbones=[resnet18,resnet18]", "model.arnet_sizes=[64,32]",
+              "model.arnet_policy_size=32", "model.arnet_hidden=16", "model.arnet_skips=[1,2]",
+              "early_exit.enabled=false", "train.stage3.epochs=1"]
+
+
+def _overrides(shards: Path) -> list:
     from sofnet.session import SMOKE
 
-    overrides = SMOKE + [f"data.train_shards={shards}", f"data.val_shards={shards}", "model.num_classes=3",
-                         "train.keep_checkpoints=1", "mlflow.registered_model=''", "scaling.num_workers=1"]
-    study = OmegaConf.structured(StudyConfig(name="t", base_config=str(REPO / "jobs/configs/demo.yaml"),
-                                             overrides=overrides, seeds=[1, 2], output_dir=str(tmp / "runs")))
+    return SMOKE + [f"data.train_shards={shards}", f"data.val_shards={shards}", "model.num_classes=3",
+                    "train.keep_checkpoints=1", "mlflow.registered_model=''", "scaling.num_workers=1"]
+
+
+def _study(tmp: Path, shards: Path, extra: str = "", arnet: bool = False) -> Path:
+    demo = str(REPO / "jobs/configs/demo.yaml")
+    study = OmegaConf.structured(StudyConfig(name="t", base_config=demo, overrides=_overrides(shards), seeds=[1, 2],
+                                             output_dir=str(tmp / "runs")))
+    if arnet:  # Table B: AR-Net's job is the same tiny demo config as arch arnet
+        study.methods, study.arnet_config = ["tsn", "sofnet", "arnet"], demo
+        study.arnet_overrides = _overrides(shards) + ARNET_TINY
     study.et_grid.rho, study.et_grid.t_min = [0.5, 0.99], [1, 2]
-    path = tmp / "study.yaml"
+    path = tmp / ("study_b.yaml" if arnet else "study.yaml")
     path.write_text(OmegaConf.to_yaml(study) + extra)
     return path
 
@@ -102,6 +131,11 @@ def test_bad_study_config_is_one_line(tmp_path: Path) -> None:
         f"error: {path}: seeds must be a non-empty list of distinct integers"], proc.stderr
     proc = _run(tmp_path, path, "et_grid.rho=[1.5]")
     assert proc.returncode == 2 and "et_grid.rho must be in (0, 1)" in proc.stderr
+    proc = _run(tmp_path, path, "methods=[sofnet,arnet]")
+    assert proc.returncode == 2 and "methods must be distinct values of ['tsn', 'sofnet', 'arnet'] and include tsn" \
+        in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    proc = _run(tmp_path, path, "methods=[tsn,arnet]", f"arnet_config={REPO / 'jobs/configs/bench_arnet.yaml'}")
+    assert proc.returncode == 2 and "data.val_shards=data/bench/shards differs from the base config's" in proc.stderr
     proc = _run(tmp_path, path)  # shards missing: refused before Ray starts
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "no-shards" in proc.stderr
 
@@ -139,3 +173,13 @@ def test_study_two_seeds_end_to_end_and_resume(tmp_path: Path) -> None:
     assert len(client.search_runs([exp.experiment_id], "tags.sweep_kind = 'study'")) == 1
     assert len(client.search_runs([exp.experiment_id],
                                   f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")) == 8
+    # Table B: AR-Net added to seed 1's study trains AR-Net only (the base run is reused) and joins the table
+    third = _run(tmp_path, _study(tmp_path, shards, arnet=True), "seeds=[1]")
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert third.stderr.count("seed 1: training ") == 1 and "t-arnet-seed1" in third.stderr
+    table_b = (tmp_path / "runs/t/study_table.md").read_text()
+    assert "| AR-Net |" in table_b and "| top-5 (%) |" in table_b
+    saved = json.loads((tmp_path / "runs/t/study.json").read_text())
+    assert saved["records"][0]["reports"]["arnet"]["stage"] == "stage3"
+    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+    assert "AR-Net|seed1" in {c.data.tags["tune_trial_id"] for c in children}

@@ -1,4 +1,4 @@
-"""A multi-seed study: TSN and SoF-Net trained for N seeds, every row from the one evaluator, mean ± std over seeds.
+"""A multi-seed study: TSN, SoF-Net and AR-Net trained for N seeds, every row from the one evaluator, mean ± std.
 
 Usage (what ``jobs/study.py`` does)::
 
@@ -7,12 +7,17 @@ Usage (what ``jobs/study.py`` does)::
     outcome = run_study(study)                # trains what is missing, evaluates, logs to MLflow
     table = outcome["table"]                  # Table A/B rows as mean ± std, the TSN + ET grid, the criteria
 
-Per seed ``s`` the base training config runs once as a two-stage job named ``<name>-seed<s>`` (stage 1 = TSN, shared by
-that seed's SoF-Net; stage 2 = SoF-Net from it) on Ray Train + DeepSpeed, into ``<output_dir>/<name>/``. Each run's
+``methods`` picks the rows: ``tsn`` (always: every GFLOPs ratio is against the same seed's TSN), ``sofnet``,
+``arnet`` (Table B's row beside them). Per seed ``s`` the base training config runs once as a two-stage job named
+``<name>-seed<s>`` (stage 1 = TSN, shared by that seed's SoF-Net; stage 2 = SoF-Net from it, only if ``sofnet`` is
+listed) on Ray Train + DeepSpeed, into ``<output_dir>/<name>/``; with ``arnet``, ``arnet_config`` runs as its own
+three-stage job ``<name>-arnet-seed<s>`` (same seed, same validation shards, checked) and its final stage is the
+AR-Net row. Each run's
 best epochs go through :func:`sofnet.train.report.evaluate_run` (with and without early exit, the config's rho and
 T_min) and, for the Table C grid, through the early-exit cache of :mod:`sofnet.tune.et_cache` (a replayed point
 equals a full evaluation, as its tests prove), for TSN and SoF-Net alike. A seed whose evaluation is on disk is not
-retrained nor re-evaluated (resumable); a seed whose training stopped part-way resumes from its last checkpoint.
+retrained nor re-evaluated (resumable; a method added later trains and evaluates only that method); a seed whose
+training stopped part-way resumes from its last checkpoint.
 
 MLflow: one parent run ``study <name>`` (the table as ``study_table.md``, every number as ``study.json``) and one
 child run per (method, seed) with that row's metrics and the training run's id as a tag. Seeds train one after
@@ -35,10 +40,13 @@ from sofnet.config import ConfigError, load_config
 
 logger = logging.getLogger(__name__)
 
-# The rows of Table A/B, from the two stages' reports: (method, stage, metric prefix).
-ROWS = (("TSN", "stage1", "val/"), ("TSN + ET", "stage1", "val/et/"), ("SoF-Net", "stage2", "val/"),
-        ("SoF-Net + ET", "stage2", "val/et/"))
-COLUMNS = ("mAP", "top1", "gflops_per_video", "gflops_ratio", "frame_usage", "stop_rate/background/block2",
+METHODS = ("tsn", "sofnet", "arnet")  # what a study compares (``methods``)
+# The rows of Table A/B: (row, method, report, metric prefix); a report is a stage of the base job, or "arnet" (the
+# final stage of the seed's AR-Net job).
+ROWS = (("TSN", "tsn", "stage1", "val/"), ("TSN + ET", "tsn", "stage1", "val/et/"),
+        ("SoF-Net", "sofnet", "stage2", "val/"), ("SoF-Net + ET", "sofnet", "stage2", "val/et/"),
+        ("AR-Net", "arnet", "arnet", "val/"))
+COLUMNS = ("mAP", "top1", "top5", "gflops_per_video", "gflops_ratio", "frame_usage", "stop_rate/background/block2",
            "stop_rate/action/block2")
 
 
@@ -72,6 +80,9 @@ class StudyConfig:
     kind: str = "study"  # what MLflow's parent run is tagged with (sweep_kind), beside the sweeps' kinds
     base_config: str = "jobs/configs/bench.yaml"  # the two-stage training config every seed runs
     overrides: List[str] = field(default_factory=list)  # dotlist applied to the base (the recipe under study)
+    methods: List[str] = field(default_factory=lambda: ["tsn", "sofnet"])  # of METHODS; tsn always
+    arnet_config: str = "jobs/configs/bench_arnet.yaml"  # AR-Net's three-stage job, when methods has arnet
+    arnet_overrides: List[str] = field(default_factory=list)
     seeds: List[int] = field(default_factory=lambda: [1, 2, 3])
     output_dir: str = "runs/study"  # <output_dir>/<name>/: the seeds' runs, evaluations and the table
     mlflow: StudyMlflow = field(default_factory=StudyMlflow)
@@ -98,14 +109,36 @@ def load_study(path: str | Path, dotlist: Sequence[str] = ()) -> DictConfig:
         raise ConfigError(f"{path}: et_grid needs rho and t_min values")
     if any(not 0 < r < 1 for r in study.et_grid.rho) or any(t < 1 for t in study.et_grid.t_min):
         raise ConfigError(f"{path}: et_grid.rho must be in (0, 1) and et_grid.t_min >= 1")
-    seed_config(study, study.seeds[0])  # the base config and the overrides, checked before anything runs
+    bad = [m for m in study.methods if m not in METHODS]
+    if bad or "tsn" not in study.methods or len(set(study.methods)) != len(study.methods):
+        raise ConfigError(f"{path}: methods must be distinct values of {list(METHODS)} and include tsn (every GFLOPs "
+                          f"ratio is against the seed's TSN); got {list(study.methods)}")
+    base = seed_config(study, study.seeds[0])  # the base config and the overrides, checked before anything runs
+    if "arnet" in study.methods:
+        arnet = arnet_config(study, study.seeds[0])
+        if arnet.model.arch != "arnet":
+            raise ConfigError(f"{study.arnet_config}: arnet_config must train model.arch=arnet, not {arnet.model.arch}")
+        for key in ("val_shards", "dataset"):
+            if arnet.data[key] != base.data[key]:
+                raise ConfigError(f"{study.arnet_config}: data.{key}={arnet.data[key]} differs from the base config's "
+                                  f"{base.data[key]}: every row must be scored on the same videos")
+        if arnet.model.num_classes != base.model.num_classes:
+            raise ConfigError(f"{study.arnet_config}: model.num_classes={arnet.model.num_classes} differs from the "
+                              f"base config's {base.model.num_classes}")
     return study
 
 
 def seed_config(study: Any, seed: int) -> DictConfig:
     """The training config of one seed: the base, the study's overrides, its name, seed and output folder."""
-    return load_config(study.base_config, list(study.overrides) + [
+    only_tsn = [] if "sofnet" in study.methods else ["train.stage2.enabled=false"]
+    return load_config(study.base_config, list(study.overrides) + only_tsn + [
         f"name={study.name}-seed{seed}", f"train.seed={seed}", f"train.output_dir={study_dir(study)}"])
+
+
+def arnet_config(study: Any, seed: int) -> DictConfig:
+    """The AR-Net job of one seed: ``arnet_config``, ``arnet_overrides``, its name, seed and output folder."""
+    return load_config(study.arnet_config, list(study.arnet_overrides) + [
+        f"name={study.name}-arnet-seed{seed}", f"train.seed={seed}", f"train.output_dir={study_dir(study)}"])
 
 
 def study_dir(study: Any) -> Path:
@@ -116,40 +149,60 @@ def _seed_eval(study: Any, seed: int) -> Path:
     return study_dir(study) / f"{study.name}-seed{seed}-eval" / "seed.json"
 
 
-def evaluate_seed(study: Any, cfg: Any, seed: int) -> Dict[str, Any]:
-    """Evaluate one seed's run (both stages, with/without ET, the TSN and SoF-Net ET grids); written to seed.json."""
+def _missing(study: Any, seed: int, record: Optional[Mapping[str, Any]]) -> List[str]:
+    """Which of the seed's jobs still need an evaluation: ``base`` (TSN, SoF-Net), ``arnet``."""
+    from sofnet.train.worker import enabled_stages
+
+    have = (record or {}).get("reports", {})
+    out = [] if all(s in have for s in enabled_stages(seed_config(study, seed))) else ["base"]
+    return out + (["arnet"] if "arnet" in study.methods and "arnet" not in have else [])
+
+
+def evaluate_seed(study: Any, seed: int, record: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """Evaluate what ``record`` lacks of one seed (the base run's stages with/without ET and their ET grids; the
+    AR-Net run's final stage); written to seed.json."""
     from sofnet import checkpoint
     from sofnet.train.report import evaluate_run
-    from sofnet.train.worker import run_dir
+    from sofnet.train.worker import enabled_stages, run_dir
     from sofnet.tune.et_cache import ETBundle, replay_metrics, write_cache
 
-    run, out = run_dir(cfg), _seed_eval(study, seed).parent
-    reports = {r["stage"]: r for _, r in evaluate_run(cfg, run, out)}
-    grids: Dict[str, List[Dict[str, float]]] = {}
-    for stage in ("stage1", "stage2"):
-        model, _ = checkpoint.load_network(run / checkpoint.BEST / stage)
-        bundle = ETBundle.load(write_cache(model, cfg, out / stage / "et_cache", source=str(run)))
-        grids[stage] = [{"rho": float(rho), "t_min": int(t), **replay_metrics(bundle, float(rho), int(t))}
-                        for rho in study.et_grid.rho for t in study.et_grid.t_min]
-    record = {"seed": seed, "run": str(run), "reports": {s: {"metrics": r["metrics"], "runs": r["runs"]}
-                                                         for s, r in reports.items()}, "grids": grids}
+    record = json.loads(json.dumps(record)) if record else {"seed": seed, "reports": {}, "grids": {}}
+    out = _seed_eval(study, seed).parent
+    missing = _missing(study, seed, record)
+    if "base" in missing:
+        cfg = seed_config(study, seed)
+        run, stages = run_dir(cfg), enabled_stages(cfg)
+        record["run"] = str(run)
+        for _, r in evaluate_run(cfg, run, out, stages=stages):
+            record["reports"][r["stage"]] = {"metrics": r["metrics"], "runs": r["runs"], "stage": r["stage"]}
+        for stage in stages:
+            model, _ = checkpoint.load_network(run / checkpoint.BEST / stage)
+            bundle = ETBundle.load(write_cache(model, cfg, out / stage / "et_cache", source=str(run)))
+            record["grids"][stage] = [{"rho": float(rho), "t_min": int(t), **replay_metrics(bundle, float(rho), int(t))}
+                                      for rho in study.et_grid.rho for t in study.et_grid.t_min]
+    if "arnet" in missing:
+        acfg = arnet_config(study, seed)
+        final = enabled_stages(acfg)[-1]
+        (_, r), = evaluate_run(acfg, run_dir(acfg), out / "arnet", stages=[final])
+        record["reports"]["arnet"] = {"metrics": r["metrics"], "runs": r["runs"], "stage": final}
+        record["arnet_run"] = str(run_dir(acfg))
     tmp = _seed_eval(study, seed).with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(_seed_eval(study, seed))
     return record
 
 
-def row_metrics(record: Mapping[str, Any]) -> Dict[str, Dict[str, float]]:
-    """One seed's Table A/B rows: ``{method: {column: value}}`` (GFLOPs ratio against the same seed's TSN)."""
+def row_metrics(record: Mapping[str, Any], methods: Sequence[str] = METHODS) -> Dict[str, Dict[str, float]]:
+    """One seed's Table A/B rows of ``methods``: ``{row: {column: value}}`` (GFLOPs ratio against the seed's TSN)."""
     base = record["reports"]["stage1"]["metrics"]["val/gflops_per_video"]
     rows = {}
-    for method, stage, prefix in ROWS:
-        m = record["reports"][stage]["metrics"]
-        if prefix + "mAP" not in m:
+    for name, method, report, prefix in ROWS:
+        m = record["reports"].get(report, {}).get("metrics", {})
+        if method not in methods or prefix + "mAP" not in m:
             continue
         row = {c: float(m[prefix + c]) for c in COLUMNS if prefix + c in m}
         row["gflops_ratio"] = row["gflops_per_video"] / base
-        rows[method] = row
+        rows[name] = row
     return rows
 
 
@@ -158,16 +211,19 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
-def summarize(records: Sequence[Mapping[str, Any]], targets: Any) -> Dict[str, Any]:
-    """Mean ± std over seeds of every row and grid point, and the criteria checked on the means."""
-    per_seed = [row_metrics(r) for r in records]
+def summarize(records: Sequence[Mapping[str, Any]], targets: Any,
+              methods: Sequence[str] = ("tsn", "sofnet")) -> Dict[str, Any]:
+    """Mean ± std over seeds of every row and grid point of ``methods``, and the criteria checked on the means."""
+    per_seed = [row_metrics(r, methods) for r in records]
     rows = {}
-    for method, _, _ in ROWS:
-        if all(method in s for s in per_seed):
-            rows[method] = {c: _mean_std([s[method][c] for s in per_seed]) for c in per_seed[0][method]}
+    for name, _, _, _ in ROWS:
+        if all(name in s for s in per_seed):
+            rows[name] = {c: _mean_std([s[name][c] for s in per_seed]) for c in per_seed[0][name]}
     grids = {}
     base = [r["reports"]["stage1"]["metrics"]["val/gflops_per_video"] for r in records]  # each seed's own TSN
-    for stage, method in (("stage1", "TSN + ET"), ("stage2", "SoF-Net + ET")):
+    for stage, method, row in (("stage1", "TSN + ET", "tsn"), ("stage2", "SoF-Net + ET", "sofnet")):
+        if row not in methods or not all(stage in r["grids"] for r in records):
+            continue
         points = []
         for i, point in enumerate(records[0]["grids"][stage]):
             points.append({"rho": point["rho"], "t_min": point["t_min"],
@@ -176,7 +232,7 @@ def summarize(records: Sequence[Mapping[str, Any]], targets: Any) -> Dict[str, A
                                                       for r, b in zip(records, base)])})
         grids[method] = points
     return {"seeds": [r["seed"] for r in records], "rows": rows, "grids": grids,
-            "criteria": criteria(rows, grids["TSN + ET"], targets)}
+            "criteria": criteria(rows, grids["TSN + ET"], targets) if "SoF-Net" in rows else []}
 
 
 def criteria(rows: Mapping[str, Any], tsn_grid: Sequence[Mapping[str, Any]], t: Any) -> List[Dict[str, Any]]:
@@ -222,13 +278,14 @@ def _pm(value: tuple[float, float], scale: float = 100.0, digits: int = 1) -> st
 def study_table(summary: Mapping[str, Any], header: str = "") -> str:
     """Markdown: Table A/B rows (mean ± std), the ET grids of TSN and SoF-Net (Table C), the criteria."""
     lines = [header, ""] if header else []
-    lines += ["| method | mAP (%) | top-1 (%) | GFLOPs/V | GFLOPs vs TSN (%) | frame usage (%) | stopped by layer2: "
-              "background / action (%) |", "|---|---|---|---|---|---|---|"]
+    lines += ["| method | mAP (%) | top-1 (%) | top-5 (%) | GFLOPs/V | GFLOPs vs TSN (%) | frame usage (%) | "
+              "stopped by layer2: background / action (%) |", "|---|---|---|---|---|---|---|---|"]
     for method, r in summary["rows"].items():
         stops = "-"
         if "stop_rate/background/block2" in r:
             stops = f"{_pm(r['stop_rate/background/block2'])} / {_pm(r['stop_rate/action/block2'])}"
-        lines.append(f"| {method} | {_pm(r['mAP'])} | {_pm(r['top1'])} | {_pm(r['gflops_per_video'], 1, 3)} | "
+        top5 = _pm(r["top5"]) if "top5" in r else "-"
+        lines.append(f"| {method} | {_pm(r['mAP'])} | {_pm(r['top1'])} | {top5} | {_pm(r['gflops_per_video'], 1, 3)} | "
                      f"{_pm(r['gflops_ratio'])} | {_pm(r['frame_usage'])} | {stops} |")
     for method, points in summary["grids"].items():
         lines += ["", f"{method} over the early-exit grid (mAP % / GFLOPs vs TSN %, mean ± std):", "",
@@ -237,7 +294,8 @@ def study_table(summary: Mapping[str, Any], header: str = "") -> str:
         for rho in sorted({p["rho"] for p in points}):
             cells = [f"{_pm(p['mAP'])} / {_pm(p['gflops_ratio'], digits=0)}" for p in points if p["rho"] == rho]
             lines.append(f"| {rho:g} | " + " | ".join(cells) + " |")
-    lines += ["", "| criterion (on the means) | measured | target | |", "|---|---|---|---|"]
+    if summary["criteria"]:
+        lines += ["", "| criterion (on the means) | measured | target | |", "|---|---|---|---|"]
     for c in summary["criteria"]:
         lines.append(f"| {c['name']} | {c['value']:.2f} | {c['target']} | {'met' if c['ok'] else 'MISSED'} |")
     return "\n".join(lines)
@@ -248,8 +306,8 @@ def run_study(study: Any, *, train: Optional[Any] = None) -> Dict[str, Any]:
 
     Args:
         study: From :func:`load_study`.
-        train: ``train(cfg)`` of one seed's two-stage job (default: :func:`sofnet.train.ray_job.run_training`,
-            Ray Train + DeepSpeed); raises or returns a result with ``error``.
+        train: ``train(cfg)`` of one seed's job (default: :func:`sofnet.train.ray_job.run_training`, Ray Train +
+            DeepSpeed); raises or returns a result with ``error``.
     """
     from sofnet.train.worker import run_dir
     from sofnet.tune.alpha_beta import finished_training
@@ -259,23 +317,28 @@ def run_study(study: Any, *, train: Optional[Any] = None) -> Dict[str, Any]:
     records, started = [], time.time()
     study_dir(study).mkdir(parents=True, exist_ok=True)
     for seed in study.seeds:
-        cfg, done = seed_config(study, seed), _seed_eval(study, seed)
-        if done.is_file():
+        done = _seed_eval(study, seed)
+        record = json.loads(done.read_text()) if done.is_file() else None
+        missing = _missing(study, seed, record)
+        if not missing:
             logger.info("seed %d: evaluated before (%s), not retrained", seed, done)
-            records.append(json.loads(done.read_text()))
+            records.append(record)
             continue
-        if finished_training(run_dir(cfg), cfg) is None:
-            logger.info("seed %d: training %s (%d of %d)", seed, run_dir(cfg), study.seeds.index(seed) + 1,
-                        len(study.seeds))
-            result = train(cfg)
-            if getattr(result, "error", None) is not None:
-                raise RuntimeError(f"seed {seed}: training failed: {result.error}")
-        logger.info("seed %d: evaluating both stages' best epochs", seed)
-        records.append(evaluate_seed(study, cfg, seed))
-    summary = summarize(records, study.targets)
+        for job in missing:
+            cfg = seed_config(study, seed) if job == "base" else arnet_config(study, seed)
+            if finished_training(run_dir(cfg), cfg) is None:
+                logger.info("seed %d: training %s (%d of %d)", seed, run_dir(cfg), study.seeds.index(seed) + 1,
+                            len(study.seeds))
+                result = train(cfg)
+                if getattr(result, "error", None) is not None:
+                    raise RuntimeError(f"seed {seed}: training {cfg.name} failed: {result.error}")
+        logger.info("seed %d: evaluating the best epochs (%s)", seed, ", ".join(missing))
+        records.append(evaluate_seed(study, seed, record))
+    summary = summarize(records, study.targets, study.methods)
     cfg0 = seed_config(study, study.seeds[0])
+    arnet = f", AR-Net {study.arnet_config} {' '.join(study.arnet_overrides)}" if "arnet" in study.methods else ""
     header = (f"study {study.name}: {len(records)} seeds {list(study.seeds)}, base {study.base_config} "
-              f"{' '.join(study.overrides)}; {int(records[0]['reports']['stage1']['metrics']['val/videos'])} "
+              f"{' '.join(study.overrides)}{arnet}; {int(records[0]['reports']['stage1']['metrics']['val/videos'])} "
               f"validation videos of {cfg0.data.val_shards}; ET in rows: rho={cfg0.early_exit.rho} "
               f"t_min={cfg0.early_exit.t_min}")
     table = study_table(summary, header)
@@ -293,13 +356,15 @@ def log_study(study: Any, cfg: Any, summary: Mapping[str, Any], records: Sequenc
 
     uri = resolve_tracking_uri(study.mlflow.tracking_uri or cfg.mlflow.tracking_uri)
     parent = SweepRun.open(study, uri, study_dir(study))
+    report_of = {name: report for name, _, report, _ in ROWS}
     for record in records:
-        for method, row in row_metrics(record).items():
-            stage = "stage1" if method.startswith("TSN") else "stage2"
-            runs = record["reports"][stage]["runs"]
+        for method, row in row_metrics(record, study.methods).items():
+            report = record["reports"][report_of[method]]
+            stage = report.get("stage", report_of[method])
+            run = record.get("arnet_run", "") if report_of[method] == "arnet" else record["run"]
             child = parent.child(f"{method}|seed{record['seed']}", f"{method} seed {record['seed']}",
-                                 {"method": method, "seed": record["seed"], "run_dir": record["run"]})
-            parent.client.set_tag(child, "training_run", runs.get(stage, ""))
+                                 {"method": method, "seed": record["seed"], "run_dir": run})
+            parent.client.set_tag(child, "training_run", report["runs"].get(stage, ""))
             log_metrics(parent.client, child, {f"study/{k}": v for k, v in row.items()})
             parent.client.set_terminated(child)
     means = {f"study/{method}/{c}": v[0] for method, r in summary["rows"].items() for c, v in r.items()}

@@ -24,19 +24,20 @@ from sofnet.evaluation import evaluate_model
 logger = logging.getLogger(__name__)
 
 METHOD_NAMES = {("stage1", "tsn"): "TSN", ("stage1", "tsm"): "TSM", ("stage2", "sofnet"): "SoF-Net",
-                ("stage2", "sofnet_tsm"): "SoF-Net^TSM"}
+                ("stage2", "sofnet_tsm"): "SoF-Net^TSM", ("stage1", "arnet"): "TSN (AR-Net warm-up)",
+                ("stage2", "arnet"): "AR-Net (joint)", ("stage3", "arnet"): "AR-Net"}
 
 
-def evaluate_run(cfg: Any, run_dir: str | Path, out_dir: str | Path,
-                 device: str = "auto") -> List[Tuple[str, Dict[str, Any]]]:
-    """Evaluate the best epoch of every stage of a run; returns ``[(method, report), ...]`` (stage order).
+def evaluate_run(cfg: Any, run_dir: str | Path, out_dir: str | Path, device: str = "auto",
+                 stages: Sequence[str] = checkpoint.STAGE_ORDER) -> List[Tuple[str, Dict[str, Any]]]:
+    """Evaluate the best epoch of every stage of a run (or of ``stages``); returns ``[(method, report), ...]``.
 
     Each report is ``jobs/evaluate.py``'s ``metrics.json`` (written to ``<out_dir>/<stage>/``) plus ``runs``: the
     MLflow run ids of the training job (``job`` and each stage), read from the checkpoint.
     """
     et = EarlyExit.from_config(cfg.early_exit)
     rows = []
-    for stage in checkpoint.STAGE_ORDER:
+    for stage in (s for s in checkpoint.STAGE_ORDER if s in stages):
         best = Path(run_dir) / checkpoint.BEST / stage
         if not best.is_dir():
             continue
