@@ -125,3 +125,49 @@ def test_tampered_or_missing_s3_checkpoint_is_one_line(s3: str, tmp_path: Path) 
     assert "\n" not in str(e.value)
     with pytest.raises(checkpoint.CheckpointError, match=r"^s3://runs/nothing: no such checkpoint or run directory$"):
         checkpoint.resolve("s3://runs/nothing")
+
+
+def test_mlflow_server_keeps_artifacts_on_s3(s3: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``infra/mlflow_server.sh --artifacts s3://...``: a client with no S3 credentials logs an artifact through the
+    server, the object lands in the bucket, and the client reads it back through the server."""
+    import urllib.request
+
+    import boto3
+    from mlflow.tracking import MlflowClient
+    from process_helpers import stop_process_group
+
+    port = _free_port()
+    env = dict(os.environ, MLFLOW_BIN=str(Path(sys.executable).parent / "mlflow"))  # the fixture's AWS_* variables
+    log = open(tmp_path / "server.log", "w")
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([str(repo / "infra/mlflow_server.sh"), "--port", str(port), "--dir", str(tmp_path / "srv"),
+                             "--artifacts", "s3://runs/mlflow"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(180):  # bounded: 180 x 0.5 s
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
+                time.sleep(0.5)
+        for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # the client has none
+            monkeypatch.delenv(key)
+        client = MlflowClient(uri)
+        run = client.create_run(client.create_experiment("s3-artifacts")).info.run_id
+        (tmp_path / "table.md").write_text("| method | mAP |\n")
+        client.log_artifact(run, str(tmp_path / "table.md"))
+        back = client.download_artifacts(run, "table.md", str(tmp_path / "back"))
+        assert Path(back).read_text() == "| method | mAP |\n"
+        monkeypatch.undo()
+        keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="runs", Prefix="mlflow/")["Contents"]]
+        assert any(k.endswith(f"{run}/artifacts/table.md") for k in keys), keys
+        assert not (tmp_path / "srv" / "artifacts").exists()  # nothing on the server's disk
+    finally:
+        stop_process_group(proc, grace=20)
+        log.close()
+    bad = subprocess.run([str(repo / "infra/mlflow_server.sh"), "--artifacts", "/mnt/shared"], capture_output=True,
+                         text=True, timeout=30)
+    assert bad.returncode == 2 and bad.stderr.startswith("--artifacts /mnt/shared: give an s3://")
