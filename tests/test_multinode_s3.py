@@ -171,3 +171,52 @@ def test_mlflow_server_keeps_artifacts_on_s3(s3: str, tmp_path: Path, monkeypatc
     bad = subprocess.run([str(repo / "infra/mlflow_server.sh"), "--artifacts", "/mnt/shared"], capture_output=True,
                          text=True, timeout=30)
     assert bad.returncode == 2 and bad.stderr.startswith("--artifacts /mnt/shared: give an s3://")
+
+
+def _shards_on_s3(tmp: Path, prefix: str) -> tuple[Path, str]:
+    from sofnet.session import ensure_synthetic_shards
+
+    local = ensure_synthetic_shards(tmp / "data", videos=16, classes=3)
+    _upload(local, f"s3://runs/{prefix}")
+    return local, f"s3://runs/{prefix}"
+
+
+def _batches(loader) -> list:
+    return [(list(b["id"]), b["frames"].clone(), b["labels"].clone()) for b in loader]
+
+
+def test_shards_stream_from_s3_exactly_as_from_disk(s3: str, tmp_path: Path) -> None:
+    """``data.train_shards`` / ``val_shards`` as an ``s3://`` prefix: the preflight, the class names and both loaders
+    read the bucket (no local copy) and give what the same shards on disk give, batch for batch."""
+    from sofnet.data import make_eval_loader, make_train_loader
+    from sofnet.evaluation import class_names
+    from sofnet.preflight import check_shards
+
+    local, remote = _shards_on_s3(tmp_path, "shards/tiny")
+    for subset in ("training", "validation"):
+        assert check_shards(remote, subset, key="k", num_classes=3) == check_shards(str(local), subset, key="k",
+                                                                                     num_classes=3)
+    assert class_names(remote, 3) == class_names(str(local), 3) != [f"class {k}" for k in range(3)]
+    args = dict(num_segments=4, input_size=32, resize=40, batch_size=3, num_workers=0, num_classes=3)
+    disk, bucket = _batches(make_eval_loader(local, **args)), _batches(make_eval_loader(remote, **args))
+    assert len(disk) == len(bucket) > 0
+    assert all(a[0] == b[0] and torch.equal(a[1], b[1]) and torch.equal(a[2], b[2]) for a, b in zip(disk, bucket))
+    targs = dict(num_segments=4, input_size=32, batch_size=2, num_workers=0, num_classes=3, seed=5, shuffle_buffer=4)
+    (ld, nd), (lr, nr) = make_train_loader(local, **targs), make_train_loader(remote, **targs)
+    assert nd == nr and [b[0] for b in _batches(ld)] == [b[0] for b in _batches(lr)]
+
+
+def test_bad_shards_on_s3_are_one_line(s3: str, tmp_path: Path) -> None:
+    import pyarrow.fs as pafs
+
+    from sofnet.preflight import PreflightError, check_shards
+
+    _, remote = _shards_on_s3(tmp_path, "shards/extra")
+    with pytest.raises(PreflightError, match=r"^k=s3://runs/nothing: s3://runs/nothing/manifest.json does not exist$"):
+        check_shards("s3://runs/nothing", "validation", key="k")
+    fs, root = pafs.FileSystem.from_uri(remote)
+    with fs.open_output_stream(f"{root}/validation-000099.tar") as f:  # a stray shard of another run
+        f.write(b"")
+    with pytest.raises(PreflightError, match=r"manifest.json lists \d+ validation shards but \d+ are there "
+                                             r"\(validation-000099.tar not listed\)"):
+        check_shards(remote, "validation", key="k")

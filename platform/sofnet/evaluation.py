@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from sofnet.data import gather_eval, make_eval_loader, read_manifest
+from sofnet.shards import shard_directory
 from sofnet.early_exit import EarlyExit
 from sofnet.flops import summarize
 from sofnet.metrics import activitynet_map, first_label_map, smallest_label, topk_accuracy
@@ -199,7 +200,7 @@ def evaluate(model: torch.nn.Module, loader: Any, *, device: torch.device, dtype
 
 def class_names(shards: str, num_classes: int) -> list[str]:
     """Class names from the shards' ``manifest.json`` (``class <k>`` when there is none)."""
-    directory = shards if Path(shards).is_dir() else str(Path(shards).parent)
+    directory = shard_directory(shards)
     try:
         names = list(read_manifest(directory).get("classes", []))
     except (OSError, ValueError):

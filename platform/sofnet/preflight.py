@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from sofnet.data import DataError, read_manifest, read_sizes, resolve_shards
+from sofnet.shards import is_object_store, listed_tars, shard_directory
 
 
 class PreflightError(ValueError):
@@ -47,10 +48,12 @@ def check_shards(shards: str, subset: str, *, key: str, num_classes: Optional[in
         raise PreflightError(f"{_where(shards, key)}: {str(e).splitlines()[0]}") from None
     if total == 0:
         raise PreflightError(f"{key}={shards}: the {subset} shards hold no samples (sizes.json counts 0)")
-    if os.path.isdir(shards) and Path(shards, "manifest.json").is_file():
+    if (os.path.isdir(shards) and Path(shards, "manifest.json").is_file()) or \
+            (is_object_store(shards) and shard_directory(shards) == shards.rstrip("/")):
+        shards = shards.rstrip("/")
         manifest = read_manifest(shards)
         entry = manifest.get("subsets", {}).get(subset, {})
-        on_disk = sorted(p.name for p in Path(shards).glob(f"{subset}-*.tar"))
+        on_disk = listed_tars(shards, subset)
         listed = sorted(os.path.basename(u) for u in urls)
         if on_disk != listed:
             extra = sorted(set(on_disk) - set(listed))

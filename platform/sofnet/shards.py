@@ -15,6 +15,11 @@ The loader side of the data_prep contract (``data_prep/README.md``): a shard dir
 :func:`shard_samples` streams a tar once (it never reads a shard up front: ActivityNet's are large) and checks
 the number of samples against ``sizes.json`` while it streams, because the training loader plans its exact
 batch split from those counts: a count too high makes it cycle videos, too low drops them, both silently.
+
+A shard directory may be an object-store prefix (``s3://bucket/shards/anet``, ``gs://...``): the manifest, the
+``sizes.json`` and each shard are streamed from it with pyarrow (what Ray Train's storage uses too; credentials and
+endpoint from the standard variables, ``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``...), so nodes share no disk and each
+rank reads only the shards its slot needs.
 """
 
 from __future__ import annotations
@@ -33,20 +38,60 @@ from sofnet.clips import DataError
 logger = logging.getLogger(__name__)
 
 Shards = Union[str, os.PathLike, Sequence[str]]
+OBJECT_STORES = ("s3://", "gs://")
 
 
 def _is_local(url: str) -> bool:
     return "://" not in url and not url.startswith("pipe:")
 
 
+def is_object_store(url: Union[str, os.PathLike]) -> bool:
+    return os.fspath(url).startswith(OBJECT_STORES)
+
+
+def open_url(url: str) -> Any:
+    """Open a shard or JSON file for reading: a local path, ``pipe:``/``http(s)://`` (webdataset's ``gopen``), or an
+    object-store URI (pyarrow). A missing file or object raises FileNotFoundError."""
+    if not is_object_store(url):
+        return gopen(url, "rb")
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(url)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        raise FileNotFoundError(f"{url} does not exist")
+    return fs.open_input_stream(path)
+
+
+def shard_directory(shards: Union[str, os.PathLike]) -> str:
+    """The directory whose ``manifest.json`` describes ``shards`` (itself, or the folder of a shard or pattern)."""
+    text = os.fspath(shards).rstrip("/")
+    if os.path.isdir(text) or (is_object_store(text) and not text.endswith(".tar") and "{" not in text):
+        return text
+    return os.path.dirname(text)
+
+
+def listed_tars(directory: str, subset: str) -> list[str]:
+    """The ``{subset}-*.tar`` names in a directory or object-store prefix, sorted."""
+    if is_object_store(directory):
+        import pyarrow.fs as pafs
+
+        fs, root = pafs.FileSystem.from_uri(directory.rstrip("/"))
+        names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))]
+    else:
+        names = os.listdir(directory)
+    return sorted(n for n in names if n.startswith(f"{subset}-") and n.endswith(".tar"))
+
+
 def _read_json(path: str) -> Any:
     try:
-        with gopen(path, "rb") as f:
+        with open_url(path) as f:
             return json.load(f)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} does not exist") from None
     except ValueError as e:
         raise DataError(f"{path}: not valid JSON: {e}") from None
+    except OSError as e:  # an object store that cannot be reached or refuses the credentials
+        raise FileNotFoundError(f"{path}: cannot read it ({' '.join(str(e).split())[:200]})") from None
 
 
 def read_manifest(directory: Union[str, os.PathLike]) -> dict[str, Any]:
@@ -73,8 +118,8 @@ def resolve_shards(shards: Shards, subset: Optional[str] = None) -> list[str]:
         text = os.fspath(shards)
         if not text:
             raise FileNotFoundError("no shards given: the shard path is empty")
-        if os.path.isdir(text):
-            return _directory_shards(text, subset)
+        if os.path.isdir(text) or shard_directory(text) == text.rstrip("/") and is_object_store(text):
+            return _directory_shards(text.rstrip("/"), subset)
         if _is_local(text) and "{" not in text and not text.endswith(".tar"):
             raise FileNotFoundError(f"shard directory {text} does not exist")
         urls = list(braceexpand.braceexpand(text))
@@ -93,13 +138,13 @@ def _directory_shards(directory: str, subset: Optional[str]) -> list[str]:
     if not subset:
         raise ValueError(f"{directory} is a directory: name the subset to read (e.g. 'training')")
     manifest_path = os.path.join(directory, "manifest.json")
-    if os.path.isfile(manifest_path):
+    if is_object_store(directory) or os.path.isfile(manifest_path):  # an object store: the manifest is required
         subsets = read_manifest(directory).get("subsets", {})
         if subset not in subsets:
             raise DataError(f"{manifest_path}: no subset {subset!r} (it has: {', '.join(sorted(subsets)) or 'none'})")
         names = list(subsets[subset].get("shards", []))
     else:
-        names = sorted(n for n in os.listdir(directory) if n.startswith(f"{subset}-") and n.endswith(".tar"))
+        names = listed_tars(directory, subset)
     if not names:
         raise FileNotFoundError(f"no {subset}-*.tar shards in {directory}")
     return resolve_shards([os.path.join(directory, n) for n in names])
@@ -142,7 +187,7 @@ def shard_samples(url: str, expected: Optional[int], *, skip: int = 0, strict: b
     its size, on that error path only.
 
     Args:
-        url: Shard path or URL (anything ``webdataset.gopen`` opens: ``pipe:``, ``s3://``...).
+        url: Shard path or URL (a local path, ``s3://``/``gs://`` or what ``webdataset.gopen`` opens: ``pipe:``...).
         expected: Its ``sizes.json`` count; None: not checked (an eval set without ``sizes.json``).
         skip: Samples to read past without yielding them (still counted).
         strict: True (evaluation): an unreadable shard or tar member raises. False (training): it is logged
@@ -165,7 +210,7 @@ def shard_samples(url: str, expected: Optional[int], *, skip: int = 0, strict: b
         return True
 
     try:
-        stream = gopen(url, "rb")
+        stream = open_url(url)
     except OSError as e:
         handler(e)
         logger.warning("%s: cannot open the shard, skipping it: %s", url, e)

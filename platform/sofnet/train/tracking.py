@@ -120,8 +120,9 @@ def shard_dataset(shards: str, subset: str) -> tuple:
     from mlflow.data.meta_dataset import MetaDataset
 
     from sofnet.data import read_manifest
+    from sofnet.shards import shard_directory
 
-    directory = shards if os.path.isdir(shards) else os.path.dirname(shards)
+    directory = shard_directory(shards)
     try:
         manifest = read_manifest(directory)
     except (OSError, ValueError):
