@@ -30,3 +30,15 @@ def test_forced_kernel_level_is_what_the_tag_says() -> None:
     tags = json.loads(out.stdout)
     assert tags["machine.aten_capability"] == "DEFAULT"
     assert tags["machine.env.ATEN_CPU_CAPABILITY"] == "default" and tags["machine.env.ONEDNN_MAX_CPU_ISA"] == "AVX2"
+
+
+def test_rank_tags_name_what_differs_between_ranks() -> None:
+    from sofnet.machine import rank_tags
+
+    same = {k: v for k, v in fingerprint().items() if not k.startswith("machine.env.")}  # also under forced kernels
+    assert rank_tags([same, dict(same)]) == {"machine.ranks_differ": "none"}
+    other = {**same, "machine.aten_capability": "AVX2-on-rank1", "machine.env.ATEN_CPU_CAPABILITY": "avx2"}
+    tags = rank_tags([same, other, same])
+    assert tags["machine.ranks_differ"] == "aten_capability,env.ATEN_CPU_CAPABILITY"
+    assert tags["machine.rank1.aten_capability"] == "AVX2-on-rank1" and tags["machine.rank0.env.ATEN_CPU_CAPABILITY"] == ""
+    assert tags["machine.rank2.aten_capability"] == same["machine.aten_capability"]

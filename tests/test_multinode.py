@@ -62,6 +62,7 @@ def test_two_ranks_on_two_nodes_meet_over_the_bridge(cluster: list, spread: tupl
     client, runs = mn.mlflow_runs(out, "mn")
     assert set(runs) == {"job", "stage1", "stage2"}, sorted(runs)
     assert runs["job"].data.tags["node_ips"] == ",".join(ips)
+    assert runs["stage1"].data.tags["machine.ranks_differ"] == "none"  # the nodes share this machine's CPU
     assert all(r.info.status == "FINISHED" for r in runs.values())
 
 

@@ -4,6 +4,7 @@ Usage::
 
     from sofnet.machine import fingerprint
     fingerprint()   # {"machine.cpu_model": "AMD EPYC", "machine.aten_capability": "AVX512", "machine.threads": "2", ...}
+    rank_tags([fingerprint_rank0, fingerprint_rank1])   # {"machine.ranks_differ": "none"} or what differs, per rank
 
 One machine with one seed and one thread count repeats a run bitwise (``tests/test_determinism.py``). Another CPU
 runs other kernels (AVX-512 vs AVX2 vs plain C++ in ATen, another oneDNN ISA), whose float rounding differs; a
@@ -19,7 +20,7 @@ import platform
 import re
 import sys
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Mapping, Sequence
 
 import torch
 
@@ -73,3 +74,17 @@ def fingerprint() -> Dict[str, str]:
         if os.environ.get(name):
             tags[f"machine.env.{name}"] = os.environ[name]
     return {k: v[:500] for k, v in tags.items()}
+
+
+def rank_tags(prints: Sequence[Mapping[str, str]]) -> Dict[str, str]:
+    """What differs between the ranks of one job (rank order): ``machine.ranks_differ`` (the differing keys, or
+    ``none``) and ``machine.rank<r>.<key>`` for each of them. The ``machine.*`` tags are rank 0's; on a cluster of
+    mixed CPUs the other ranks run other kernels, so the job repeats bitwise only on the same mix of machines."""
+    keys = sorted({k for p in prints for k in p})
+    differ = [k for k in keys if len({p.get(k, "") for p in prints}) > 1]
+    tags = {"machine.ranks_differ": ",".join(k.removeprefix("machine.") for k in differ) or "none"}
+    for key in differ:
+        for r, p in enumerate(prints):
+            tags[f"machine.rank{r}.{key.removeprefix('machine.')}"] = p.get(key, "")[:500]
+    return tags
+

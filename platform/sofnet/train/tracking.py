@@ -210,7 +210,10 @@ class RunTracker:
         if current and before and current != before:
             history = run.data.tags.get("node_ips_history", before)
             mlflow.set_tag("node_ips_history", history if history.endswith(before) else f"{history};{before}")
-        mlflow.set_tags({k: v for k, v in {**self.machine, "node_ips": current}.items() if v})
+        ranks = {k: v for k, v in self.tags.items() if k.startswith("machine.")}  # sofnet.machine.rank_tags
+        for stale in [k for k in run.data.tags if k.startswith("machine.rank") and k not in ranks]:
+            mlflow.delete_tag(stale)  # the earlier attempt's ranks differed in what this attempt's do not
+        mlflow.set_tags({k: v for k, v in {**self.machine, **ranks, "node_ips": current}.items() if v})
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log derived settings (e.g. world size, global batch, effective lr) on the active run."""

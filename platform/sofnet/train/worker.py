@@ -32,6 +32,7 @@ from sofnet.config import from_container
 from sofnet.data import make_eval_loader, make_train_loader
 from sofnet.early_exit import EarlyExit
 from sofnet.evaluation import class_names, evaluate, primary_metric
+from sofnet.machine import fingerprint, rank_tags
 from sofnet.losses import classification_loss, sofnet_loss
 from sofnet.models import build_model, load_backbone_state
 from sofnet.models.arnet import arnet_loss, arnet_warmup_loss
@@ -107,19 +108,25 @@ def train_loop_per_worker(config: Dict[str, Any]) -> None:
 
 
 def _node_ips(ctx: Any) -> Dict[str, str]:
-    """Every rank's node IP, gathered (a collective: all ranks call it) and logged by rank 0 at WARNING, so that
-    the job log shows where the ranks run and where they meet (``MASTER_ADDR``); returned as the MLflow tag
-    ``node_ips`` (rank order) of the job's and the stages' runs."""
+    """Every rank's node IP and machine fingerprint, gathered (a collective: all ranks call it) and logged by rank 0
+    at WARNING, so that the job log shows where the ranks run and where they meet (``MASTER_ADDR``); returned as
+    MLflow tags of the job's and the stages' runs: ``node_ips`` (rank order) and :func:`sofnet.machine.rank_tags`."""
     import ray
     import torch.distributed as dist
 
-    ips = [ray.util.get_node_ip_address()] * ctx.world
+    mine = (ray.util.get_node_ip_address(), fingerprint())  # plain strings: all_gather_object pickles them
+    gathered = [mine] * ctx.world
     if dist.is_initialized():
-        dist.all_gather_object(ips, ips[0])
+        dist.all_gather_object(gathered, mine)
+    ips = [ip for ip, _ in gathered]
+    machines = rank_tags([fp for _, fp in gathered])
     if ctx.rank == 0:
         logger.warning("ranks on nodes %s, rendezvous at %s:%s", ",".join(ips), os.environ.get("MASTER_ADDR"),
                        os.environ.get("MASTER_PORT"))
-    return {"node_ips": ",".join(ips)}
+        if machines["machine.ranks_differ"] != "none":
+            logger.warning("the ranks' machines differ in %s: this run repeats bitwise only on the same mix of "
+                           "machines (tags machine.rank<r>.*)", machines["machine.ranks_differ"])
+    return {"node_ips": ",".join(ips), **machines}
 
 
 def _device(cfg: Any) -> torch.device:
