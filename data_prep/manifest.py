@@ -162,6 +162,11 @@ def write_outputs(out_dir: str | Path) -> dict:
     }
     atomic_write(out / "sizes.json", json.dumps(sizes, indent=1))
     atomic_write(out / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False))
-    report = {"skipped": skipped, "warnings": warnings, "counts": counts}
+    nodes: dict[str, dict] = {}  # which host wrote which shard and video (a cluster run spreads them)
+    for state in states:
+        node = nodes.setdefault(state.get("node", "unknown"), {"shards": [], "videos": []})
+        node["shards"].append(state["name"])
+        node["videos"] += [sample.get("id", sample["key"]) for sample in state["written"]]
+    report = {"skipped": skipped, "warnings": warnings, "counts": counts, "nodes": dict(sorted(nodes.items()))}
     atomic_write(out / "report.json", json.dumps(report, indent=1, ensure_ascii=False))
     return counts

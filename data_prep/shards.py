@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import tarfile
 import time
 from collections.abc import Iterator
@@ -256,6 +257,18 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def worker_node() -> str:
+    """The host a shard is written on: its Ray node IP in a Ray task, else the host name (``--no-ray``)."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.util.get_node_ip_address()
+    except ImportError:
+        pass
+    return socket.gethostname()
+
+
 def write_shard(
     plan: ShardPlan, out_dir: str | Path, params: PrepParams, exclude: frozenset[str] = frozenset()
 ) -> Iterator[dict]:
@@ -305,7 +318,8 @@ def write_shard(
                     for i, jpeg in enumerate(video.jpegs):
                         _add(tar, f"{job.key}.{i:04d}.jpg", jpeg)
                     notes = job.warnings + video.warnings
-                    written.append({"key": job.key, "labels": record["label_names"], "frames": len(video.jpegs)})
+                    written.append({"key": job.key, "id": job.id, "labels": record["label_names"],
+                                    "frames": len(video.jpegs)})
                     warnings.extend({"id": job.id, "path": job.path, "warning": note} for note in notes)
                     yield {**event, "ok": True, "warnings": notes}
                     continue
@@ -322,6 +336,7 @@ def write_shard(
         "params": params.identity(),
         "sha256": file_sha256(out / plan.name),  # read back from disk (page cache): what readers will get
         "decoder": decoder_versions(),  # of this worker: on a cluster the driver's may differ
+        "node": worker_node(),  # which host wrote it (report.json's "nodes")
         "written": written,
         "skipped": skipped,
         "warnings": warnings,

@@ -122,3 +122,6 @@ def test_command_writes_dataset_and_shards_on_ray(tmp_path: Path) -> None:
     sizes = json.loads((tmp_path / "shards" / "sizes.json").read_text())
     assert sum(sizes.values()) == 6 and all(n <= 2 for n in sizes.values())
     assert (tmp_path / "data" / "activity_net.synthetic.json").is_file()
+    nodes = json.loads((tmp_path / "shards" / "report.json").read_text())["nodes"]  # one node: this machine's Ray
+    (ip, did), = nodes.items()
+    assert sorted(did["shards"]) == sorted(sizes) and len(set(did["videos"])) == 6 and ip.count(".") == 3

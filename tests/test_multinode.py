@@ -3,8 +3,9 @@ on a 198.51.100.0/24 bridge), and the training job's two ranks on two of them.
 
 The module's cluster (``infra/local_cluster.py``, started once, brought down in the finalizer whatever happens):
 head 198.51.100.10 (0 CPUs: job drivers), w1 .11 with 2 CPUs (two ranks can share it), w2 .12 and w3 .13 with 1.
-Jobs are submitted from the host as a user would (``ray job submit --address http://198.51.100.10:8265``) with
-absolute paths on this machine's filesystem, which the namespaces share (object storage is a later step).
+Data prep runs on it too (its shard tasks spread over the workers). Jobs are submitted from the host as a user would
+(``ray job submit --address http://198.51.100.10:8265``) with absolute paths on this machine's filesystem, which the
+namespaces share (object storage: ``tests/test_multinode_s3.py``).
 """
 
 from __future__ import annotations
@@ -85,6 +86,25 @@ def test_two_nodes_train_the_same_weights_as_one_node(cluster: list, shards: Pat
     moved = [k for k in init
              if k in trained and trained[k].is_floating_point() and not torch.equal(init[k], trained[k])]
     assert moved, "stage 2 left every stage-1 weight as it was: nothing was trained, the comparison proves nothing"
+
+
+def test_data_prep_spreads_over_the_nodes(cluster: list, tmp_path: Path) -> None:
+    """``python -m data_prep.synthetic ... --ray-address auto`` as a job on the cluster: shard tasks run on several
+    worker nodes, ``report.json`` says which node wrote which shard and video, and no video is lost or doubled."""
+    import json
+
+    out = tmp_path / "prep"
+    done = mn.submit("mn-prep", ["python", "-m", "data_prep.synthetic", "--out", str(out / "raw"), "--videos", "16",
+                                 "--classes", "3", "--min-duration", "3", "--max-duration", "4", "--shards",
+                                 str(out / "shards"), "--shard-size", "2", "--ray-address", "auto", "--no-progress"])
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    report = json.loads((out / "shards" / "report.json").read_text())
+    workers = {n.ip for n in cluster if not n.head}
+    assert set(report["nodes"]) <= workers and len(report["nodes"]) >= 2, report["nodes"]
+    videos = [v for node in report["nodes"].values() for v in node["videos"]]
+    sizes = json.loads((out / "shards" / "sizes.json").read_text())
+    assert len(videos) == len(set(videos)) == sum(sizes.values()) == report["counts"]["written"] == 16
+    assert sorted(s for node in report["nodes"].values() for s in node["shards"]) == sorted(sizes)
 
 
 def test_lost_host_resumes_on_the_spare_node(cluster: list, shards: Path, tmp_path: Path) -> None:
