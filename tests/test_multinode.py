@@ -163,3 +163,40 @@ def test_local_storage_on_several_nodes_is_refused_before_training(cluster: list
     errors = [line for line in log.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "train.output_dir=" in errors[0] and "shared_storage" in errors[0], log[-3000:]
     assert "Traceback" not in log and "RayTrainWorker" not in log and not (tmp_path / "runs" / "mn-local").exists()
+
+
+def test_data_prep_survives_a_lost_node_and_a_rerun(cluster: list, tmp_path: Path) -> None:
+    """SIGKILL a worker node while data prep writes its shards (last: it costs the cluster a node). The runner
+    resubmits the lost node's shards elsewhere; a rerun writes nothing again; no video is lost or doubled."""
+    import json
+    import time
+
+    out = tmp_path / "prep"
+    entry = ["python", "-m", "data_prep.synthetic", "--out", str(out / "raw"), "--videos", "48", "--classes", "3",
+             "--min-duration", "4", "--max-duration", "6", "--shards", str(out / "shards"), "--shard-size", "2",
+             "--ray-address", "auto", "--no-progress"]
+    done = mn.submit("mn-prep-lost", entry, wait=False, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    state = out / "shards" / ".state"
+    for _ in range(600):  # bounded: 600 x 0.2 s, until the first shard is finished (tasks are running)
+        if list(state.glob("*.tar.json")) or mn.status("mn-prep-lost") in {"SUCCEEDED", "FAILED"}:
+            break
+        time.sleep(0.2)
+    first = sorted(state.glob("*.tar.json"))
+    assert first, "no shard was written"
+    busy = json.loads(first[0].read_text())["node"]  # a node that is writing shards: it holds the next task
+    victim = next(n for n in cluster if n.ip == busy)
+    finished = len(list(state.glob("*.tar.json")))
+    assert local_cluster.kill_node(victim.name, mn.STATE_DIR, signal.SIGKILL)
+    assert finished < 24, "data prep ended before the node was lost"
+    mn.wait_status("mn-prep-lost", "SUCCEEDED", timeout=600)
+    lost = [line for line in mn.logs("mn-prep-lost").splitlines() if " failed (" in line]
+    assert lost, mn.logs("mn-prep-lost")[-3000:]  # the lost node's running shards were resubmitted, not skipped
+    report = json.loads((out / "shards" / "report.json").read_text())
+    videos = sorted(v for node in report["nodes"].values() for v in node["videos"])
+    assert len(videos) == len(set(videos)) == report["counts"]["written"] == 48 and report["counts"]["skipped"] == 0
+    digest = json.loads((out / "shards" / "manifest.json").read_text())["digest"]
+    again = mn.submit("mn-prep-rerun", entry, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-2000:]
+    assert json.loads((out / "shards" / "manifest.json").read_text())["digest"] == digest  # the same shards
+    assert "0 videos decoded in this run" in mn.logs("mn-prep-rerun")
