@@ -58,10 +58,29 @@ def test_the_plan_is_the_authors_three_phases(tmp_path: Path) -> None:
     (["model.arnet_sizes=[96,32]"], "model.arnet_sizes must be <= model.input_size (64)"),
     (["model.arnet_backbones=[resnet18,vgg16]"], "model.arnet_backbones='vgg16' is not one of"),
     (["model.arnet_phase=policy"], "model.arnet_phase='policy' is not one of"),
+    (["loss.arnet_eff=normalized"], "loss.arnet_eff='normalized' is not one of"),
 ])
 def test_bad_arnet_settings_are_one_line(tmp_path: Path, override: list, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         _cfg(tmp_path, tmp_path, tmp_path / "m.db", *override)
+
+
+def test_efficiency_term_official_raw_gflops_or_relative(tmp_path: Path) -> None:
+    """``loss.arnet_eff: official`` charges the authors' raw GFLOPs per frame (their gflops_vec); ``relative`` the
+    share of the largest backbone's cost, the same trade-off for an alpha at any model size."""
+    from sofnet.models import build_model
+    from sofnet.train.worker import _loss_fn
+
+    for setting in ("official", "relative"):
+        cfg = _cfg(tmp_path, tmp_path, tmp_path / "m.db", f"loss.arnet_eff={setting}")
+        stage = plan(cfg)[1]
+        model = build_model(stage.model)
+        costs = model.frame_costs()[:2]
+        fn = _loss_fn(cfg, stage, model)
+        want = costs if setting == "official" else [c / max(costs) for c in costs]
+        assert fn.keywords["backbone_gflops"] == pytest.approx(want) and costs[0] > costs[1] > 0
+        assert (fn.keywords["accuracy_weight"], fn.keywords["efficiency_weight"]) == (0.5, 0.5)
+    assert load_config(REPO / "jobs/configs/anet_arnet.yaml").loss.arnet_eff == "official"
 
 
 def test_three_stages_trained_scored_and_registered(job) -> None:

@@ -23,9 +23,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sofnet.early_exit import EarlyExit, EarlyExitError
 from sofnet.schema import (  # noqa: F401  (re-exported: the config API lives here)
-    ARCHS, ARNET_PHASES, BACKBONES, BEST_METRICS, EFF_WEIGHTS, ET_MODES, GATE_INITS, GATE_TARGETS, NUM_BLOCKS,
-    PLACEMENT_STRATEGIES, SHIFTS, STAGE_NAMES, Config, DataConfig, EarlyExitConfig, LossConfig, MlflowConfig,
-    ModelConfig, OptimConfig, ScalingConfig, StageConfig, TrainConfig,
+    ARCHS, ARNET_EFF, ARNET_PHASES, BACKBONES, BEST_METRICS, EFF_WEIGHTS, ET_MODES, GATE_INITS, GATE_TARGETS,
+    NUM_BLOCKS, PLACEMENT_STRATEGIES, SHIFTS, STAGE_NAMES, Config, DataConfig, EarlyExitConfig, LossConfig,
+    MlflowConfig, ModelConfig, OptimConfig, ScalingConfig, StageConfig, TrainConfig,
 )
 
 class ConfigError(ValueError):
@@ -50,6 +50,7 @@ def validate(cfg: Any, src: str = "<config>") -> None:
         _choice(name, BACKBONES, "model.arnet_backbones", src)
     _choice(loss.get("gate_target", "logits"), GATE_TARGETS, "loss.gate_target", src)
     _choice(loss.get("eff_weights", "marginal"), EFF_WEIGHTS, "loss.eff_weights", src)
+    _choice(loss.get("arnet_eff", "official"), ARNET_EFF, "loss.arnet_eff", src)
     checks = [
         (m.num_classes >= 1, "model.num_classes", "must be >= 1"),
         (m.num_segments >= 1, "model.num_segments", "must be >= 1"),

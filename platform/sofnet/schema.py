@@ -16,6 +16,7 @@ GATE_INITS = ("official", "pytorch")
 ARNET_PHASES = ("warmup", "joint", "finetune")
 ET_MODES = ("reached", "official")
 GATE_TARGETS = ("sample", "logits")  # L_gate on the hard Gumbel sample (official) or on the gate logits
+ARNET_EFF = ("official", "relative")  # AR-Net's GFLOPs term: raw GFLOPs per frame, or / the largest backbone's
 EFF_WEIGHTS = ("official", "marginal")  # L_eff weights: the official shifted remaining cost, or our marginal cost
 NUM_BLOCKS = 5  # stem, layer1..layer4: the five places SoF-Net may stop a frame
 BEST_METRICS = ("", "val/mAP", "val/mAP_first_label", "val/top1", "val/top5")  # "": val/mAP, Sports-1M val/top1
@@ -64,6 +65,7 @@ class LossConfig:
     gate_target: str = "logits"  # L_gate on: logits (ours) | sample (official: the hard Gumbel one-hot)
     eff_weights: str = "marginal"  # L_eff: marginal (ours, expected cost) | official (sampled, shifted by a block)
     uniform_weight: float = 3.0  # AR-Net: L = alpha * CE + (1 - alpha) * (E[GFLOPs] + uniform_weight * U)
+    arnet_eff: str = "official"  # E[GFLOPs] in raw GFLOPs per frame (official) or relative to the largest backbone
 
 
 @dataclass

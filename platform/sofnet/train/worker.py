@@ -10,7 +10,8 @@
 Per stage (a :class:`Stage` value: stage 1 = the backbone as TSN/TSM, stage 2 = SoF-Net from stage 1's best epoch or
 ``train.stage2.init_from``; for AR-Net the authors' three phases: backbone warm-up, joint, fine-tuning = stage 3):
 build the model and a DeepSpeed engine, train, evaluate with the skipping path, log (rank 0, MLflow), keep the
-stage's best epoch in ``<run>/best/<stage>`` and checkpoint every epoch (see :mod:`sofnet.checkpoint` for the format). The final stage's best epoch is the registered model.
+stage's best epoch in ``<run>/best/<stage>`` and checkpoint every epoch (see :mod:`sofnet.checkpoint` for the format).
+The final stage's best epoch is the registered model.
 """
 
 from __future__ import annotations
@@ -229,6 +230,8 @@ def _loss_fn(cfg: Any, stage: Stage, model: Any) -> Any:
         if stage.name == "stage1":
             return arnet_warmup_loss
         backbones = model.frame_costs()[: len(model.sizes)]
+        if cfg.loss.arnet_eff == "relative":  # scale-free: the same alpha means the same trade-off at any model size
+            backbones = [c / max(backbones) for c in backbones]
         return partial(arnet_loss, backbone_gflops=backbones, accuracy_weight=cfg.loss.alpha,
                        efficiency_weight=1.0 - cfg.loss.alpha, uniform_weight=cfg.loss.uniform_weight)
     if stage.name != "stage2":
