@@ -116,6 +116,28 @@ def _run(tmp: Path, path: Path, *extra: str) -> subprocess.CompletedProcess:
                           env=env, capture_output=True, text=True, timeout=900, start_new_session=True)
 
 
+def test_a_changed_recipe_under_the_same_name_is_refused(tmp_path: Path) -> None:
+    from sofnet.config import ConfigError
+    from sofnet.study import arnet_config, check_recipe, load_study, seed_config
+
+    path = _study(tmp_path, tmp_path / "shards", arnet=True)
+    study = load_study(path)
+    check_recipe(study, seed_config(study, 1))  # first sight: kept
+    check_recipe(study, seed_config(study, 1))  # the same settings: fine
+    changed = load_study(path)
+    changed.overrides = list(changed.overrides) + ["model.tau0=2.0"]
+    with pytest.raises(ConfigError, match=r"t-seed1.recipe.yaml: t-seed1 was trained with other settings \(.*"
+                                          r"model.tau0: 5.0 -> 2.0.*give the study another name"):
+        check_recipe(changed, seed_config(changed, 1))
+    check_recipe(study, arnet_config(study, 1))
+    other = load_study(path)
+    other.arnet_overrides = list(other.arnet_overrides) + ["loss.arnet_eff=relative", "mlflow.experiment=elsewhere"]
+    with pytest.raises(ConfigError, match=r"loss.arnet_eff: official -> relative"):
+        check_recipe(other, arnet_config(other, 1))
+    tsn_only = load_study(path, ["methods=[tsn]"])  # stage 2 off leaves stage 1's recipe as it was
+    check_recipe(tsn_only, seed_config(tsn_only, 1))
+
+
 def test_the_shipped_study_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     from sofnet.study import load_study
 

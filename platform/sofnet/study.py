@@ -149,6 +149,40 @@ def _seed_eval(study: Any, seed: int) -> Path:
     return study_dir(study) / f"{study.name}-seed{seed}-eval" / "seed.json"
 
 
+# Settings that do not change what a run computes (where it logs, how often, how often it may fail; stage 2 on or
+# off leaves stage 1 as it was: a study that adds sofnet to its methods trains stage 2 on the finished stage 1).
+_NOT_RECIPE = ("mlflow.", "train.output_dir", "train.log_every", "train.max_failures", "name", "train.stage2.enabled")
+
+
+def _flat(tree: Any, prefix: str = "") -> Dict[str, Any]:
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: tree}
+
+
+def check_recipe(study: Any, cfg: Any) -> None:
+    """A study's runs are reused by name (resume), so a run must have been trained with the settings the study now
+    asks for: the first time a job is seen its resolved config is kept as ``<study dir>/<run name>.recipe.yaml``;
+    a later call with other settings (a changed ``overrides`` or base file, under the same study name) is refused.
+
+    Raises:
+        ConfigError: one line naming the run and the first differing keys.
+    """
+    path = study_dir(study) / f"{cfg.name}.recipe.yaml"
+    now = {k: v for k, v in _flat(OmegaConf.to_container(cfg, resolve=True)).items() if not k.startswith(_NOT_RECIPE)}
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(OmegaConf.to_yaml(OmegaConf.create(now)))
+        return
+    before = dict(OmegaConf.to_container(OmegaConf.load(path)))
+    keys = sorted(set(before) | set(now))
+    diff = [f"{k}: {before.get(k)} -> {now.get(k)}" for k in keys if before.get(k) != now.get(k)]
+    if diff:
+        more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
+        raise ConfigError(f"{path}: {cfg.name} was trained with other settings ({'; '.join(diff[:3])}{more}); its "
+                          "results would be reused as if they were this recipe's: give the study another name")
+
+
 def _missing(study: Any, seed: int, record: Optional[Mapping[str, Any]]) -> List[str]:
     """Which of the seed's jobs still need an evaluation: ``base`` (TSN, SoF-Net), ``arnet``."""
     from sofnet.train.worker import enabled_stages
@@ -316,6 +350,10 @@ def run_study(study: Any, *, train: Optional[Any] = None) -> Dict[str, Any]:
         from sofnet.train.ray_job import run_training as train
     records, started = [], time.time()
     study_dir(study).mkdir(parents=True, exist_ok=True)
+    for seed in study.seeds:  # every seed's runs, before anything trains
+        check_recipe(study, seed_config(study, seed))
+        if "arnet" in study.methods:
+            check_recipe(study, arnet_config(study, seed))
     for seed in study.seeds:
         done = _seed_eval(study, seed)
         record = json.loads(done.read_text()) if done.is_file() else None
