@@ -167,7 +167,7 @@ def test_local_storage_on_several_nodes_is_refused_before_training(cluster: list
 
 def test_data_prep_survives_a_lost_node_and_a_rerun(cluster: list, tmp_path: Path) -> None:
     """SIGKILL a worker node while data prep writes its shards (last: it costs the cluster a node). The runner
-    resubmits the lost node's shards elsewhere; a rerun writes nothing again; no video is lost or doubled."""
+    resubmits a lost node's running shards elsewhere; a rerun writes nothing again; no video is lost or doubled."""
     import json
     import time
 
@@ -190,8 +190,8 @@ def test_data_prep_survives_a_lost_node_and_a_rerun(cluster: list, tmp_path: Pat
     assert local_cluster.kill_node(victim.name, mn.STATE_DIR, signal.SIGKILL)
     assert finished < 24, "data prep ended before the node was lost"
     mn.wait_status("mn-prep-lost", "SUCCEEDED", timeout=600)
-    lost = [line for line in mn.logs("mn-prep-lost").splitlines() if " failed (" in line]
-    assert lost, mn.logs("mn-prep-lost")[-3000:]  # the lost node's running shards were resubmitted, not skipped
+    # Whether a shard task was in flight on the node at the kill is a race (usually one is, and the log then shows
+    # "shard ... failed"); what must hold either way is below: every video once, and an idempotent rerun.
     report = json.loads((out / "shards" / "report.json").read_text())
     videos = sorted(v for node in report["nodes"].values() for v in node["videos"])
     assert len(videos) == len(set(videos)) == report["counts"]["written"] == 48 and report["counts"]["skipped"] == 0
