@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from sofnet.data import DataError, read_manifest, read_sizes, resolve_shards
-from sofnet.shards import is_object_store, listed_tars, shard_directory
+from sofnet.shards import is_store_directory, listed_tars
 
 
 class PreflightError(ValueError):
@@ -48,8 +48,7 @@ def check_shards(shards: str, subset: str, *, key: str, num_classes: Optional[in
         raise PreflightError(f"{_where(shards, key)}: {str(e).splitlines()[0]}") from None
     if total == 0:
         raise PreflightError(f"{key}={shards}: the {subset} shards hold no samples (sizes.json counts 0)")
-    if (os.path.isdir(shards) and Path(shards, "manifest.json").is_file()) or \
-            (is_object_store(shards) and shard_directory(shards) == shards.rstrip("/")):
+    if (os.path.isdir(shards) and Path(shards, "manifest.json").is_file()) or is_store_directory(shards):
         shards = shards.rstrip("/")
         manifest = read_manifest(shards)
         entry = manifest.get("subsets", {}).get(subset, {})

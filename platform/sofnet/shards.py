@@ -70,6 +70,12 @@ def shard_directory(shards: Union[str, os.PathLike]) -> str:
     return os.path.dirname(text)
 
 
+def is_store_directory(shards: Union[str, os.PathLike]) -> bool:
+    """An object-store prefix naming a shard directory (not a shard or a brace pattern in one)."""
+    text = os.fspath(shards)
+    return is_object_store(text) and shard_directory(text) == text.rstrip("/")
+
+
 def listed_tars(directory: str, subset: str) -> list[str]:
     """The ``{subset}-*.tar`` names in a directory or object-store prefix, sorted."""
     if is_object_store(directory):
@@ -118,7 +124,7 @@ def resolve_shards(shards: Shards, subset: Optional[str] = None) -> list[str]:
         text = os.fspath(shards)
         if not text:
             raise FileNotFoundError("no shards given: the shard path is empty")
-        if os.path.isdir(text) or shard_directory(text) == text.rstrip("/") and is_object_store(text):
+        if os.path.isdir(text) or is_store_directory(text):
             return _directory_shards(text.rstrip("/"), subset)
         if _is_local(text) and "{" not in text and not text.endswith(".tar"):
             raise FileNotFoundError(f"shard directory {text} does not exist")
