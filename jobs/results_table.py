@@ -10,6 +10,7 @@ Exit status: 0 done, 2 bad input (config, run directory, shards): one line.
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -20,7 +21,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", required=True)
     p.add_argument("--run", default="", help="run directory (default: <train.output_dir>/<name> of the config)")
-    p.add_argument("--out", default="", help="where each stage's metrics.json goes (default: <run>-eval)")
+    p.add_argument("--out", default="", help="where each stage's metrics.json goes (default: <run>-eval, or "
+                   "./<name>-eval for a run in an object store)")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, ...")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the evaluations and the table to MLflow")
     p.add_argument("--verbose", action="store_true", help="every library's log lines")
@@ -33,19 +35,22 @@ def main(argv=None) -> int:
 
 
 def _table(args, cfg) -> int:
+    from sofnet import storage
     from sofnet.preflight import check_shards
     from sofnet.train.report import evaluate_run, results_table
     from sofnet.train.worker import run_dir
 
-    run = Path(args.run) if args.run else run_dir(cfg)
-    out = Path(args.out) if args.out else run.with_name(run.name + "-eval")
+    run = args.run or run_dir(cfg)  # local, or an object-store URI (s3://...): then <name>-eval here
+    name = os.fspath(run).rstrip("/").rsplit("/", 1)[-1]
+    out = Path(args.out) if args.out else (Path(run).with_name(name + "-eval") if not storage.is_remote(run)
+                                           else Path(name + "-eval"))
     check_shards(cfg.data.val_shards, cfg.data.val_subset, key="data.val_shards", num_classes=cfg.model.num_classes)
     rows = evaluate_run(cfg, run, out, device=args.device)
     primary = "top1" if cfg.data.dataset == "sports1m" else "mAP"
     table = results_table([(name, r["metrics"]) for name, r in rows], primary=primary)
     digest = _digest(cfg.data.val_shards, cfg.data.val_subset)
     videos = int(rows[0][1]["metrics"]["val/videos"])
-    header = (f"{run.name}: best epoch of each stage, {videos} {cfg.data.val_subset} videos of {cfg.data.val_shards}"
+    header = (f"{name}: best epoch of each stage, {videos} {cfg.data.val_subset} videos of {cfg.data.val_shards}"
               f" (shard digest {digest or 'unknown'}), early exit rho={cfg.early_exit.rho} t_min={cfg.early_exit.t_min}"
               f" ({cfg.early_exit.mode})")
     text = f"{header}\n\n{table}\n"

@@ -54,21 +54,36 @@ def env() -> dict:
                 NO_PROXY=f"{local_cluster.NET}.0/24")
 
 
-def train_entry(shards: Path, out: Path, name: str, *extra: str) -> List[str]:
-    """The user's command: the demo config, smoke-sized, absolute shard/output/MLflow paths, 2 ranks."""
+def train_entry(shards: Path | str, out: Path, name: str, *extra: str, storage: str = "",
+                tracking: str = "") -> List[str]:
+    """The user's command: the demo config, smoke-sized, 2 ranks; shards, Ray Train's storage (default
+    ``<out>/runs``, a local path every namespace sees) and MLflow (default ``sqlite:///<out>/mlflow.db``)."""
+    local = not storage
+    storage, tracking = storage or f"{out}/runs", tracking or f"sqlite:///{out}/mlflow.db"
     return ["python", "jobs/train_anet.py", "--config", "jobs/configs/demo.yaml", "--smoke-test",
             f"data.train_shards={shards}", f"data.val_shards={shards}", "model.num_classes=3", f"name={name}",
-            f"train.output_dir={out}/runs", f"mlflow.tracking_uri=sqlite:///{out}/mlflow.db",
+            f"train.output_dir={storage}", f"mlflow.tracking_uri={tracking}",
             f"mlflow.registered_model=sofnet-{name}", "scaling.num_workers=2",
-            # the namespaces share this machine's disk: the stand-in for an NFS mount every node has
-            "train.shared_storage=true", *extra]
+            # a local output_dir: the namespaces share this machine's disk, the stand-in for an NFS mount every node has
+            *(["train.shared_storage=true"] if local else []), *extra]
 
 
-def submit(sid: str, entry: List[str], wait: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+def runtime_env(path: Path, env_vars: dict) -> Path:
+    """``infra/runtime_env.yaml`` plus ``env_vars`` (e.g. the S3 endpoint and credentials), written to ``path``."""
+    import yaml
+
+    spec = yaml.safe_load((REPO / "infra/runtime_env.yaml").read_text())
+    spec["env_vars"] = {**spec.get("env_vars", {}), **env_vars}
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def submit(sid: str, entry: List[str], wait: bool = True, timeout: float = 600,
+           runtime: Path | None = None) -> subprocess.CompletedProcess:
     """``ray job submit --address http://198.51.100.10:8265 --working-dir . -- <entry>`` from the host."""
     return subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--address", ADDRESS, "--submission-id", sid, "--working-dir", ".",
-         "--runtime-env", "infra/runtime_env.yaml", *([] if wait else ["--no-wait"]), "--", *entry],
+         "--runtime-env", str(runtime or "infra/runtime_env.yaml"), *([] if wait else ["--no-wait"]), "--", *entry],
         cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
 
 
@@ -80,6 +95,17 @@ def _client():
 
 def status(sid: str) -> str:
     return str(_client().get_job_status(sid).value)
+
+
+def stop(sid: str, timeout: float = 120) -> None:
+    """``ray job stop``: until job ``sid`` is STOPPED (bounded)."""
+    _client().stop_job(sid)
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout) + 1):
+        if status(sid) in {"STOPPED", "FAILED", "SUCCEEDED"} or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert status(sid) == "STOPPED", f"job {sid} is {status(sid)}, not STOPPED:\n{logs(sid)[-3000:]}"
 
 
 def logs(sid: str) -> str:
@@ -105,24 +131,34 @@ def placements(job_log: str) -> List[tuple]:
     return [(ips.split(","), addr) for ips, addr, _ in NODE_LINE.findall(job_log)]
 
 
-def wait_checkpoint(run_dir: Path, name: str, timeout: float = 300) -> None:
+def registered(run_dir: Path | str) -> str:
+    """The text of Ray Train's checkpoint snapshot of a run (local or in a bucket); "" while there is none."""
+    from sofnet import storage
+
+    snapshot = storage.join(run_dir, "checkpoint_manager_snapshot.json")
+    if storage.is_remote(snapshot):
+        return storage.read_text(str(snapshot)) if storage.kind(str(snapshot)) == "file" else ""
+    return snapshot.read_text() if snapshot.is_file() else ""
+
+
+def wait_checkpoint(run_dir: Path | str, name: str, timeout: float = 300) -> None:
     """Until Ray Train has registered checkpoint ``name`` (its snapshot lists it)."""
-    snapshot = run_dir / "checkpoint_manager_snapshot.json"
     deadline = time.monotonic() + timeout
-    for _ in range(int(timeout * 10) + 1):
-        if snapshot.is_file() and name in snapshot.read_text():
+    for _ in range(int(timeout * 5) + 1):
+        if name in registered(run_dir):
             return
         if time.monotonic() > deadline:
             break
-        time.sleep(0.1)
+        time.sleep(0.2)
     pytest.fail(f"no {name} in {run_dir} after {timeout:.0f} s")
 
 
-def mlflow_runs(out: Path, name: str) -> tuple:
-    """(client, {"job" | stage: run}) of the job ``name`` in ``<out>/mlflow.db``."""
+def mlflow_runs(out: Path | str, name: str) -> tuple:
+    """(client, {"job" | stage: run}) of the job ``name`` in ``<out>/mlflow.db`` or at the tracking URI ``out``."""
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out}/mlflow.db")
+    uri = str(out) if str(out).startswith("http") else f"sqlite:///{out}/mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(EXPERIMENT)
     runs = client.search_runs([exp.experiment_id], f"tags.ray_run_name = '{name}'")
     return client, {r.data.tags.get("stage", "job"): r for r in runs}

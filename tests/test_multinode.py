@@ -4,8 +4,9 @@ on a 198.51.100.0/24 bridge), and the training job's two ranks on two of them.
 The module's cluster (``infra/local_cluster.py``, started once, brought down in the finalizer whatever happens):
 head 198.51.100.10 (0 CPUs: job drivers), w1 .11 with 2 CPUs (two ranks can share it), w2 .12 and w3 .13 with 1.
 Data prep runs on it too (its shard tasks spread over the workers). Jobs are submitted from the host as a user would
-(``ray job submit --address http://198.51.100.10:8265``) with absolute paths on this machine's filesystem, which the
-namespaces share (object storage: ``tests/test_multinode_s3.py``).
+(``ray job submit --address http://198.51.100.10:8265``). Most use absolute paths on this machine's filesystem,
+which the namespaces share (the stand-in for an NFS mount); the lost-host test shares no directory: its shards, Ray
+Train's storage and MLflow's artifacts are in a real S3 API (moto) and MLflow behind its server, both on the bridge.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 
 import multinode_helpers as mn
 from multinode_helpers import local_cluster
+from s3_helpers import environ, mlflow_server, moto_server
 
 pytestmark = pytest.mark.slow
 
@@ -107,17 +109,36 @@ def test_data_prep_spreads_over_the_nodes(cluster: list, tmp_path: Path) -> None
     assert sorted(s for node in report["nodes"].values() for s in node["shards"]) == sorted(sizes)
 
 
-def test_lost_host_resumes_on_the_spare_node(cluster: list, shards: Path, tmp_path: Path) -> None:
-    """SIGKILL every process on rank 1's node during stage 1; Ray Train restarts the ranks on the two nodes left
-    (one of them the spare) from the last checkpoint, and the job finishes with each epoch logged once."""
-    epochs, pid_dir = 4, tmp_path / "pids"
-    entry = mn.train_entry(shards, tmp_path, "lost", "scaling.placement_strategy=STRICT_SPREAD",
+@pytest.fixture(scope="module")
+def bucket(cluster: list, shards: Path, tmp_path_factory: pytest.TempPathFactory):
+    """No shared disk: a real S3 API (moto) and an MLflow server on the host's bridge address (198.51.100.1), the
+    module's shards uploaded to s3://data/shards, MLflow's artifacts in s3://runs/mlflow; yields (runtime env file
+    with the S3 endpoint and credentials, MLflow URI). This process gets the same variables (it reads the bucket)."""
+    import pyarrow.fs as pafs
+
+    tmp = tmp_path_factory.mktemp("mn_bucket")
+    with moto_server(local_cluster.HOST_IP, tmp, buckets=["data", "runs"]) as aws, environ(aws):
+        fs, root = pafs.FileSystem.from_uri("s3://data/shards")
+        pafs.copy_files(str(shards), root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+        with mlflow_server(local_cluster.HOST_IP, tmp, artifacts="s3://runs/mlflow") as uri:
+            yield mn.runtime_env(tmp / "runtime_env.yaml", aws), uri
+
+
+def test_lost_host_and_a_stopped_job_resume_from_the_bucket(cluster: list, bucket: tuple, tmp_path: Path) -> None:
+    """Shards, Ray Train's storage and MLflow's artifacts in S3, MLflow behind its server: the nodes share no
+    directory. SIGKILL every process on rank 1's node during stage 1: Ray Train restarts the ranks on the two nodes
+    left (one of them the spare) from the last checkpoint in the bucket. Then the job is stopped and submitted again:
+    it resumes from the bucket's newest checkpoint. Each epoch is logged once over the three attempts."""
+    from sofnet import storage
+
+    runtime, tracking = bucket
+    epochs, pid_dir, run_dir = 5, tmp_path / "pids", "s3://runs/runs/lost"
+    entry = mn.train_entry("s3://data/shards", tmp_path, "lost", "scaling.placement_strategy=STRICT_SPREAD",
                            f"train.stage1.epochs={epochs}", "train.stage2.enabled=false", "train.max_failures=2",
-                           "scaling.collective_timeout_s=120")
+                           "scaling.collective_timeout_s=120", storage="s3://runs/runs", tracking=tracking)
     entry[5:5] = ["--pid-dir", str(pid_dir)]
-    done = mn.submit("mn-lost", entry, wait=False, timeout=120)
+    done = mn.submit("mn-lost", entry, wait=False, timeout=120, runtime=runtime)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    run_dir = tmp_path / "runs" / "lost"
     mn.wait_checkpoint(run_dir, "checkpoint-stage1-epoch000")
     victim = int((pid_dir / "rank1.pid").read_text())
     netns = local_cluster.node_of_pid(victim)
@@ -125,32 +146,44 @@ def test_lost_host_resumes_on_the_spare_node(cluster: list, shards: Path, tmp_pa
     assert node is not None and not node.head, f"rank 1 (pid {victim}) is in namespace {netns!r}"
     killed = local_cluster.kill_node(node.name, mn.STATE_DIR, signal.SIGKILL)
     assert victim in killed, f"rank 1's pid {victim} was not among {node.name}'s processes {killed}"
-    kept = sorted(p.name for p in run_dir.glob("checkpoint-stage1-epoch*"))
-    assert f"checkpoint-stage1-epoch{epochs - 1:03d}" not in kept, "training ended before the host was lost"
-    mn.wait_status("mn-lost", "SUCCEEDED", timeout=600)
-    log = mn.logs("mn-lost")
-    attempts = mn.placements(log)
-    assert len(attempts) == 2, f"expected one restart, the log shows {len(attempts)} attempts:\n{log[-3000:]}"
+    assert "checkpoint-stage1-epoch002" not in mn.registered(run_dir), "training went on too far before the kill"
+    # The restarted attempt trains on; once it has registered a checkpoint of its own, the job is stopped.
+    mn.wait_checkpoint(run_dir, "checkpoint-stage1-epoch002", timeout=400)
+    mn.stop("mn-lost")
+    newest = max(int(e) for e in re.findall(r"checkpoint-stage1-epoch(\d{3})", mn.registered(run_dir)))
+    again = mn.submit("mn-lost-again", entry, timeout=600, runtime=runtime)
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-2000:]
+
+    first_log, log = mn.logs("mn-lost"), mn.logs("mn-lost-again")
+    attempts = mn.placements(first_log)
+    assert len(attempts) == 2, f"expected one restart, the log shows {len(attempts)} attempts:\n{first_log[-3000:]}"
     (first, _), (second, rendezvous) = attempts
     assert node.ip in first and node.ip not in second, f"{node.ip} lost; ranks on {first} then {second}"
     assert len(set(second)) == 2 and _in_subnet(rendezvous), (second, rendezvous)
-    assert log.count("resuming from") == 1, log[-4000:]
-    resumed = log.split("resuming from", 1)[1]
-    # The checkpoint Ray restored (the newest it had registered; a folder being persisted at the kill may be newer):
-    # no epoch up to it is trained again, and the next one is.
-    restored = int(re.search(r"checkpoint-stage1-epoch(\d{3})", resumed).group(1))
-    assert restored <= int(kept[-1][-3:]), (restored, kept)
-    for done in range(1, restored + 2):
-        assert f"stage1 epoch {done}/{epochs} done" not in resumed, f"checkpointed epoch {done} was trained again"
-    assert f"stage1 epoch {restored + 2}/{epochs} done" in resumed, resumed[-3000:]
-    client, runs = mn.mlflow_runs(tmp_path, "lost")
-    assert set(runs) == {"job", "stage1"}, sorted(runs)  # the same MLflow runs continued
-    for run in runs.values():  # where the ranks run now, and where they ran before the node was lost
-        assert run.data.tags["node_ips"] == ",".join(second), run.data.tags
-        assert run.data.tags["node_ips_history"] == ",".join(first), run.data.tags
+    assert first_log.count("resuming from s3://runs/runs/lost/checkpoint-stage1-epoch") == 1, first_log[-4000:]
+    [(third, _)] = mn.placements(log)
+    resumed = log.split("resuming from ", 1)[1]
+    assert resumed.startswith(f"s3://runs/runs/lost/checkpoint-stage1-epoch{newest:03d}"), (newest, resumed[:300])
+    for epoch in range(1, newest + 2):
+        assert f"stage1 epoch {epoch}/{epochs} done" not in resumed, f"checkpointed epoch {epoch} was trained again"
+    assert newest + 1 == epochs or f"stage1 epoch {newest + 2}/{epochs} done" in resumed, resumed[-3000:]
+    client, runs = mn.mlflow_runs(tracking, "lost")
+    assert set(runs) == {"job", "stage1"}, sorted(runs)  # the same MLflow runs continued over the three attempts
+    assert all(r.info.status == "FINISHED" for r in runs.values()), {k: r.info.status for k, r in runs.items()}
+    assert runs["stage1"].data.tags["node_ips"] == ",".join(third), runs["stage1"].data.tags
+    assert runs["stage1"].data.tags["node_ips_history"].startswith(",".join(first)), runs["stage1"].data.tags
     steps = sorted(m.step for m in client.get_metric_history(runs["stage1"].info.run_id, "val/mAP"))
     assert steps == list(range(1, epochs + 1)), f"val/mAP logged at epochs {steps}, want each of 1..{epochs} once"
-    assert (run_dir / f"checkpoint-stage1-epoch{epochs - 1:03d}").is_dir()
+    relogged = runs["stage1"].data.tags.get("epochs_logged_by_lost_attempt", "")  # logged, then lost before its ckpt
+    assert all(int(e) > 1 for e in relogged.split(",") if e), relogged
+    assert storage.kind(f"{run_dir}/checkpoint-stage1-epoch{epochs - 1:03d}") == "directory"
+    assert storage.kind(f"{run_dir}/best/stage1/SEAL.rank0.json") == "file"
+    version = client.get_model_version_by_alias("sofnet-lost", "best")
+    assert version.run_id == runs["stage1"].info.run_id
+    import boto3
+
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="runs", Prefix="mlflow/")["Contents"]]
+    assert any(k.endswith("/MLmodel") for k in keys), f"no logged model in s3://runs/mlflow: {keys[:20]}"
 
 
 def test_local_storage_on_several_nodes_is_refused_before_training(cluster: list, shards: Path, tmp_path: Path) -> None:

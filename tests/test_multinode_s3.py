@@ -9,12 +9,7 @@ endpoint and credentials are the standard AWS variables (what a real S3 user set
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -22,49 +17,16 @@ import pytest
 import torch
 
 from helpers import tiny_model
+from s3_helpers import environ, mlflow_server, moto_server
 
 EE = {"enabled": True, "rho": 0.99, "t_min": 2, "mode": "reached"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory) -> Iterator[str]:
     """A moto S3 server on 127.0.0.1 (own process group, torn down by it) with bucket ``runs``; yields its URL."""
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
-    server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    env = {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        for _ in range(100):  # bounded: 100 x 0.2 s
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert server.poll() is None, "moto_server exited"
-                time.sleep(0.2)
-        import boto3
-
-        boto3.client("s3").create_bucket(Bucket="runs")
-        yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-        log.close()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with moto_server("127.0.0.1", tmp_path_factory.mktemp("moto"), buckets=["runs"]) as aws, environ(aws):
+        yield aws["AWS_ENDPOINT_URL"]
 
 
 def _upload(local: Path, uri: str) -> None:
@@ -130,29 +92,10 @@ def test_tampered_or_missing_s3_checkpoint_is_one_line(s3: str, tmp_path: Path) 
 def test_mlflow_server_keeps_artifacts_on_s3(s3: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``infra/mlflow_server.sh --artifacts s3://...``: a client with no S3 credentials logs an artifact through the
     server, the object lands in the bucket, and the client reads it back through the server."""
-    import urllib.request
-
     import boto3
     from mlflow.tracking import MlflowClient
-    from process_helpers import stop_process_group
 
-    port = _free_port()
-    env = dict(os.environ, MLFLOW_BIN=str(Path(sys.executable).parent / "mlflow"))  # the fixture's AWS_* variables
-    log = open(tmp_path / "server.log", "w")
-    repo = Path(__file__).resolve().parents[1]
-    proc = subprocess.Popen([str(repo / "infra/mlflow_server.sh"), "--port", str(port), "--dir", str(tmp_path / "srv"),
-                             "--artifacts", "s3://runs/mlflow"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(180):  # bounded: 180 x 0.5 s
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                assert proc.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
-                time.sleep(0.5)
+    with mlflow_server("127.0.0.1", tmp_path, artifacts="s3://runs/mlflow") as uri:  # the fixture's AWS_* variables
         for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # the client has none
             monkeypatch.delenv(key)
         client = MlflowClient(uri)
@@ -165,9 +108,7 @@ def test_mlflow_server_keeps_artifacts_on_s3(s3: str, tmp_path: Path, monkeypatc
         keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="runs", Prefix="mlflow/")["Contents"]]
         assert any(k.endswith(f"{run}/artifacts/table.md") for k in keys), keys
         assert not (tmp_path / "srv" / "artifacts").exists()  # nothing on the server's disk
-    finally:
-        stop_process_group(proc, grace=20)
-        log.close()
+    repo = Path(__file__).resolve().parents[1]
     bad = subprocess.run([str(repo / "infra/mlflow_server.sh"), "--artifacts", "/mnt/shared"], capture_output=True,
                          text=True, timeout=30)
     assert bad.returncode == 2 and bad.stderr.startswith("--artifacts /mnt/shared: give an s3://")
@@ -220,3 +161,67 @@ def test_bad_shards_on_s3_are_one_line(s3: str, tmp_path: Path) -> None:
     with pytest.raises(PreflightError, match=r"manifest.json lists \d+ validation shards but \d+ are there "
                                              r"\(validation-000099.tar not listed\)"):
         check_shards(remote, "validation", key="k")
+
+
+def test_best_checkpoint_in_s3_is_replaced_and_a_cut_upload_is_refused(s3: str, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``train.output_dir`` in a bucket: ``best/<stage>`` is written there (no rename in S3: file by file, the seal
+    deleted first and written last); a later best replaces it, and an upload cut part-way leaves no seal, so every
+    load refuses it instead of mixing two epochs' files."""
+    from sofnet import checkpoint, storage
+
+    a = tiny_model("sofnet", classes=3, segments=4, size=64, dtype=torch.float32, init_seed=1)
+    b = tiny_model("sofnet", classes=3, segments=4, size=64, dtype=torch.float32, init_seed=2)
+    where = checkpoint.write_best("s3://runs/wb", "stage2", a, EE, {"stage": "stage2", "epoch": 0})
+    assert where == "s3://runs/wb/best/stage2" and not Path("s3:").exists()
+    assert _same(checkpoint.load_network("s3://runs/wb")[0], a)
+    checkpoint.write_best("s3://runs/wb", "stage2", b, EE, {"stage": "stage2", "epoch": 3})
+    model, spec = checkpoint.load_network("s3://runs/wb")
+    assert _same(model, b) and spec["meta"]["epoch"] == 3 and spec["path"] == "s3://runs/wb/best/stage2"
+    assert storage.list_names(where) == ["SEAL.rank0.json", "meta.json", "model.json", "weights.pt"]
+
+    real_open = open
+
+    def cut(path, *args, **kwargs):  # the connection drops while model.json is uploaded
+        if str(path).endswith("model.json"):
+            raise OSError("connection reset")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(storage, "open", cut, raising=False)
+    with pytest.raises(OSError, match="connection reset"):
+        checkpoint.write_best("s3://runs/wb", "stage2", a, EE, {"stage": "stage2", "epoch": 5})
+    monkeypatch.undo()
+    with pytest.raises(checkpoint.CheckpointError, match="not a sealed checkpoint"):
+        checkpoint.load_network("s3://runs/wb/best/stage2")
+
+
+def test_unwritable_bucket_is_one_line_before_ray(s3: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A run whose ``train.output_dir`` is a bucket that does not exist (or an endpoint that does not answer) is one
+    line and exit 2 from the preflight, before Ray starts; a writable one leaves no probe object behind."""
+    from sofnet import storage
+    from sofnet.preflight import PreflightError, check_output_dir
+    from sofnet.session import ensure_synthetic_shards
+    from sofnet.train.cli import main
+
+    check_output_dir("s3://runs/ok/runs")
+    assert storage.list_names("s3://runs/ok/runs") == []
+    shards = ensure_synthetic_shards(tmp_path / "data", videos=12, classes=3)
+    code = main("activitynet", ["--config", "jobs/configs/demo.yaml", "--smoke-test", f"data.train_shards={shards}",
+                                f"data.val_shards={shards}", "model.num_classes=3",
+                                "train.output_dir=s3://nobucket/runs", f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("error: train.output_dir=s3://nobucket/runs: cannot write there ("), err
+    import ray
+
+    assert not ray.is_initialized()
+    import socket
+
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        with environ({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{silent.getsockname()[1]}"}):
+            with pytest.raises(storage.StorageError, match=r"^k=s3://runs/x: no answer within 2 s"):
+                storage.check_writable("s3://runs/x", "k", timeout_s=2)
+    with pytest.raises(PreflightError):
+        check_output_dir("s3://nobucket/runs")

@@ -150,6 +150,29 @@ def test_resume_continues_from_the_last_checkpoint(trained, tmp_path: Path) -> N
     assert checkpoint.epoch_checkpoints(run_dir(cfg3))[-1].name == "checkpoint-stage2-epoch002"
 
 
+def test_an_epoch_trained_again_after_a_lost_attempt_is_logged_once(trained, tmp_path: Path) -> None:
+    """An attempt lost after logging an epoch but before its checkpoint was registered: the resumed attempt trains
+    that epoch again, and MLflow keeps one value per epoch (the first), the run tagged with the epoch."""
+    cfg, shards, db, _ = trained
+    out = tmp_path / "runs"
+    shutil.copytree(run_dir(cfg).parent, out)
+    shutil.copy(db, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg2 = _cfg(shards, out, tmp_path / "mlflow.db")
+    newest = checkpoint.epoch_checkpoints(run_dir(cfg2))[-1]
+    assert newest.name == "checkpoint-stage2-epoch001"
+    shutil.rmtree(newest)  # lost: its metrics are in MLflow, its checkpoint never registered
+    ctx = LocalContext(run_dir(cfg2))
+    run_job(cfg2, ctx, tracking_uri=uri)
+    assert [(r["stage"], r["epoch"]) for r in ctx.reports] == [(2, 1)]  # epoch 2 of stage 2 trained again
+    stage2 = checkpoint.read_meta(checkpoint.epoch_checkpoints(run_dir(cfg2))[-1])["runs"]["stage2"]
+    client = MlflowClient(tracking_uri=uri)
+    for key in ("val/mAP", "train/loss", "epoch"):
+        steps = [m.step for m in client.get_metric_history(stage2, key)]
+        assert sorted(steps) == sorted(set(steps)) and {1, 2} <= set(steps), (key, steps)
+    assert client.get_run(stage2).data.tags["epochs_logged_by_lost_attempt"] == "2"
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda d: None, "no checkpoint here"),
     (lambda d: (d / "weights.pt").write_bytes(b"\x00random bytes"), "not a sealed checkpoint"),

@@ -11,6 +11,10 @@ A run directory (``<train.output_dir>/<name>``, Ray Train's storage) holds::
     best/<stage>/                       the stage's best epoch by the primary metric: weights.pt, model.json,
                                         meta.json, SEAL.rank0.json (replaced atomically when a later epoch beats it)
 
+The run directory may be an object-store prefix (``s3://bucket/runs/<name>``, :mod:`sofnet.storage`): a load
+downloads the one checkpoint it needs to a temporary directory and verifies that copy; ``best/<stage>`` is uploaded
+file by file with its seal deleted first and written last (no rename in an object store).
+
 Every load verifies the seals first (a missing, changed, truncated or unlisted file is refused with one line),
 and every ``.pt`` is read with ``torch.load(weights_only=True)``: DeepSpeed's own loader unpickles with
 ``weights_only=False``, so :func:`restore_engine` swaps it for a loader that allows only the three plain types
@@ -27,6 +31,7 @@ code: it fails the seal, and a re-sealed one still fails the weights-only load. 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -36,10 +41,11 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Tuple
 
 import torch
 
+from sofnet import storage
 from sofnet.schema import STAGE_NAMES
 
 logger = logging.getLogger(__name__)
@@ -104,8 +110,18 @@ def seal(directory: str | Path, rank: int = 0, files: Optional[Iterable[Path]] =
 
 
 def write_best(run_dir: str | Path, stage: str, model: torch.nn.Module, early_exit: Mapping[str, Any],
-               meta: Mapping[str, Any]) -> Path:
-    """Replace ``<run_dir>/best/<stage>`` with ``model`` atomically (a crash leaves the old or the new one)."""
+               meta: Mapping[str, Any]) -> str | Path:
+    """Replace ``<run_dir>/best/<stage>`` with ``model``: atomically on a local disk (a crash leaves the old or the
+    new one); in an object store (no rename there) file by file with the seal deleted first and written last, so a
+    crash part-way leaves a directory every load refuses, never a mix that passes."""
+    if storage.is_remote(run_dir):
+        with tempfile.TemporaryDirectory(prefix="sofnet-best-") as tmp:
+            write_model(tmp, model, early_exit)
+            write_meta(tmp, meta)
+            seal(tmp, 0)
+            final = storage.join(run_dir, BEST, stage)
+            storage.upload_dir(tmp, str(final), last=f"{SEAL_PREFIX}0.json")
+        return final
     final = Path(run_dir) / BEST / stage
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{stage}.", dir=final.parent))
@@ -229,48 +245,54 @@ def _order_key(meta: Mapping[str, Any]) -> Tuple[int, int]:
     return (STAGE_ORDER.index(meta["stage"]) if meta.get("stage") in STAGE_ORDER else -1, int(meta.get("epoch", -1)))
 
 
-def fetch_remote(uri: str, which: str = "best") -> Path:
-    """Download the one checkpoint directory an object-store URI names (``s3://``, ``gs://``; see :func:`resolve`)
-    to a new temporary directory and return it; the seals are then verified on that local copy like any other.
-
-    Only the chosen checkpoint is copied (not the run's other epochs); the copy is left for the caller's process
-    (a temp dir per call: a few MB for a demo model, the DeepSpeed state too for ``which="last"``). Credentials and
-    endpoint come from the standard variables pyarrow reads (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``, ...).
-    """
-    import pyarrow.fs as pafs
-
+def remote_choice(uri: str, which: str = "best") -> str:
+    """The URI of the one checkpoint directory an object-store URI names (see :func:`resolve`)."""
+    uri = uri.rstrip("/")
     try:
-        fs, root = pafs.FileSystem.from_uri(uri.rstrip("/"))
-
-        def kind(rel: str) -> Any:
-            return fs.get_file_info(f"{root}/{rel}" if rel else root).type
-
-        if kind("") == pafs.FileType.NotFound:
+        if storage.kind(uri) == "missing":
             raise CheckpointError(f"{uri}: no such checkpoint or run directory")
-        chosen = ""
-        if kind(WEIGHTS) != pafs.FileType.File and kind(MODEL) != pafs.FileType.File:
-            bests = [f"{BEST}/{s}" for s in STAGE_ORDER if kind(f"{BEST}/{s}/{WEIGHTS}") == pafs.FileType.File]
-            if which == "best" and bests:
-                chosen = bests[-1]
-            else:
-                epochs = [i.base_name for i in fs.get_file_info(pafs.FileSelector(root))
-                          if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint-")
-                          and kind(f"{i.base_name}/{META}") == pafs.FileType.File]
-                if not epochs:
-                    raise CheckpointError(f"{uri}: no checkpoint here (expected a run directory with best/ or "
-                                          f"checkpoint-*/, or a checkpoint directory with {WEIGHTS})")
-                chosen = max(epochs, key=lambda e: _order_key(json.loads(fs.open_input_file(
-                    f"{root}/{e}/{META}").read())))
-        local = Path(tempfile.mkdtemp(prefix="sofnet-ckpt-")) / (chosen.replace("/", "-") or "checkpoint")
-        local.mkdir()  # pyarrow copies into an existing directory only
-        pafs.copy_files(f"{root}/{chosen}".rstrip("/"), str(local), source_filesystem=fs,
-                        destination_filesystem=pafs.LocalFileSystem())
-    except (OSError, ValueError, json.JSONDecodeError) as e:
+        if storage.kind(f"{uri}/{WEIGHTS}") == "file" or storage.kind(f"{uri}/{MODEL}") == "file":
+            return uri
+        bests = [f"{uri}/{BEST}/{s}" for s in STAGE_ORDER if storage.kind(f"{uri}/{BEST}/{s}/{WEIGHTS}") == "file"]
+        if which == "best" and bests:
+            return bests[-1]
+        epochs = [f"{uri}/{e}" for e in storage.list_names(uri, directories=True)
+                  if e.startswith("checkpoint-") and storage.kind(f"{uri}/{e}/{META}") == "file"]
+        if not epochs:
+            raise CheckpointError(f"{uri}: no checkpoint here (expected a run directory with best/ or checkpoint-*/, "
+                                  f"or a checkpoint directory with {WEIGHTS})")
+        return max(epochs, key=lambda e: _order_key(json.loads(storage.read_text(f"{e}/{META}"))))
+    except (OSError, ValueError) as e:
         if isinstance(e, CheckpointError):
             raise
         raise CheckpointError(f"{uri}: cannot read it ({' '.join(str(e).split())[:200]})") from None
-    logger.info("downloaded %s/%s to %s", uri.rstrip("/"), chosen, local)
+
+
+def fetch_remote(uri: str, which: str = "best", dest: Optional[str | Path] = None) -> Path:
+    """Download the one checkpoint directory an object-store URI names (:func:`remote_choice`) to ``dest`` (default:
+    a new temporary directory, left for the caller) and return it; its seals are then verified on that local copy like
+    any other. Only the chosen checkpoint is copied, not the run's other epochs."""
+    chosen = remote_choice(uri, which)
+    local = Path(dest) if dest else Path(tempfile.mkdtemp(prefix="sofnet-ckpt-")) / "checkpoint"
+    try:
+        storage.download_dir(chosen, local)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{chosen}: cannot read it ({' '.join(str(e).split())[:200]})") from None
+    logger.info("downloaded %s to %s", chosen, local)
     return local
+
+
+@contextlib.contextmanager
+def local_copy(path: str | Path, which: str = "best") -> Iterator[Tuple[Path, str]]:
+    """(local checkpoint directory, its name for messages): ``path`` resolved, and for an object-store URI downloaded
+    to a temporary directory removed on exit."""
+    if not storage.is_remote(path):
+        d = resolve(path, which)
+        yield d, str(d)
+        return
+    chosen = remote_choice(str(path), which)
+    with tempfile.TemporaryDirectory(prefix="sofnet-ckpt-") as tmp:
+        yield fetch_remote(chosen, dest=Path(tmp) / "checkpoint"), chosen
 
 
 def resolve(path: str | Path, which: str = "best") -> Path:
@@ -284,7 +306,7 @@ def resolve(path: str | Path, which: str = "best") -> Path:
     Raises:
         CheckpointError: nothing usable there, said in one line.
     """
-    if "://" in str(path):
+    if storage.is_remote(path):
         return fetch_remote(str(path), which)
     p = Path(path)
     if not p.exists():
@@ -305,16 +327,19 @@ def resolve(path: str | Path, which: str = "best") -> Path:
 
 
 def load_state(spec: str) -> Dict[str, torch.Tensor]:
-    """A verified state dict from a checkpoint or run directory (best), a sealed checkpoint's ``weights.pt``, or an
-    MLflow model URI (``models:/name@alias``, ``runs:/id/model``)."""
+    """A verified state dict from a checkpoint or run directory (best; local or object store), a sealed checkpoint's
+    ``weights.pt``, or an MLflow model URI (``models:/name@alias``, ``runs:/id/model``)."""
     if spec.startswith(("models:/", "runs:/")):
         from sofnet.train.pyfunc import load_network as load_logged
 
         return load_logged(spec).state_dict()
     p = Path(spec)
-    directory = p.parent if "://" not in spec and p.is_file() and p.name == WEIGHTS else resolve(spec)
-    verify(directory)
-    return safe_load(directory / WEIGHTS)
+    if not storage.is_remote(spec) and p.is_file() and p.name == WEIGHTS:
+        verify(p.parent)
+        return safe_load(p)
+    with local_copy(spec) as (directory, _):
+        verify(directory)
+        return safe_load(directory / WEIGHTS)
 
 
 def read_spec(directory: str | Path) -> Dict[str, Any]:
@@ -361,15 +386,15 @@ def load_network(path: str | Path, which: str = "best",
         expect: Model settings the caller was given (e.g. command-line overrides); any that conflict with the
             checkpoint's are refused, listed in one line.
     """
-    directory = resolve(path, which)
-    meta = verify(directory)
-    spec = read_spec(directory)
-    if expect:
-        bad = conflicts(spec["model"], expect)
-        if bad:
-            listed = ", ".join(f"model.{k}={expect[k]!r} (checkpoint: {spec['model'][k]!r})" for k in bad)
-            raise CheckpointError(f"{directory}: the checkpoint's model conflicts with the given {listed}")
-    model = build_network(spec, safe_load(directory / WEIGHTS), str(directory / WEIGHTS))
-    logger.info("loaded %s", directory)
-    spec["path"], spec["meta"] = str(directory), meta
+    with local_copy(path, which) as (directory, name):
+        meta = verify(directory)
+        spec = read_spec(directory)
+        if expect:
+            bad = conflicts(spec["model"], expect)
+            if bad:
+                listed = ", ".join(f"model.{k}={expect[k]!r} (checkpoint: {spec['model'][k]!r})" for k in bad)
+                raise CheckpointError(f"{name}: the checkpoint's model conflicts with the given {listed}")
+        model = build_network(spec, safe_load(directory / WEIGHTS), f"{name}/{WEIGHTS}")
+    logger.info("loaded %s", name)
+    spec["path"], spec["meta"] = name, meta
     return model, spec

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
+from sofnet import storage
 from sofnet.data import DataError, read_manifest, read_sizes, resolve_shards
 from sofnet.shards import is_store_directory, listed_tars
 
@@ -94,8 +95,14 @@ def check_storage_for_nodes(path: str, nodes: int, shared: bool, key: str = "tra
 
 def check_output_dir(path: str, key: str = "train.output_dir") -> None:
     """The run's storage can be written (created if missing)."""
+    if storage.is_remote(path):  # one small object written and deleted, bounded in time
+        try:
+            storage.check_writable(path, key=key)
+        except storage.StorageError as e:
+            raise PreflightError(str(e)) from None
+        return
     if "://" in path:
-        return  # object storage: checked by Ray Train when it starts
+        return  # another pyarrow filesystem (hdfs://...): checked by Ray Train when it starts
     p = Path(path)
     try:
         p.mkdir(parents=True, exist_ok=True)

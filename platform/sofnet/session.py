@@ -64,6 +64,9 @@ def init_ray(cfg: Any) -> None:
     detached placement-group cleaner finds its cluster through the state API, which without it reads
     ``/tmp/ray/ray_current_cluster`` or pgreps for a GCS, and on a machine with several Ray clusters (or one
     started with ``--temp-dir``) it fails, so a trial that Tune stopped (ASHA) kept its workers' CPUs reserved.
+    A new local Ray gets its dashboard (the state API) on a free port handed to the workers the same way
+    (``RAY_API_SERVER_ADDRESS``): otherwise a stale ``ray_current_cluster`` left by an earlier ``ray start`` made the
+    cleaner print a traceback into the job's console ("Timed out while waiting for GCS").
     On a new local Ray, Ray Train's preemption watcher is off: it polls cloud spot-preemption notices (nothing to
     watch on a laptop) and its actor logs an error line at start; clusters keep it.
     """
@@ -76,7 +79,20 @@ def init_ray(cfg: Any) -> None:
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")  # reaches this new local Ray only
     plain_address = address not in ("local", "auto") and "://" not in address
     runtime_env = {"env_vars": {"RAY_ADDRESS": address}} if plain_address else None
-    ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
+    extra = {}
+    if address == "local":  # its state API on a port chosen here, so that the cleaner is told where (not a stale file)
+        port = _free_port()
+        extra = {"dashboard_port": port}
+        runtime_env = {"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}
+    ray.init(address=address, log_to_driver=True, runtime_env=runtime_env, **extra)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def cli_config(path: str, overrides: Sequence[str], verbose: bool = False) -> Any:

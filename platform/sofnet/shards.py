@@ -33,39 +33,28 @@ import braceexpand
 import webdataset as wds
 from webdataset.gopen import gopen
 
+from sofnet import storage
 from sofnet.clips import DataError
 
 logger = logging.getLogger(__name__)
 
 Shards = Union[str, os.PathLike, Sequence[str]]
-OBJECT_STORES = ("s3://", "gs://")
 
 
 def _is_local(url: str) -> bool:
     return "://" not in url and not url.startswith("pipe:")
 
 
-def is_object_store(url: Union[str, os.PathLike]) -> bool:
-    return os.fspath(url).startswith(OBJECT_STORES)
-
-
 def open_url(url: str) -> Any:
     """Open a shard or JSON file for reading: a local path, ``pipe:``/``http(s)://`` (webdataset's ``gopen``), or an
-    object-store URI (pyarrow). A missing file or object raises FileNotFoundError."""
-    if not is_object_store(url):
-        return gopen(url, "rb")
-    import pyarrow.fs as pafs
-
-    fs, path = pafs.FileSystem.from_uri(url)
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        raise FileNotFoundError(f"{url} does not exist")
-    return fs.open_input_stream(path)
+    object-store URI (:mod:`sofnet.storage`). A missing file or object raises FileNotFoundError."""
+    return storage.open_input(url) if storage.is_remote(url) else gopen(url, "rb")
 
 
 def shard_directory(shards: Union[str, os.PathLike]) -> str:
     """The directory whose ``manifest.json`` describes ``shards`` (itself, or the folder of a shard or pattern)."""
     text = os.fspath(shards).rstrip("/")
-    if os.path.isdir(text) or (is_object_store(text) and not text.endswith(".tar") and "{" not in text):
+    if os.path.isdir(text) or (storage.is_remote(text) and not text.endswith(".tar") and "{" not in text):
         return text
     return os.path.dirname(text)
 
@@ -73,16 +62,13 @@ def shard_directory(shards: Union[str, os.PathLike]) -> str:
 def is_store_directory(shards: Union[str, os.PathLike]) -> bool:
     """An object-store prefix naming a shard directory (not a shard or a brace pattern in one)."""
     text = os.fspath(shards)
-    return is_object_store(text) and shard_directory(text) == text.rstrip("/")
+    return storage.is_remote(text) and shard_directory(text) == text.rstrip("/")
 
 
 def listed_tars(directory: str, subset: str) -> list[str]:
     """The ``{subset}-*.tar`` names in a directory or object-store prefix, sorted."""
-    if is_object_store(directory):
-        import pyarrow.fs as pafs
-
-        fs, root = pafs.FileSystem.from_uri(directory.rstrip("/"))
-        names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))]
+    if storage.is_remote(directory):
+        names = storage.list_names(directory)
     else:
         names = os.listdir(directory)
     return sorted(n for n in names if n.startswith(f"{subset}-") and n.endswith(".tar"))
@@ -144,7 +130,7 @@ def _directory_shards(directory: str, subset: Optional[str]) -> list[str]:
     if not subset:
         raise ValueError(f"{directory} is a directory: name the subset to read (e.g. 'training')")
     manifest_path = os.path.join(directory, "manifest.json")
-    if is_object_store(directory) or os.path.isfile(manifest_path):  # an object store: the manifest is required
+    if storage.is_remote(directory) or os.path.isfile(manifest_path):  # an object store: the manifest is required
         subsets = read_manifest(directory).get("subsets", {})
         if subset not in subsets:
             raise DataError(f"{manifest_path}: no subset {subset!r} (it has: {', '.join(sorted(subsets)) or 'none'})")

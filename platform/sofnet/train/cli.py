@@ -38,7 +38,8 @@ def main(dataset: str, argv: Optional[Sequence[str]] = None) -> int:
     overrides = (SMOKE if args.smoke_test else []) + list(args.overrides)
     cfg = load_config_or_exit(args.config, [f"data.dataset={dataset}"] + overrides)
     if args.smoke_test and not cfg.data.train_shards:
-        shards = ensure_synthetic_shards(Path(cfg.train.output_dir) / "smoke_data")
+        base = "runs" if "://" in cfg.train.output_dir else cfg.train.output_dir  # generated on this machine
+        shards = ensure_synthetic_shards(Path(base) / "smoke_data")
         cfg = load_config_or_exit(args.config, [f"data.dataset={dataset}"] + overrides + [
             f"data.train_shards={shards}", f"data.val_shards={shards}", "model.num_classes=3"])
     from sofnet.preflight import PreflightError

@@ -32,6 +32,7 @@ class RayContext:
 
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.restored_from = ""  # where the checkpoint restore() yielded lives (its storage path or URI)
 
     @contextlib.contextmanager
     def restore(self) -> Iterator[Optional[Path]]:
@@ -41,7 +42,9 @@ class RayContext:
         if ckpt is None:
             yield None
             return
-        with ckpt.as_directory() as d:
+        fs = ckpt.filesystem.type_name
+        self.restored_from = ckpt.path if fs == "local" else f"{'gs' if fs == 'gcs' else fs}://{ckpt.path}"
+        with ckpt.as_directory() as d:  # an object store's checkpoint is downloaded to a temp dir first
             yield Path(d)
 
     def report(self, metrics: Dict[str, Any], directory: Path, name: str) -> None:

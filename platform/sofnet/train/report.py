@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
-from sofnet import checkpoint
+from sofnet import checkpoint, storage
 from sofnet.early_exit import EarlyExit
 from sofnet.evaluation import evaluate_model
 
@@ -38,8 +38,8 @@ def evaluate_run(cfg: Any, run_dir: str | Path, out_dir: str | Path, device: str
     et = EarlyExit.from_config(cfg.early_exit)
     rows = []
     for stage in (s for s in checkpoint.STAGE_ORDER if s in stages):
-        best = Path(run_dir) / checkpoint.BEST / stage
-        if not best.is_dir():
+        best = storage.join(run_dir, checkpoint.BEST, stage)
+        if not storage.is_dir(best):
             continue
         model, spec = checkpoint.load_network(best)
         arch = spec["model"]["arch"]
@@ -48,7 +48,7 @@ def evaluate_run(cfg: Any, run_dir: str | Path, out_dir: str | Path, device: str
         else:
             name = METHOD_NAMES.get((stage, arch), arch)
         report = evaluate_model(model, cfg, out_dir=Path(out_dir) / stage, et=et, device=device)
-        report["runs"] = checkpoint.read_meta(best).get("runs", {})
+        report["runs"] = spec["meta"].get("runs", {})
         report["stage"], report["method"] = stage, name
         rows.append((name, report))
     if not rows:

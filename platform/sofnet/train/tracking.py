@@ -150,6 +150,7 @@ class RunTracker:
         self.experiment_id = check_tracking(tracking_uri, cfg.mlflow.experiment)
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.run_id: Optional[str] = None
+        self.logged_epochs: set[int] = set()  # the stage run's epochs already in MLflow (a resumed run)
         self.job_id: Optional[str] = None
 
     def start_job(self, stages: Sequence[Any], run_id: Optional[str] = None) -> str:
@@ -175,9 +176,11 @@ class RunTracker:
         Its params are the settings the stage really trains with: ``model.*`` is the stage's model (stage 1 of a
         SoF-Net job trains a TSN, and says ``model.arch: tsn``). CPU, memory (and GPU) system metrics are logged.
         """
+        self.logged_epochs: set[int] = set()
         if run_id:
             run = mlflow.start_run(run_id=run_id, nested=True, log_system_metrics=True)
             self._refresh_placement(run)
+            self.logged_epochs = {int(m.step) for m in self.client.get_metric_history(run_id, "epoch")}
             logger.info("MLflow: resumed run %s", run_id)
         else:
             arch = model["arch"]
@@ -222,6 +225,21 @@ class RunTracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Log scalars at ``step`` (the epoch)."""
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def first_logged(self, epoch: int) -> bool:
+        """Whether 1-based ``epoch`` is new in the stage's run; False if a lost attempt already logged it.
+
+        An attempt lost after logging an epoch but before Ray Train registered that epoch's checkpoint leaves its
+        metrics behind, and the resumed attempt trains the epoch again. MLflow cannot delete a logged value, so the
+        first values stand (from the same checkpoint and seed they are the retrained epoch's on one kind of machine)
+        and the run's tag ``epochs_logged_by_lost_attempt`` names such epochs: each epoch is in the history once.
+        """
+        if epoch not in self.logged_epochs:
+            return True
+        seen = mlflow.get_run(self.run_id).data.tags.get("epochs_logged_by_lost_attempt", "")
+        mlflow.set_tag("epochs_logged_by_lost_attempt", ",".join(filter(None, [seen, str(epoch)])))
+        logger.info("epoch %d was logged by an attempt lost before its checkpoint: its first values stand", epoch)
+        return False
 
     def log_eval(self, result: Any, *, stage: str, epoch: int, class_names: Sequence[str], figures: bool) -> None:
         """The per-class AP table of an evaluation and, with ``figures``, the decision maps (Figure A).

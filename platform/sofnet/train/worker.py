@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from omegaconf import OmegaConf
 
-from sofnet import checkpoint
+from sofnet import checkpoint, storage
 from sofnet.config import from_container
 from sofnet.data import make_eval_loader, make_train_loader
 from sofnet.early_exit import EarlyExit
@@ -86,11 +86,12 @@ def plan(cfg: Any) -> List[Stage]:
             for s in enabled_stages(cfg)]
 
 
-def run_dir(cfg: Any) -> Path:
-    """``<train.output_dir>/<run name>``: Ray Train's storage of this run, where ``best/`` lives too."""
+def run_dir(cfg: Any) -> str | Path:
+    """``<train.output_dir>/<run name>``: Ray Train's storage of this run, where ``best/`` lives too (a ``Path``, or
+    a URI string for an object store: :func:`sofnet.storage.join`)."""
     from sofnet.train.ray_job import run_name
 
-    return Path(cfg.train.output_dir) / run_name(cfg)
+    return storage.join(cfg.train.output_dir, run_name(cfg))
 
 
 def train_loop_per_worker(config: Dict[str, Any]) -> None:
@@ -149,7 +150,8 @@ def run_job(cfg: Any, ctx: Any, *, tracking_uri: str, tags: Optional[Dict[str, s
         meta = checkpoint.read_meta(restored) if restored is not None else None
         runs: Dict[str, str] = dict(meta["runs"]) if meta else {}
         if meta and ctx.rank == 0:
-            logger.info("resuming from %s: %s epoch %d done", restored, meta["stage"], meta["epoch"] + 1)
+            logger.info("resuming from %s: %s epoch %d done", getattr(ctx, "restored_from", "") or restored,
+                        meta["stage"], meta["epoch"] + 1)
         tracker = None
         if ctx.rank == 0:
             from sofnet.train.tracking import RunTracker
@@ -201,7 +203,7 @@ def _run_stages(cfg: Any, ctx: Any, stages: List[Stage], meta: Optional[Dict[str
 def _initialize(model: torch.nn.Module, stage: Stage, cfg: Any, previous: Optional[str]) -> None:
     """Stage 2 starts from ``init_from`` or the previous stage's best epoch (as the official code starts from
     stage 1's ``ckpt.best``); stage 1 from ``init_from`` or the backbone's own init."""
-    source = stage.init_from or (str(run_dir(cfg) / checkpoint.BEST / previous) if previous else "")
+    source = stage.init_from or (str(storage.join(run_dir(cfg), checkpoint.BEST, previous)) if previous else "")
     if not source:
         return
     state = checkpoint.load_state(source)
@@ -276,7 +278,7 @@ def _run_stage(cfg: Any, stage: Stage, engine: Any, start_epoch: int, ctx: Any, 
                 checkpoint.write_best(run_dir(cfg), stage.name, model, et.as_dict(),
                                       {"stage": stage.name, "epoch": epoch, "best": best, "runs": runs})
             if last:
-                best_model, _ = checkpoint.load_network(run_dir(cfg) / checkpoint.BEST / stage.name)
+                best_model, _ = checkpoint.load_network(storage.join(run_dir(cfg), checkpoint.BEST, stage.name))
                 tracker.log_model(best_model, register=final, score=best.get("value"),
                                   step=best.get("epoch", epoch) + 1, best=best)
         meta = {"stage": stage.name, "epoch": epoch, "epochs": stage.epochs, "world": ctx.world, "runs": runs,
@@ -296,6 +298,8 @@ def _log_epoch(cfg: Any, stage: Stage, epoch: int, metrics: Dict[str, float], ke
     shown = ("train/loss", key, "val/gflops_per_video", "val/et/" + key.split("/")[1], "val/et/gflops_per_video")
     logger.info("%s epoch %d/%d done in %.1fs: %s", stage.name, epoch + 1, stage.epochs, metrics["time/epoch_s"],
                 "  ".join(f"{k}={metrics[k]:.4f}" for k in shown if k in metrics))
+    if not tracker.first_logged(epoch + 1):
+        return
     # MLflow's x-axis is "step": the step is the 1-based epoch, and the metric "epoch" lets charts use it by name
     tracker.log_metrics({**metrics, "epoch": epoch + 1}, step=epoch + 1)
     if result is not None:

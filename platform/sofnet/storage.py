@@ -1,0 +1,157 @@
+"""Where runs and shards live: a local path or an object-store prefix (``s3://``, ``gs://``); the one owner of the
+difference, so that no other module spells out pyarrow or splits a URI.
+
+A run on several nodes that share no disk keeps its run directory (Ray Train's storage, ``train.output_dir``) and
+its shards in a bucket. Ray Train reads and writes its storage with pyarrow; so does this module, with the same
+credentials and endpoint: the standard variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL`` for an S3-compatible server; ``GOOGLE_APPLICATION_CREDENTIALS``)::
+
+    from sofnet import storage
+    run = storage.join("s3://bucket/runs", "demo")           # 's3://bucket/runs/demo'; a Path for a local base
+    storage.upload_dir("/tmp/best", storage.join(run, "best", "stage1"), last="SEAL.rank0.json")
+    storage.download_dir(storage.join(run, "best", "stage1"), "/tmp/copy")
+    storage.check_writable("s3://bucket/runs", key="train.output_dir")   # StorageError: one line, bounded in time
+
+Object stores have no directory rename: :func:`upload_dir` replaces a prefix object by object and writes ``last``
+(a checkpoint's seal) after every other file, after deleting the old one first, so a reader never sees a seal that
+vouches for a half-written directory (:mod:`sofnet.checkpoint` refuses a directory without a matching seal).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import uuid
+from pathlib import Path
+from typing import Any, List, Tuple, Union
+
+OBJECT_STORES = ("s3://", "gs://")
+PathLike = Union[str, os.PathLike]
+
+
+class StorageError(OSError):
+    """An object-store location that cannot be used, as one line naming it and the problem."""
+
+
+def is_remote(path: PathLike) -> bool:
+    """``path`` is an object-store URI (``s3://``, ``gs://``)."""
+    return os.fspath(path).startswith(OBJECT_STORES)
+
+
+def join(base: PathLike, *parts: str) -> Union[str, Path]:
+    """``base/parts...``: a URI string for an object-store base (``Path`` would fold ``s3://`` into ``s3:/``), else a
+    ``Path``."""
+    if is_remote(base):
+        return "/".join([os.fspath(base).rstrip("/"), *(p.strip("/") for p in parts)])
+    return Path(base).joinpath(*parts)
+
+
+def filesystem(uri: str) -> Tuple[Any, str]:
+    """(pyarrow filesystem, path inside it) of an object-store URI."""
+    import pyarrow.fs as pafs
+
+    return pafs.FileSystem.from_uri(uri.rstrip("/"))
+
+
+def kind(uri: str) -> str:
+    """``file``, ``directory`` or ``missing`` (an object store's "directory" is a prefix that has objects)."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(uri)
+    t = fs.get_file_info(path).type
+    return {pafs.FileType.File: "file", pafs.FileType.Directory: "directory"}.get(t, "missing")
+
+
+def is_dir(path: PathLike) -> bool:
+    """A local directory, or an object-store prefix that has objects."""
+    return kind(os.fspath(path)) == "directory" if is_remote(path) else Path(path).is_dir()
+
+
+def open_input(uri: str) -> Any:
+    """A readable stream of one object; FileNotFoundError where there is none."""
+    fs, path = filesystem(uri)
+    if kind(uri) != "file":
+        raise FileNotFoundError(f"{uri} does not exist")
+    return fs.open_input_stream(path)
+
+
+def read_text(uri: str) -> str:
+    with open_input(uri) as f:
+        return f.read().decode("utf-8")
+
+
+def list_names(uri: str, directories: bool = False) -> List[str]:
+    """Base names of the objects (or, with ``directories``, the sub-prefixes) directly under ``uri``; [] if none."""
+    import pyarrow.fs as pafs
+
+    fs, root = filesystem(uri)
+    want = pafs.FileType.Directory if directories else pafs.FileType.File
+    return sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+                  if i.type == want)
+
+
+def download_dir(uri: str, local: PathLike) -> Path:
+    """Copy every object under ``uri`` into the local directory ``local`` (created); returns it."""
+    import pyarrow.fs as pafs
+
+    fs, root = filesystem(uri)
+    dest = Path(local)
+    dest.mkdir(parents=True, exist_ok=True)  # pyarrow copies into an existing directory only
+    pafs.copy_files(root, str(dest), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    return dest
+
+
+def upload_dir(local: PathLike, uri: str, last: str = "") -> None:
+    """Replace the prefix ``uri`` with the files of the local directory ``local``.
+
+    Args:
+        last: A file name written after every other file; its old copy is deleted before anything is written
+            (a checkpoint's seal: a crash part-way leaves no seal, never an old seal over new files).
+    """
+    import pyarrow.fs as pafs
+
+    fs, root = filesystem(uri)
+    src = Path(local)
+    files = sorted(p for p in src.rglob("*") if p.is_file())
+    if last:
+        try:
+            fs.delete_file(f"{root}/{last}")
+        except FileNotFoundError:
+            pass
+    stale = {i.path for i in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+             if i.type == pafs.FileType.File}
+    for p in sorted(files, key=lambda p: p.name == last):
+        rel = p.relative_to(src).as_posix()
+        with fs.open_output_stream(f"{root}/{rel}") as out, open(p, "rb") as f:
+            while chunk := f.read(1 << 22):
+                out.write(chunk)
+        stale.discard(f"{root}/{rel}")
+    for path in stale - {f"{root}/{last}"}:  # files of the old copy the new one does not have
+        fs.delete_file(path)
+
+
+def check_writable(uri: str, key: str, timeout_s: float = 30) -> None:
+    """Write and delete one small object under ``uri``, within ``timeout_s`` (an unreachable endpoint would otherwise
+    retry for minutes).
+
+    Raises:
+        StorageError: ``<key>=<uri>: cannot write there (...)``: no such bucket, no credentials, unreachable.
+    """
+    probe = f"{uri.rstrip('/')}/.sofnet-write-check-{uuid.uuid4().hex[:12]}"
+
+    def attempt() -> None:
+        fs, path = filesystem(probe)
+        with fs.open_output_stream(path) as out:
+            out.write(b"ok")
+        fs.delete_file(path)
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        pool.submit(attempt).result(timeout=timeout_s)
+    except concurrent.futures.TimeoutError:
+        raise StorageError(f"{key}={uri}: no answer within {timeout_s:.0f} s (endpoint AWS_ENDPOINT_URL="
+                           f"{os.environ.get('AWS_ENDPOINT_URL', 'unset')})") from None
+    except (OSError, ValueError) as e:
+        raise StorageError(f"{key}={uri}: cannot write there ({' '.join(str(e).split())[:200]})") from None
+    finally:
+        pool.shutdown(wait=False)

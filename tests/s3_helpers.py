@@ -1,0 +1,114 @@
+"""Real servers the object-storage tests start: an S3 API (moto's standalone server) and MLflow's tracking server,
+each in its own process group, waited for a bounded time and stopped by process group.
+
+    with moto_server("127.0.0.1", log_dir, buckets=["runs"]) as aws:     # {"AWS_ENDPOINT_URL": ..., credentials}
+        os.environ.update(aws)                                             # pyarrow / boto3 read these
+    with mlflow_server("127.0.0.1", srv_dir, artifacts="s3://runs/mlflow", env=...) as uri:   # http://127.0.0.1:port
+        ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Dict, Iterator, Mapping, Sequence
+
+from process_helpers import stop_process_group
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(host: str, port: int, proc: subprocess.Popen, log: Path, tries: int = 150) -> None:
+    for _ in range(tries):  # bounded: tries x 0.2 s
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
+            time.sleep(0.2)
+    raise RuntimeError(f"{host}:{port} not listening after {tries * 0.2:.0f} s: {log.read_text()[-2000:]}")
+
+
+@contextlib.contextmanager
+def moto_server(host: str, log_dir: Path, buckets: Sequence[str] = ()) -> Iterator[Dict[str, str]]:
+    """A moto S3 server on ``host`` (a free port) with ``buckets``; yields the AWS variables that address it."""
+    port = free_port(host)
+    log_path = Path(log_dir) / "moto.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([str(BIN / "moto_server"), "-H", host, "-p", str(port)], stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", **CREDENTIALS}
+    try:
+        _wait_port(host, port, proc, log_path)
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                              aws_access_key_id="testing", aws_secret_access_key="testing")
+        for bucket in buckets:
+            client.create_bucket(Bucket=bucket)
+        yield env
+    finally:
+        stop_process_group(proc, grace=10)
+
+
+@contextlib.contextmanager
+def mlflow_server(host: str, directory: Path, artifacts: str = "", env: Mapping[str, str] | None = None,
+                  allowed_hosts: str = "") -> Iterator[str]:
+    """``infra/mlflow_server.sh`` on ``host`` (a free port), store in ``directory``; yields its URI."""
+    port = free_port(host)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    args = [str(REPO / "infra/mlflow_server.sh"), "--host", host, "--port", str(port), "--dir", str(directory / "srv")]
+    args += ["--artifacts", artifacts] if artifacts else []
+    args += ["--allowed-hosts", allowed_hosts] if allowed_hosts else []
+    log_path = directory / "server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(args, env={**os.environ, **(env or {}), "MLFLOW_BIN": str(BIN / "mlflow")},
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://{host}:{port}"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        for _ in range(180):  # bounded: 180 x 0.5 s
+            try:
+                with opener.open(f"{uri}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"mlflow server exited: {log_path.read_text()[-2000:]}") from None
+                time.sleep(0.5)
+        else:
+            raise RuntimeError(f"mlflow server not healthy after 90 s: {log_path.read_text()[-2000:]}")
+        yield uri
+    finally:
+        stop_process_group(proc, grace=20)
+
+
+@contextlib.contextmanager
+def environ(values: Mapping[str, str]) -> Iterator[None]:
+    """``os.environ`` updated with ``values`` inside, restored after."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
