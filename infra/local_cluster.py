@@ -5,6 +5,7 @@ Usage (as root, Linux with ``ip``)::
     python infra/local_cluster.py up          # bridge 198.51.100.1/24, head 198.51.100.10, workers .11 .12 .13
     python infra/local_cluster.py status      # namespaces, node processes, the nodes Ray sees
     python infra/local_cluster.py kill w2     # SIGKILL every process of node w2 (a host lost)
+    python infra/local_cluster.py restart     # every node's Ray started again (a lost head brought back)
     python infra/local_cluster.py down        # every process, namespace, veth and the bridge it made
 
     from local_cluster import up, down       # the same from a test fixture (sys.path += infra/)
@@ -300,11 +301,9 @@ def node_of_pid(pid: int) -> str:
     return done.stdout.strip() if done.returncode == 0 else ""
 
 
-def down(state_dir: Path | str = DEFAULT_STATE_DIR, grace: float = 15) -> None:
-    """End every node's processes (process group, SIGTERM then SIGKILL; then whatever is left in the namespace),
-    delete the namespaces (their veths go with them) and the bridge. Safe to run twice or after a crash."""
-    state_dir = Path(state_dir)
-    nodes = load(state_dir) or plan(8)  # no state: clean up by the names this script makes
+def _stop_processes(nodes: List[Node], grace: float = 15) -> None:
+    """End every node's processes: its `ray start` process group (SIGTERM, then SIGKILL), then whatever is left in
+    its namespace (SIGKILL, bounded)."""
     for n in nodes:
         if n.pid:
             try:
@@ -336,6 +335,15 @@ def down(state_dir: Path | str = DEFAULT_STATE_DIR, grace: float = 15) -> None:
             logger.error("processes still in %s after SIGKILL: %s", n.netns, netns_pids(n.netns))
         if n.pid:
             _pid_alive(n.pid)  # reaps our child, if it was one
+
+
+def down(state_dir: Path | str = DEFAULT_STATE_DIR, grace: float = 15) -> None:
+    """End every node's processes (process group, SIGTERM then SIGKILL; then whatever is left in the namespace),
+    delete the namespaces (their veths go with them) and the bridge. Safe to run twice or after a crash."""
+    state_dir = Path(state_dir)
+    nodes = load(state_dir) or plan(8)  # no state: clean up by the names this script makes
+    _stop_processes(nodes, grace)
+    for n in nodes:
         if _ip("netns", "pids", n.netns, check=False).returncode == 0:
             _ip("netns", "del", n.netns, check=False)
         if _ip("link", "show", n.veth, check=False).returncode == 0:  # gone with the namespace, unless half-made
@@ -343,6 +351,28 @@ def down(state_dir: Path | str = DEFAULT_STATE_DIR, grace: float = 15) -> None:
     if _ip("link", "show", BRIDGE, check=False).returncode == 0:
         _ip("link", "del", BRIDGE, check=False)
     _state_file(state_dir).unlink(missing_ok=True)
+
+
+def restart(state_dir: Path | str = DEFAULT_STATE_DIR, timeout: float = 240) -> List[Node]:
+    """Bring a lost head back: stop every node's Ray and start them again on the same network, head first.
+
+    Ray's GCS keeps the cluster's state in memory (no Redis fault tolerance here), so a restarted head is a new
+    cluster that the old worker nodes cannot rejoin: they are restarted too. Jobs and their logs are gone with the
+    old head; what a job keeps in its storage (checkpoints in a bucket) is not, and a resubmitted job resumes there.
+    """
+    state_dir = Path(state_dir)
+    nodes = load(state_dir)
+    if not nodes:
+        raise ClusterError(f"no cluster in {state_dir} (run `up` first)")
+    _stop_processes(nodes)
+    for n in sorted(nodes, key=lambda n: not n.head):
+        n.pid = _ray_start(n, state_dir)
+        _save(state_dir, nodes)
+        if n.head:
+            wait_alive([n], timeout, state_dir)
+    wait_alive(nodes, timeout, state_dir)
+    logger.info("cluster restarted: head %s, workers %s", HEAD_IP, ", ".join(n.ip for n in nodes if not n.head))
+    return nodes
 
 
 def status(state_dir: Path | str = DEFAULT_STATE_DIR) -> Dict[str, dict]:
@@ -360,7 +390,7 @@ def status(state_dir: Path | str = DEFAULT_STATE_DIR) -> Dict[str, dict]:
 def main(argv: Optional[List[str]] = None) -> int:
     """The command line (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=["up", "down", "status", "kill"])
+    p.add_argument("command", choices=["up", "down", "restart", "status", "kill"])
     p.add_argument("node", nargs="?", help="kill: the node (w1, w2, ...)")
     p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     p.add_argument("--workers", type=int, default=3)
@@ -375,6 +405,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"Ray dashboard and job server: {DASHBOARD}")  # noqa: T201 (the command's answer)
         elif a.command == "down":
             down(a.state_dir)
+        elif a.command == "restart":
+            restart(a.state_dir, a.timeout)
         elif a.command == "kill":
             if not a.node:
                 p.error("kill needs a node name")

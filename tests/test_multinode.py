@@ -124,11 +124,12 @@ def bucket(cluster: list, shards: Path, tmp_path_factory: pytest.TempPathFactory
             yield mn.runtime_env(tmp / "runtime_env.yaml", aws), uri
 
 
-def test_lost_host_and_a_stopped_job_resume_from_the_bucket(cluster: list, bucket: tuple, tmp_path: Path) -> None:
+def test_lost_hosts_resume_from_the_bucket(cluster: list, bucket: tuple, tmp_path: Path) -> None:
     """Shards, Ray Train's storage and MLflow's artifacts in S3, MLflow behind its server: the nodes share no
     directory. SIGKILL every process on rank 1's node during stage 1: Ray Train restarts the ranks on the two nodes
-    left (one of them the spare) from the last checkpoint in the bucket. Then the job is stopped and submitted again:
-    it resumes from the bucket's newest checkpoint. Each epoch is logged once over the three attempts."""
+    left (one of them the spare) from the last checkpoint in the bucket. Then the head is lost (SIGKILL) and brought
+    back, and the job submitted again resumes from the bucket's newest checkpoint. Each epoch is logged once over the
+    three attempts."""
     from sofnet import storage
 
     runtime, tracking = bucket
@@ -147,14 +148,16 @@ def test_lost_host_and_a_stopped_job_resume_from_the_bucket(cluster: list, bucke
     killed = local_cluster.kill_node(node.name, mn.STATE_DIR, signal.SIGKILL)
     assert victim in killed, f"rank 1's pid {victim} was not among {node.name}'s processes {killed}"
     assert "checkpoint-stage1-epoch002" not in mn.registered(run_dir), "training went on too far before the kill"
-    # The restarted attempt trains on; once it has registered a checkpoint of its own, the job is stopped.
+    # The restarted attempt trains on; once it has registered a checkpoint of its own, the head is lost (its GCS,
+    # the job's driver and the job server with it) and brought back: a new cluster, every node's Ray restarted.
     mn.wait_checkpoint(run_dir, "checkpoint-stage1-epoch002", timeout=400)
-    mn.stop("mn-lost")
+    first_log = mn.logs("mn-lost")  # the job server's logs go with the head
+    local_cluster.kill_node("head", mn.STATE_DIR, signal.SIGKILL)
+    local_cluster.restart(mn.STATE_DIR)
     newest = max(int(e) for e in re.findall(r"checkpoint-stage1-epoch(\d{3})", mn.registered(run_dir)))
     again = mn.submit("mn-lost-again", entry, timeout=600, runtime=runtime)
     assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-2000:]
-
-    first_log, log = mn.logs("mn-lost"), mn.logs("mn-lost-again")
+    log = mn.logs("mn-lost-again")
     attempts = mn.placements(first_log)
     assert len(attempts) == 2, f"expected one restart, the log shows {len(attempts)} attempts:\n{first_log[-3000:]}"
     (first, _), (second, rendezvous) = attempts
