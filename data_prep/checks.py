@@ -20,6 +20,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from sofnet import storage
+
 
 class InputError(ValueError):
     """Bad input found before work starts; ``str(error)`` is ``<flag or file>: <problem>``."""
@@ -70,6 +72,12 @@ def check_out_dir(path: str | Path, flag: str = "--out") -> None:
     Raises:
         InputError: ``--out DIR: ...``.
     """
+    if storage.is_remote(path):  # one small object written and deleted there, bounded in time
+        try:
+            storage.check_writable(os.fspath(path), key=flag)
+        except storage.StorageError as error:
+            raise InputError(str(error).replace(f"{flag}=", f"{flag} ", 1)) from None
+        return
     target = Path(path)
     existing = target
     while not existing.exists():

@@ -40,7 +40,8 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from data_prep.shards import STATE, atomic_write, file_sha256, read_json, state_path
+from data_prep.outdir import OutDir
+from data_prep.shards import STATE, state_name
 
 MANIFEST_FORMAT = 2
 
@@ -58,7 +59,10 @@ def read_digest(out_dir: str | Path, subset: str | None = None) -> str:
         FileNotFoundError: No ``manifest.json``.
         KeyError: A manifest without a digest (written before format 2) or without that subset.
     """
-    manifest = json.loads((Path(out_dir) / "manifest.json").read_text(encoding="utf-8"))
+    text = OutDir(out_dir).read_text("manifest.json")
+    if text is None:
+        raise FileNotFoundError(f"{out_dir}: no manifest.json")
+    manifest = json.loads(text)
     if subset is None:
         return manifest["digest"]
     return manifest["subsets"][subset]["digest"]
@@ -70,15 +74,18 @@ def verify_digest(out_dir: str | Path, subset: str | None = None) -> str:
     Raises:
         ValueError: A shard's bytes differ from the manifest's SHA-256 (names the shard).
     """
-    out = Path(out_dir)
-    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    out = OutDir(out_dir)
+    text = out.read_text("manifest.json")
+    if text is None:
+        raise FileNotFoundError(f"{out_dir}: no manifest.json")
+    manifest = json.loads(text)
     wanted = [subset] if subset is not None else sorted(manifest["subsets"])
     pairs = []
     for name in wanted:
         for shard, recorded in manifest["subsets"][name]["sha256"].items():
-            actual = file_sha256(out / shard)
+            actual = out.sha256(shard)
             if actual != recorded:
-                raise ValueError(f"{out / shard}: sha256 {actual} differs from the manifest's {recorded}")
+                raise ValueError(f"{out.where(shard)}: sha256 {actual} differs from the manifest's {recorded}")
             pairs.append((shard, actual))
     digest = shard_set_digest(pairs)
     if digest != read_digest(out, subset):
@@ -105,14 +112,14 @@ def write_outputs(out_dir: str | Path) -> dict:
     Returns:
         The report's counts.
     """
-    out = Path(out_dir)
-    run = read_json(state_path(out, "run")) or {}
+    out = OutDir(out_dir)
+    run = out.read_json(state_name("run")) or {}
     states = []
-    for path in sorted((out / STATE).glob("*.tar.json")):
-        state = read_json(path)
-        if state is not None and (out / state["name"]).is_file():
+    for name in out.names(STATE, suffix=".tar.json"):
+        state = out.read_json(f"{STATE}/{name}")
+        if state is not None and out.exists(state["name"]):
             if "sha256" not in state:  # hashing every shard again at every run would cost a read of the data set
-                state["sha256"] = file_sha256(out / state["name"])
+                state["sha256"] = out.sha256(state["name"])
             states.append(state)
     sizes = {state["name"]: len(state["written"]) for state in states}
     subsets: dict[str, dict] = {}
@@ -123,12 +130,12 @@ def write_outputs(out_dir: str | Path) -> dict:
         return subsets.setdefault(name, {"videos": 0, "annotated": None, "present": None, "shards": [],
                                          "sha256": {}, "digest": None, "per_class": Counter()})
 
-    for pattern in ("skipped-*.json", "failed-*.json"):  # written by the runner for each subset it ran
-        for path in sorted((out / STATE).glob(pattern)):
-            recorded = read_json(path) or {}
+    for kind in ("skipped-", "failed-"):  # written by the runner for each subset it ran
+        for name in out.names(STATE, prefix=kind, suffix=".json"):
+            recorded = out.read_json(f"{STATE}/{name}") or {}
             skipped.extend(recorded.get("skipped", []))
             if "annotated" in recorded:
-                entry = subset_entry(path.stem.split("-", 1)[1])
+                entry = subset_entry(name[: -len(".json")].split("-", 1)[1])
                 entry["annotated"], entry["present"] = recorded["annotated"], recorded["present"]
     for state in states:
         entry = subset_entry(state["subset"])
@@ -160,13 +167,13 @@ def write_outputs(out_dir: str | Path) -> dict:
         "digest": shard_set_digest((state["name"], state["sha256"]) for state in states),
         "subsets": dict(sorted(subsets.items())),
     }
-    atomic_write(out / "sizes.json", json.dumps(sizes, indent=1))
-    atomic_write(out / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False))
+    out.write_text("sizes.json", json.dumps(sizes, indent=1))
+    out.write_text("manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False))
     nodes: dict[str, dict] = {}  # which host wrote which shard and video (a cluster run spreads them)
     for state in states:
         node = nodes.setdefault(state.get("node", "unknown"), {"shards": [], "videos": []})
         node["shards"].append(state["name"])
         node["videos"] += [sample.get("id", sample["key"]) for sample in state["written"]]
     report = {"skipped": skipped, "warnings": warnings, "counts": counts, "nodes": dict(sorted(nodes.items()))}
-    atomic_write(out / "report.json", json.dumps(report, indent=1, ensure_ascii=False))
+    out.write_text("report.json", json.dumps(report, indent=1, ensure_ascii=False))
     return counts

@@ -22,10 +22,10 @@ import hashlib
 import json
 import logging
 import re
-from pathlib import Path
 
 from data_prep.checks import InputError
-from data_prep.shards import STATE, ShardPlan, atomic_write, read_json, state_path
+from data_prep.outdir import OutDir
+from data_prep.shards import STATE, ShardPlan, state_name
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,11 @@ def _by_subset(plans: list[ShardPlan]) -> dict[str, list[ShardPlan]]:
     return grouped
 
 
-def _recorded_shards(out: Path) -> dict[str, list[str]]:
+def _recorded_shards(out: OutDir) -> dict[str, list[str]]:
     """Shard names per subset that earlier runs recorded in ``.state`` (finished shards)."""
     found: dict[str, list[str]] = {}
-    for state_file in sorted((out / STATE).glob("*.tar.json")):
-        name = state_file.name[: -len(".json")]
+    for state_file in out.names(STATE, suffix=".tar.json"):
+        name = state_file[: -len(".json")]
         match = SHARD_NAME.fullmatch(name)
         if match:
             found.setdefault(match.group(1), []).append(name)
@@ -70,7 +70,7 @@ def _run_difference(old: dict, run: dict) -> str:
     return "other parameters: " + ", ".join(changed or ["format"])
 
 
-def check_reuse(out: Path, run: dict, plans: list[ShardPlan], overwrite: bool) -> list[str]:
+def check_reuse(out: OutDir, run: dict, plans: list[ShardPlan], overwrite: bool) -> list[str]:
     """Refuse to mix runs in ``out``; returns the shard names an ``overwrite`` must delete first (else none).
 
     Args:
@@ -84,21 +84,21 @@ def check_reuse(out: Path, run: dict, plans: list[ShardPlan], overwrite: bool) -
     """
     recorded = _recorded_shards(out)
     known = {name for names in recorded.values() for name in names}
-    old = read_json(state_path(out, "run"))
+    old = out.read_json(state_name("run"))
     reasons: list[str] = []
     remove: set[str] = set()
     if old is not None and old != run:
         reasons.append(_run_difference(old, run))
         remove.update(known)
     for subset, mine in _by_subset(plans).items():
-        previous = (read_json(state_path(out, f"plan-{subset}")) or {}).get("digest")
+        previous = (out.read_json(state_name(f"plan-{subset}")) or {}).get("digest")
         if previous == plan_digest(mine):
             continue  # the same run again: resume (a shard renamed but not yet recorded is rewritten)
         if recorded.get(subset):
             reasons.append(f"other videos or annotations in {subset}" if previous else
                            f"{subset} shards that no recorded plan made")
             remove.update(recorded[subset])
-        foreign = [plan.name for plan in mine if (out / plan.name).is_file() and plan.name not in known]
+        foreign = [plan.name for plan in mine if plan.name not in known and out.exists(plan.name)]
         if foreign:
             reasons.append(f"{foreign[0]}" + (f" and {len(foreign) - 1} more" if len(foreign) > 1 else "")
                            + " not made by data_prep")
@@ -112,24 +112,24 @@ def check_reuse(out: Path, run: dict, plans: list[ShardPlan], overwrite: bool) -
     return sorted(remove)
 
 
-def remove_shards(out: Path, names: list[str]) -> None:
+def remove_shards(out: OutDir, names: list[str]) -> None:
     """Delete shards, their state and the bookkeeping of their subsets (what :func:`check_reuse` returned)."""
     subsets = set()
     for name in names:
-        (out / name).unlink(missing_ok=True)
-        state_path(out, name).unlink(missing_ok=True)
+        out.delete(name)
+        out.delete(state_name(name))
         match = SHARD_NAME.fullmatch(name)
         if match:
             subsets.add(match.group(1))
     for subset in subsets:
         for kind in ("plan", "skipped", "failed"):
-            state_path(out, f"{kind}-{subset}").unlink(missing_ok=True)
+            out.delete(state_name(f"{kind}-{subset}"))
 
 
-def record_run(out: Path, run: dict, plans: list[ShardPlan]) -> None:
+def record_run(out: OutDir, run: dict, plans: list[ShardPlan]) -> None:
     """Write ``.state/run.json`` and each subset's ``plan-{subset}.json`` before the first shard."""
-    atomic_write(state_path(out, "run"), json.dumps(run, ensure_ascii=False))
+    out.write_text(state_name("run"), json.dumps(run, ensure_ascii=False))
     for subset, mine in _by_subset(plans).items():
         record = {"digest": plan_digest(mine), "shards": [plan.name for plan in mine],
                   "videos": sum(len(plan.jobs) for plan in mine)}
-        atomic_write(state_path(out, f"plan-{subset}"), json.dumps(record))
+        out.write_text(state_name(f"plan-{subset}"), json.dumps(record))

@@ -24,7 +24,8 @@ left out of its shard, the rest of the shard is written.
 
 Output on shared storage (cluster): every worker writes its shards straight into ``--out``, and the driver reads
 the ``.state/`` folder there, so ``--out`` must be the same path on every node: an NFS/Lustre/EFS mount, or an
-object store mounted with a FUSE driver (s3fs, gcsfuse, blobfuse), e.g.
+object store mounted with a FUSE driver (s3fs, gcsfuse, blobfuse); or ``--out`` is an object-store prefix
+(``s3://bucket/shards/anet``: each task builds its shard on its node and uploads it, :mod:`data_prep.outdir`), e.g.
 ``python -m data_prep.activitynet ... --out /mnt/shared/anet-shards --ray-address auto``. Readers on the mount see
 only whole shards (a rename on NFS is atomic; on object-store FUSE it is a copy of the finished file). The
 package must be importable on the workers (install it in the cluster image, or ship it with a ``runtime_env``);
@@ -46,6 +47,7 @@ from tqdm import tqdm
 from data_prep.checks import InputError, check_out_dir, check_videos_dir
 from data_prep.labels import Entry, LabelSource, problem
 from data_prep.manifest import write_outputs
+from data_prep.outdir import OutDir
 from data_prep.reuse import SHARD_NAME, check_reuse, record_run, remove_shards
 from data_prep.shards import (
     MAX_CRASHES,
@@ -53,11 +55,10 @@ from data_prep.shards import (
     Job,
     PrepParams,
     ShardPlan,
-    atomic_write,
     crash_suspect,
     plan_shards,
     shard_done,
-    state_path,
+    state_name,
     video_key,
     write_shard,
 )
@@ -141,19 +142,20 @@ def build_jobs(source: LabelSource, index: VideoIndex) -> tuple[list[Job], list[
     return jobs, skipped
 
 
-def _remove_stale(out: Path, plans: list[ShardPlan]) -> None:
+def _remove_stale(out: OutDir, plans: list[ShardPlan]) -> None:
     """Delete temporary files of killed runs, and our shards of these subsets that the plan no longer has."""
-    for tmp in out.glob(".*-[0-9][0-9][0-9][0-9][0-9][0-9].tar.tmp"):  # ours only: .{shard}.tmp
-        tmp.unlink(missing_ok=True)
+    if not out.remote:  # an object store has none: a shard is built in a temporary folder of its node
+        for tmp in out.local("").glob(".*-[0-9][0-9][0-9][0-9][0-9][0-9].tar.tmp"):  # ours only: .{shard}.tmp
+            tmp.unlink(missing_ok=True)
     planned = {plan.name for plan in plans}
     subsets = {plan.subset for plan in plans}
-    for state_file in (out / STATE).glob("*.tar.json"):
-        name = state_file.name[: -len(".json")]
+    for state_file in out.names(STATE, suffix=".tar.json"):
+        name = state_file[: -len(".json")]
         match = SHARD_NAME.fullmatch(name)
         if match and match.group(1) in subsets and name not in planned:
             log.info("removing %s: not in the current plan", name)
-            (out / name).unlink(missing_ok=True)
-            state_file.unlink(missing_ok=True)
+            out.delete(name)
+            out.delete(f"{STATE}/{state_file}")
 
 
 class _Progress:
@@ -175,16 +177,17 @@ class _Progress:
         self.bar.set_postfix(failed=self.failed, refresh=False)
 
 
-def _run_inline(todo: list[ShardPlan], out: Path, params: PrepParams, progress: _Progress) -> list[dict]:
+def _run_inline(todo: list[ShardPlan], out: OutDir, params: PrepParams, progress: _Progress) -> list[dict]:
     for plan in todo:
-        for event in write_shard(plan, out, params):
+        for event in write_shard(plan, str(out), params):
             if event["type"] == "video":
                 progress.video(event)
     return []
 
 
 def _run_ray(
-    todo: list[ShardPlan], out: Path, params: PrepParams, progress: _Progress, address: str | None, num_cpus: int | None
+    todo: list[ShardPlan], out: OutDir, params: PrepParams, progress: _Progress, address: str | None,
+    num_cpus: int | None,
 ) -> list[dict]:
     """Run shard tasks on Ray; returns report entries for shards that failed even after retries."""
     import ray  # imported here: the inline mode and the label tools do not need Ray
@@ -241,13 +244,13 @@ def _run_ray(
 
 
 def _write_skipped(
-    out: Path, kind: str, subsets: list[str], items: list[dict], counts: dict[str, dict] | None = None
+    out: OutDir, kind: str, subsets: list[str], items: list[dict], counts: dict[str, dict] | None = None
 ) -> None:
     """Record report entries of this run per subset (``.state/{kind}-{subset}.json``, read by write_outputs)."""
     for subset in subsets:
         mine = [item for item in items if item["subset"] == subset]
         record = {"skipped": mine, **(counts or {}).get(subset, {})}
-        atomic_write(state_path(out, f"{kind}-{subset}"), json.dumps(record, ensure_ascii=False))
+        out.write_text(state_name(f"{kind}-{subset}"), json.dumps(record, ensure_ascii=False))
 
 
 def presence(source: LabelSource, index: VideoIndex) -> dict[str, dict[str, int]]:
@@ -308,9 +311,9 @@ def prepare(
     """
     params = params or PrepParams()
     start = time.monotonic()
-    out = Path(out_dir)
+    out = OutDir(out_dir)
     check_videos_dir(videos_dir)
-    check_out_dir(out)
+    check_out_dir(out.root)
     index = VideoIndex(videos_dir)
     jobs, skipped = build_jobs(source, index)
     if not jobs:
@@ -318,7 +321,7 @@ def prepare(
     plans = plan_shards(jobs, params.shard_size)
     run = {"dataset": source.dataset, "classes": source.classes, "params": params.identity()}
     removals = check_reuse(out, run, plans, overwrite)  # the last check: nothing is written before it
-    (out / STATE).mkdir(parents=True, exist_ok=True)
+    out.prepare()
     remove_shards(out, removals)
     record_run(out, run, plans)
     subsets = sorted({e.subset for e in source.entries} | {p["subset"] for p in skipped})

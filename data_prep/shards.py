@@ -15,8 +15,9 @@ Layout of ``out_dir``::
     .state/                   resume bookkeeping: run.json, plan-{subset}.json, {shard}.json per finished shard
                               (its videos, parameters, sha256, decoder versions), skipped-/failed-{subset}.json
 
-A shard is written to ``.{name}.tmp`` and renamed when complete; only then is its ``.state/{name}.json`` written,
-so a shard counts as done only if both exist and the state lists the same videos with the same parameters.
+A shard is written to ``.{name}.tmp`` and renamed when complete (in an object store: built in a temporary folder of
+the node and uploaded, :mod:`data_prep.outdir`); only then is its ``.state/{name}.json`` written, so a shard counts
+as done only if both exist and the state lists the same videos with the same parameters.
 Videos go to shards by the SHA-1 of their key (a stable pseudo-random order that mixes classes), chunked by
 ``shard_size`` per subset.
 """
@@ -37,6 +38,7 @@ from pathlib import Path
 
 from data_prep.checks import InputError, check_number
 from data_prep.decode import SHORT_POLICIES, SampledVideo, VideoError, decoder_versions, sample_video
+from data_prep.outdir import OutDir
 
 log = logging.getLogger(__name__)
 
@@ -206,43 +208,23 @@ class _Reader:
         return bytes(chunk)
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write a text file under a temporary name, flush it to disk, rename it into place."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+def state_name(name: str) -> str:
+    """The relative name of the state of shard ``name`` (or of another bookkeeping file) in the output folder."""
+    return f"{STATE}/{name}.json"
 
 
-def crash_suspect(out_dir: str | Path, plan: ShardPlan) -> str | None:
+def crash_suspect(out_dir: str | Path | OutDir, plan: ShardPlan) -> str | None:
     """Key of the video a shard task was decoding when its process died (None if it was not decoding)."""
-    try:
-        return state_path(out_dir, f"{plan.name}.current").read_text() or None
-    except OSError:
-        return None
+    return OutDir(out_dir).read_text(state_name(f"{plan.name}.current")) or None
 
 
-def state_path(out_dir: str | Path, name: str) -> Path:
-    """Where the state of shard ``name`` (or another bookkeeping file) lives."""
-    return Path(out_dir) / STATE / f"{name}.json"
-
-
-def read_json(path: Path) -> dict | None:
-    """A JSON file's content, or None if it is missing or unreadable."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def shard_done(out_dir: str | Path, plan: ShardPlan, params: PrepParams) -> bool:
+def shard_done(out_dir: str | Path | OutDir, plan: ShardPlan, params: PrepParams) -> bool:
     """The shard file exists and its state lists exactly the planned videos, written with ``params``."""
-    state = read_json(state_path(out_dir, plan.name))
+    out = OutDir(out_dir)
+    state = out.read_json(state_name(plan.name))
     return (
         state is not None
-        and (Path(out_dir) / plan.name).is_file()
+        and out.exists(plan.name)
         and state.get("keys") == [job.key for job in plan.jobs]
         and state.get("params") == params.identity()
     )
@@ -287,54 +269,56 @@ def write_shard(
         ``{"type": "video", "key", "id", "ok", "reason" or "warnings"}`` per video, in plan order, then
         ``{"type": "shard", "name", "samples"}`` after the shard was renamed into place.
     """
-    out = Path(out_dir)
-    state_file = state_path(out, plan.name)
-    state_file.unlink(missing_ok=True)  # from here until the rename the old shard (if any) counts as not done
-    tmp = out / f".{plan.name}.tmp"
-    current = state_path(out, f"{plan.name}.current")  # the video being decoded: the suspect if the worker dies
+    out = OutDir(out_dir)
+    state_file = state_name(plan.name)
+    out.delete(state_file)  # from here until the shard is in place the old shard (if any) counts as not done
+    current = state_name(f"{plan.name}.current")  # the video being decoded: the suspect if the worker dies
     written: list[dict] = []
     skipped: list[dict] = []
     warnings: list[dict] = []
     start = time.monotonic()
-    with open(tmp, "wb") as handle:
-        with tarfile.open(fileobj=handle, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for job in plan.jobs:
-                event: dict = {"type": "video", "key": job.key, "id": job.id}
-                current.write_text(job.key)
-                try:
-                    if job.key in exclude:
-                        raise VideoError(f"worker crashed: decoding killed the worker process {MAX_CRASHES} times")
-                    if os.environ.get("DATA_PREP_CRASH_KEY") == job.key:
-                        os.kill(os.getpid(), signal.SIGKILL)
-                    video = sample_video(job.path, **params.sampling())
-                    record = sample_record(job, video)
-                except VideoError as error:
-                    reason = str(error)
-                except Exception as error:  # noqa: BLE001 - a bug or an FFmpeg surprise must not lose the shard
-                    log.exception("unexpected error on %s", job.path)
-                    reason = f"unexpected error: {type(error).__name__}: {error}"
-                else:
-                    _add(tar, f"{job.key}.json", json.dumps(record, ensure_ascii=False).encode())
-                    for i, jpeg in enumerate(video.jpegs):
-                        _add(tar, f"{job.key}.{i:04d}.jpg", jpeg)
-                    notes = job.warnings + video.warnings
-                    written.append({"key": job.key, "id": job.id, "labels": record["label_names"],
-                                    "frames": len(video.jpegs)})
-                    warnings.extend({"id": job.id, "path": job.path, "warning": note} for note in notes)
-                    yield {**event, "ok": True, "warnings": notes}
-                    continue
-                skipped.append({"id": job.id, "path": job.path, "subset": job.subset, "reason": reason})
-                yield {**event, "ok": False, "reason": reason}
-        current.unlink(missing_ok=True)  # no video to blame for what may fail from here on
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, out / plan.name)
+    with out.staging(plan.name) as tmp:
+        with open(tmp, "wb") as handle:
+            with tarfile.open(fileobj=handle, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                for job in plan.jobs:
+                    event: dict = {"type": "video", "key": job.key, "id": job.id}
+                    out.write_text(current, job.key, durable=False)
+                    try:
+                        if job.key in exclude:
+                            raise VideoError(f"worker crashed: decoding killed the worker process {MAX_CRASHES} "
+                                             "times")
+                        if os.environ.get("DATA_PREP_CRASH_KEY") == job.key:
+                            os.kill(os.getpid(), signal.SIGKILL)
+                        video = sample_video(job.path, **params.sampling())
+                        record = sample_record(job, video)
+                    except VideoError as error:
+                        reason = str(error)
+                    except Exception as error:  # noqa: BLE001 - a bug or an FFmpeg surprise must not lose the shard
+                        log.exception("unexpected error on %s", job.path)
+                        reason = f"unexpected error: {type(error).__name__}: {error}"
+                    else:
+                        _add(tar, f"{job.key}.json", json.dumps(record, ensure_ascii=False).encode())
+                        for i, jpeg in enumerate(video.jpegs):
+                            _add(tar, f"{job.key}.{i:04d}.jpg", jpeg)
+                        notes = job.warnings + video.warnings
+                        written.append({"key": job.key, "id": job.id, "labels": record["label_names"],
+                                        "frames": len(video.jpegs)})
+                        warnings.extend({"id": job.id, "path": job.path, "warning": note} for note in notes)
+                        yield {**event, "ok": True, "warnings": notes}
+                        continue
+                    skipped.append({"id": job.id, "path": job.path, "subset": job.subset, "reason": reason})
+                    yield {**event, "ok": False, "reason": reason}
+            out.delete(current)  # no video to blame for what may fail from here on
+            handle.flush()
+            os.fsync(handle.fileno())
+        sha256 = file_sha256(tmp)  # read back (page cache): the bytes readers will get
+        out.publish(tmp, plan.name)
     state = {
         "name": plan.name,
         "subset": plan.subset,
         "keys": [job.key for job in plan.jobs],
         "params": params.identity(),
-        "sha256": file_sha256(out / plan.name),  # read back from disk (page cache): what readers will get
+        "sha256": sha256,
         "decoder": decoder_versions(),  # of this worker: on a cluster the driver's may differ
         "node": worker_node(),  # which host wrote it (report.json's "nodes")
         "written": written,
@@ -342,5 +326,5 @@ def write_shard(
         "warnings": warnings,
         "seconds": round(time.monotonic() - start, 3),
     }
-    atomic_write(state_file, json.dumps(state, ensure_ascii=False))
+    out.write_text(state_file, json.dumps(state, ensure_ascii=False))
     yield {"type": "shard", "name": plan.name, "samples": len(written)}

@@ -90,25 +90,6 @@ def test_two_nodes_train_the_same_weights_as_one_node(cluster: list, shards: Pat
     assert moved, "stage 2 left every stage-1 weight as it was: nothing was trained, the comparison proves nothing"
 
 
-def test_data_prep_spreads_over_the_nodes(cluster: list, tmp_path: Path) -> None:
-    """``python -m data_prep.synthetic ... --ray-address auto`` as a job on the cluster: shard tasks run on several
-    worker nodes, ``report.json`` says which node wrote which shard and video, and no video is lost or doubled."""
-    import json
-
-    out = tmp_path / "prep"
-    done = mn.submit("mn-prep", ["python", "-m", "data_prep.synthetic", "--out", str(out / "raw"), "--videos", "16",
-                                 "--classes", "3", "--min-duration", "3", "--max-duration", "4", "--shards",
-                                 str(out / "shards"), "--shard-size", "2", "--ray-address", "auto", "--no-progress"])
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    report = json.loads((out / "shards" / "report.json").read_text())
-    workers = {n.ip for n in cluster if not n.head}
-    assert set(report["nodes"]) <= workers and len(report["nodes"]) >= 2, report["nodes"]
-    videos = [v for node in report["nodes"].values() for v in node["videos"]]
-    sizes = json.loads((out / "shards" / "sizes.json").read_text())
-    assert len(videos) == len(set(videos)) == sum(sizes.values()) == report["counts"]["written"] == 16
-    assert sorted(s for node in report["nodes"].values() for s in node["shards"]) == sorted(sizes)
-
-
 @pytest.fixture(scope="module")
 def bucket(cluster: list, shards: Path, tmp_path_factory: pytest.TempPathFactory):
     """No shared disk: a real S3 API (moto) and an MLflow server on the host's bridge address (198.51.100.1), the
@@ -122,6 +103,30 @@ def bucket(cluster: list, shards: Path, tmp_path_factory: pytest.TempPathFactory
         pafs.copy_files(str(shards), root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
         with mlflow_server(local_cluster.HOST_IP, tmp, artifacts="s3://runs/mlflow") as uri:
             yield mn.runtime_env(tmp / "runtime_env.yaml", aws), uri
+
+
+def test_data_prep_spreads_over_the_nodes_into_the_bucket(cluster: list, bucket: tuple, tmp_path: Path) -> None:
+    """``python -m data_prep.synthetic ... --shards s3://... --ray-address auto`` as a job on the cluster: shard tasks
+    run on several worker nodes, each uploads its shards and their state to the bucket (no shared output folder),
+    ``report.json`` there says which node wrote which shard and video, and no video is lost or doubled."""
+    import json
+
+    from sofnet import storage
+
+    runtime, _ = bucket
+    out = "s3://data/prep-spread"
+    done = mn.submit("mn-prep", ["python", "-m", "data_prep.synthetic", "--out", str(tmp_path / "raw"), "--videos",
+                                 "16", "--classes", "3", "--min-duration", "3", "--max-duration", "4", "--shards",
+                                 out, "--shard-size", "2", "--ray-address", "auto", "--no-progress"], runtime=runtime)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    report = json.loads(storage.read_text(f"{out}/report.json"))
+    workers = {n.ip for n in cluster if not n.head}
+    assert set(report["nodes"]) <= workers and len(report["nodes"]) >= 2, report["nodes"]
+    videos = [v for node in report["nodes"].values() for v in node["videos"]]
+    sizes = json.loads(storage.read_text(f"{out}/sizes.json"))
+    assert len(videos) == len(set(videos)) == sum(sizes.values()) == report["counts"]["written"] == 16
+    assert sorted(s for node in report["nodes"].values() for s in node["shards"]) == sorted(sizes)
+    assert sorted(sizes) == [n for n in storage.list_names(out) if n.endswith(".tar")]
 
 
 def test_lost_hosts_resume_from_the_bucket(cluster: list, bucket: tuple, tmp_path: Path) -> None:

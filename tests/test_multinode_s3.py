@@ -208,7 +208,8 @@ def test_unwritable_bucket_is_one_line_before_ray(s3: str, tmp_path: Path, capsy
     shards = ensure_synthetic_shards(tmp_path / "data", videos=12, classes=3)
     code = main("activitynet", ["--config", "jobs/configs/demo.yaml", "--smoke-test", f"data.train_shards={shards}",
                                 f"data.val_shards={shards}", "model.num_classes=3",
-                                "train.output_dir=s3://nobucket/runs", f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"])
+                                "train.output_dir=s3://nobucket/runs",
+                                f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith("error: train.output_dir=s3://nobucket/runs: cannot write there ("), err
@@ -225,3 +226,40 @@ def test_unwritable_bucket_is_one_line_before_ray(s3: str, tmp_path: Path, capsy
                 storage.check_writable("s3://runs/x", "k", timeout_s=2)
     with pytest.raises(PreflightError):
         check_output_dir("s3://nobucket/runs")
+
+
+def test_data_prep_writes_shards_to_s3_and_resumes_there(s3: str, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    """``--out s3://...``: the bucket gets the same shards as a disk (same manifest digest) from the same videos, with
+    the resume state, the manifest and the report beside them and nothing on this disk; the loader's preflight takes
+    the prefix; a rerun decodes nothing; an unwritable bucket is one line, exit 2, before any video is decoded."""
+    import json
+
+    from data_prep.activitynet import main as activitynet
+    from data_prep.synthetic import main as synthetic
+    from sofnet import storage
+    from sofnet.preflight import check_shards
+
+    assert synthetic(["--out", str(tmp_path / "raw"), "--videos", "10", "--classes", "3", "--min-duration", "3",
+                      "--max-duration", "4"]) == 0
+    common = ["--annotations", str(tmp_path / "raw" / "activity_net.synthetic.json"), "--videos",
+              str(tmp_path / "raw" / "videos"), "--short-side", "128", "--shard-size", "2", "--no-ray", "--no-progress"]
+    assert activitynet(common + ["--out", str(tmp_path / "disk")]) == 0
+    assert activitynet(common + ["--out", "s3://runs/prep"]) == 0
+    capsys.readouterr()
+    disk = json.loads((tmp_path / "disk" / "manifest.json").read_text())
+    bucket = json.loads(storage.read_text("s3://runs/prep/manifest.json"))
+    assert bucket["digest"] == disk["digest"] and bucket["subsets"] == disk["subsets"]
+    assert storage.list_names("s3://runs/prep") == sorted(p.name for p in (tmp_path / "disk").iterdir() if p.is_file())
+    states = sorted(p.name for p in (tmp_path / "disk" / ".state").iterdir())
+    assert storage.list_names("s3://runs/prep/.state") == states
+    assert not list(tmp_path.glob("s3*")) and not Path("s3:").exists()
+    for subset in ("training", "validation"):
+        assert check_shards("s3://runs/prep", subset, key="k", num_classes=3) == check_shards(
+            str(tmp_path / "disk"), subset, key="k", num_classes=3)
+    assert activitynet(common + ["--out", "s3://runs/prep"]) == 0
+    assert "0 videos decoded in this run" in capsys.readouterr().out
+    assert json.loads(storage.read_text("s3://runs/prep/manifest.json"))["digest"] == disk["digest"]
+    assert activitynet(common + ["--out", "s3://nobucket/prep"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --out s3://nobucket/prep: cannot write there ("), err

@@ -90,6 +90,30 @@ def list_names(uri: str, directories: bool = False) -> List[str]:
                   if i.type == want)
 
 
+def write_bytes(uri: str, data: bytes) -> None:
+    """One object with ``data`` (a single PUT: readers see the old object or the new one, never a part)."""
+    fs, path = filesystem(uri)
+    with fs.open_output_stream(path) as out:
+        out.write(data)
+
+
+def upload_file(local: PathLike, uri: str) -> None:
+    """Copy one local file to the object ``uri`` (streamed in 4 MiB blocks)."""
+    fs, path = filesystem(uri)
+    with fs.open_output_stream(path) as out, open(local, "rb") as f:
+        while chunk := f.read(1 << 22):
+            out.write(chunk)
+
+
+def delete(uri: str) -> None:
+    """Delete one object; nothing if there is none."""
+    fs, path = filesystem(uri)
+    try:
+        fs.delete_file(path)
+    except FileNotFoundError:
+        pass
+
+
 def download_dir(uri: str, local: PathLike) -> Path:
     """Copy every object under ``uri`` into the local directory ``local`` (created); returns it."""
     import pyarrow.fs as pafs
@@ -122,9 +146,7 @@ def upload_dir(local: PathLike, uri: str, last: str = "") -> None:
              if i.type == pafs.FileType.File}
     for p in sorted(files, key=lambda p: p.name == last):
         rel = p.relative_to(src).as_posix()
-        with fs.open_output_stream(f"{root}/{rel}") as out, open(p, "rb") as f:
-            while chunk := f.read(1 << 22):
-                out.write(chunk)
+        upload_file(p, f"{uri.rstrip('/')}/{rel}")
         stale.discard(f"{root}/{rel}")
     for path in stale - {f"{root}/{last}"}:  # files of the old copy the new one does not have
         fs.delete_file(path)
