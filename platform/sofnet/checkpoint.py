@@ -292,7 +292,11 @@ def local_copy(path: str | Path, which: str = "best") -> Iterator[Tuple[Path, st
         return
     chosen = remote_choice(str(path), which)
     with tempfile.TemporaryDirectory(prefix="sofnet-ckpt-") as tmp:
-        yield fetch_remote(chosen, dest=Path(tmp) / "checkpoint"), chosen
+        local = fetch_remote(chosen, dest=Path(tmp) / "checkpoint")
+        try:
+            yield local, chosen
+        except CheckpointError as e:  # name the object, not the temporary copy that is gone after this line
+            raise CheckpointError(str(e).replace(str(local), chosen)) from None
 
 
 def resolve(path: str | Path, which: str = "best") -> Path:
