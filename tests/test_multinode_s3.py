@@ -206,6 +206,7 @@ def test_unwritable_bucket_is_one_line_before_ray(s3: str, tmp_path: Path, capsy
     check_output_dir("s3://runs/ok/runs")
     assert storage.list_names("s3://runs/ok/runs") == []
     shards = ensure_synthetic_shards(tmp_path / "data", videos=12, classes=3)
+    capsys.readouterr()  # only the command's own output below (an earlier in-process test may leave log handlers)
     code = main("activitynet", ["--config", "jobs/configs/demo.yaml", "--smoke-test", f"data.train_shards={shards}",
                                 f"data.val_shards={shards}", "model.num_classes=3",
                                 "train.output_dir=s3://nobucket/runs",
