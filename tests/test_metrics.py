@@ -15,12 +15,11 @@ from sklearn.metrics import average_precision_score
 from sofnet.metrics import (
     MapResult,
     activitynet_map,
-    evaluate_submission,
-    export_submission,
     first_label_map,
     smallest_label,
     topk_accuracy,
 )
+from sofnet.submission import evaluate_submission, export_submission
 
 
 def naive_ap(scores: np.ndarray, positives: np.ndarray, interpolated: bool) -> float:

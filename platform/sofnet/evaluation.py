@@ -228,7 +228,7 @@ def evaluate_model(model: torch.nn.Module, cfg: Any, *, out_dir: str | Path, et:
     Writes ``metrics.json`` (metrics, per-class AP, the early-exit setting, the shards) and the official ActivityNet
     submission ``submission.json`` (and ``submission_et.json``) into ``out_dir``; returns the report.
     """
-    from sofnet.metrics import export_submission
+    from sofnet.submission import export_submission
 
     hp = model.hparams()
     shards = shards or cfg.data.val_shards
