@@ -64,6 +64,7 @@ class LocalContext:
     """One rank in this process: checkpoints in ``run_dir``, the newest ``keep`` kept; resumes from the newest."""
 
     rank, world = 0, 1
+    restored_from = ""  # resumes name their checkpoint directory itself
 
     def __init__(self, run_dir: str | Path, keep: int = 2) -> None:
         self.run_dir, self.keep = Path(run_dir), keep

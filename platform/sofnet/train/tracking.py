@@ -176,7 +176,7 @@ class RunTracker:
         Its params are the settings the stage really trains with: ``model.*`` is the stage's model (stage 1 of a
         SoF-Net job trains a TSN, and says ``model.arch: tsn``). CPU, memory (and GPU) system metrics are logged.
         """
-        self.logged_epochs: set[int] = set()
+        self.logged_epochs = set()
         if run_id:
             run = mlflow.start_run(run_id=run_id, nested=True, log_system_metrics=True)
             self._refresh_placement(run)

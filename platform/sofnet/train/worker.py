@@ -150,8 +150,8 @@ def run_job(cfg: Any, ctx: Any, *, tracking_uri: str, tags: Optional[Dict[str, s
         meta = checkpoint.read_meta(restored) if restored is not None else None
         runs: Dict[str, str] = dict(meta["runs"]) if meta else {}
         if meta and ctx.rank == 0:
-            logger.info("resuming from %s: %s epoch %d done", getattr(ctx, "restored_from", "") or restored,
-                        meta["stage"], meta["epoch"] + 1)
+            logger.info("resuming from %s: %s epoch %d done", ctx.restored_from or restored, meta["stage"],
+                        meta["epoch"] + 1)
         tracker = None
         if ctx.rank == 0:
             from sofnet.train.tracking import RunTracker
