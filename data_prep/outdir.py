@@ -25,8 +25,17 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from sofnet import storage
+
+
+def sha256_of(handle: BinaryIO) -> str:
+    """Hex SHA-256 of what a binary stream holds (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    while block := handle.read(1 << 20):
+        digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -125,9 +134,6 @@ class OutDir:
             os.replace(built, self.local(name))
 
     def sha256(self, rel: str) -> str:
-        """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
-        digest = hashlib.sha256()
+        """Hex SHA-256 of a file's bytes."""
         with (storage.open_input(self.where(rel)) if self.remote else open(self.local(rel), "rb")) as handle:
-            while block := handle.read(1 << 20):
-                digest.update(block)
-        return digest.hexdigest()
+            return sha256_of(handle)

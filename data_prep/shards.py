@@ -38,7 +38,7 @@ from pathlib import Path
 
 from data_prep.checks import InputError, check_number
 from data_prep.decode import SHORT_POLICIES, SampledVideo, VideoError, decoder_versions, sample_video
-from data_prep.outdir import OutDir
+from data_prep.outdir import OutDir, sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -230,15 +230,6 @@ def shard_done(out_dir: str | Path | OutDir, plan: ShardPlan, params: PrepParams
     )
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def worker_node() -> str:
     """The host a shard is written on: its Ray node IP in a Ray task, else the host name (``--no-ray``)."""
     try:
@@ -311,7 +302,8 @@ def write_shard(
             out.delete(current)  # no video to blame for what may fail from here on
             handle.flush()
             os.fsync(handle.fileno())
-        sha256 = file_sha256(tmp)  # read back (page cache): the bytes readers will get
+        with open(tmp, "rb") as handle:  # read back (page cache): the bytes readers will get
+            sha256 = sha256_of(handle)
         out.publish(tmp, plan.name)
     state = {
         "name": plan.name,

@@ -268,12 +268,14 @@ def remote_choice(uri: str, which: str = "best") -> str:
         raise CheckpointError(f"{uri}: cannot read it ({' '.join(str(e).split())[:200]})") from None
 
 
-def fetch_remote(uri: str, which: str = "best", dest: Optional[str | Path] = None) -> Path:
-    """Download the one checkpoint directory an object-store URI names (:func:`remote_choice`) to ``dest`` (default:
-    a new temporary directory, left for the caller) and return it; its seals are then verified on that local copy like
-    any other. Only the chosen checkpoint is copied, not the run's other epochs."""
-    chosen = remote_choice(uri, which)
-    local = Path(dest) if dest else Path(tempfile.mkdtemp(prefix="sofnet-ckpt-")) / "checkpoint"
+def fetch_remote(uri: str, which: str = "best") -> Path:
+    """Download the one checkpoint directory an object-store URI names (:func:`remote_choice`) to a new temporary
+    directory, left for the caller, and return it; its seals are then verified on that local copy like any other.
+    Only the chosen checkpoint is copied, not the run's other epochs."""
+    return _download(remote_choice(uri, which), Path(tempfile.mkdtemp(prefix="sofnet-ckpt-")) / "checkpoint")
+
+
+def _download(chosen: str, local: Path) -> Path:
     try:
         storage.download_dir(chosen, local)
     except (OSError, ValueError) as e:
@@ -292,7 +294,7 @@ def local_copy(path: str | Path, which: str = "best") -> Iterator[Tuple[Path, st
         return
     chosen = remote_choice(str(path), which)
     with tempfile.TemporaryDirectory(prefix="sofnet-ckpt-") as tmp:
-        local = fetch_remote(chosen, dest=Path(tmp) / "checkpoint")
+        local = _download(chosen, Path(tmp) / "checkpoint")
         try:
             yield local, chosen
         except CheckpointError as e:  # name the object, not the temporary copy that is gone after this line

@@ -138,10 +138,7 @@ def upload_dir(local: PathLike, uri: str, last: str = "") -> None:
     src = Path(local)
     files = sorted(p for p in src.rglob("*") if p.is_file())
     if last:
-        try:
-            fs.delete_file(f"{root}/{last}")
-        except FileNotFoundError:
-            pass
+        delete(f"{uri.rstrip('/')}/{last}")
     stale = {i.path for i in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
              if i.type == pafs.FileType.File}
     for p in sorted(files, key=lambda p: p.name == last):
