@@ -29,6 +29,8 @@ from typing import BinaryIO
 
 from sofnet import storage
 
+STATE = ".state"  # the resume bookkeeping folder inside an output folder (data_prep.shards documents its files)
+
 
 def sha256_of(handle: BinaryIO) -> str:
     """Hex SHA-256 of what a binary stream holds (read in 1 MiB blocks)."""
@@ -71,7 +73,7 @@ class OutDir:
     def prepare(self) -> None:
         """Create the folder and its ``.state`` (an object store needs nothing made)."""
         if not self.remote:
-            (Path(self.root) / ".state").mkdir(parents=True, exist_ok=True)
+            (Path(self.root) / STATE).mkdir(parents=True, exist_ok=True)
 
     def exists(self, rel: str) -> bool:
         return storage.kind(self.where(rel)) == "file" if self.remote else self.local(rel).is_file()

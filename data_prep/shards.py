@@ -38,11 +38,10 @@ from pathlib import Path
 
 from data_prep.checks import InputError, check_number
 from data_prep.decode import SHORT_POLICIES, SampledVideo, VideoError, decoder_versions, sample_video
-from data_prep.outdir import OutDir, sha256_of
+from data_prep.outdir import STATE, OutDir, sha256_of
 
 log = logging.getLogger(__name__)
 
-STATE = ".state"
 MAX_CRASHES = 2  # a video that kills its worker this many times is left out of its shard
 
 
