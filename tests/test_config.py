@@ -33,6 +33,8 @@ def test_defaults_yaml_then_dotlist(tmp_path):
     ("model:\n  arch: i3d\n", [], "model.arch"),
     ("model:\n  arch: sofnet_tsm\n  shift: bidirectional\n", [], "model.shift"),
     ("model:\n  gate_init: xavier\n", [], "model.gate_init"),
+    ("loss:\n  gate_label: deeper\n", [], "loss.gate_label"),
+    ("", ["loss.gate_margin=1.5"], "loss.gate_margin"),
     ("", ["early_exit.rho=high"], "early_exit.rho"),
     ("", ["trian.seed=1"], "trian"),
     ("model: [1, 2\n", [], "not valid YAML"),

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from helpers import clips, tiny_model
-from sofnet.losses import classification_loss, efficiency_loss, gate_guidance_loss, sofnet_loss
+from sofnet.losses import classification_loss, efficiency_loss, gate_guidance_loss, gate_pseudo_labels, sofnet_loss
 from sofnet.models import SoFOutput
 from sofnet.models.backbone import CostTable
 
@@ -49,6 +49,23 @@ def test_gate_guidance_forwards_where_the_next_head_is_more_confident():
     # gradient descent raises the forward logit exactly where the pseudo-label says forward
     assert (grad_fwd < 0).tolist() == [True, False, True, False, True]
     assert loss.item() == pytest.approx(torch.log(torch.tensor(2.0)).item())
+
+
+def test_gate_label_final_forwards_where_the_final_head_beats_this_one_by_the_margin():
+    # heads 0..4 know nothing (0.125 +- noise) and the final head a little more: the official rule follows the
+    # noise between heads, ``final`` asks whether the rest of the network adds confidence beyond the margin
+    conf = torch.tensor([0.13, 0.12, 0.14, 0.11, 0.125, 0.16]).view(1, 1, 6)
+    assert gate_pseudo_labels(conf, "next").flatten().tolist() == [0, 1, 0, 1, 1]
+    assert gate_pseudo_labels(conf, "final").flatten().tolist() == [1, 1, 1, 1, 1]
+    assert gate_pseudo_labels(conf, "final", 0.03).flatten().tolist() == [0, 1, 0, 1, 1]
+    assert gate_pseudo_labels(conf, "final", 0.05).flatten().tolist() == [0, 0, 0, 0, 0]
+    assert gate_pseudo_labels(conf, "next", 0.02).flatten().tolist() == [0, 0, 0, 0, 1]
+    with pytest.raises(ValueError, match="loss.gate_label"):
+        gate_pseudo_labels(conf, "deeper")
+    out = _output([0.3, 0.6, 0.4, 0.7, 0.5], final_conf=0.65)  # the final head beats heads 0, 2, 4 by > 0.1
+    loss = gate_guidance_loss(out, torch.tensor([0]), label="final", margin=0.1)
+    loss.backward()
+    assert (out.gate_logits.grad[0, 0, :, 1] < 0).tolist() == [True, False, True, False, True]
 
 
 def test_sofnet_loss_terms_and_weights():

@@ -23,8 +23,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sofnet.early_exit import EarlyExit, EarlyExitError
 from sofnet.schema import (  # noqa: F401  (re-exported: the config API lives here)
-    ARCHS, ARNET_EFF, ARNET_PHASES, BACKBONES, BEST_METRICS, EFF_WEIGHTS, ET_MODES, GATE_INITS, GATE_TARGETS,
-    NUM_BLOCKS, PLACEMENT_STRATEGIES, SHIFTS, STAGE_NAMES, Config, DataConfig, EarlyExitConfig, LossConfig,
+    ARCHS, ARNET_EFF, ARNET_PHASES, BACKBONES, BEST_METRICS, EFF_WEIGHTS, ET_MODES, GATE_INITS, GATE_LABELS,
+    GATE_TARGETS, NUM_BLOCKS, PLACEMENT_STRATEGIES, SHIFTS, STAGE_NAMES, Config, DataConfig, EarlyExitConfig, LossConfig,
     MlflowConfig, ModelConfig, OptimConfig, ScalingConfig, StageConfig, TrainConfig,
 )
 
@@ -49,6 +49,7 @@ def validate(cfg: Any, src: str = "<config>") -> None:
     for name in m.get("arnet_backbones", []):
         _choice(name, BACKBONES, "model.arnet_backbones", src)
     _choice(loss.get("gate_target", "logits"), GATE_TARGETS, "loss.gate_target", src)
+    _choice(loss.get("gate_label", "next"), GATE_LABELS, "loss.gate_label", src)
     _choice(loss.get("eff_weights", "marginal"), EFF_WEIGHTS, "loss.eff_weights", src)
     _choice(loss.get("arnet_eff", "official"), ARNET_EFF, "loss.arnet_eff", src)
     checks = [
@@ -75,6 +76,7 @@ def validate(cfg: Any, src: str = "<config>") -> None:
          "sofnet_tsm needs the causal shift: a bidirectional shift reads frames that skipping never computes"),
         (0.0 <= loss.alpha <= 1.0, "loss.alpha", "must be in [0, 1]"),
         (loss.beta is None or 0.0 <= loss.beta <= 1.0, "loss.beta", "must be null or in [0, 1]"),
+        (0.0 <= loss.get("gate_margin", 0.0) < 1.0, "loss.gate_margin", "must be in [0, 1): a softmax confidence gain"),
     ]
     if "data" in cfg and "scaling" in cfg:  # a full config (model_config() validates a model section alone)
         d, s, t = cfg.data, cfg.scaling, cfg.train

@@ -16,6 +16,7 @@ GATE_INITS = ("official", "pytorch")
 ARNET_PHASES = ("warmup", "joint", "finetune")
 ET_MODES = ("reached", "official")
 GATE_TARGETS = ("sample", "logits")  # L_gate on the hard Gumbel sample (official) or on the gate logits
+GATE_LABELS = ("next", "final")  # L_gate's pseudo-label: head k+1 vs head k (official), or the final head vs head k
 ARNET_EFF = ("official", "relative")  # AR-Net's GFLOPs term: raw GFLOPs per frame, or / the largest backbone's
 EFF_WEIGHTS = ("official", "marginal")  # L_eff weights: the official shifted remaining cost, or our marginal cost
 NUM_BLOCKS = 5  # stem, layer1..layer4: the five places SoF-Net may stop a frame
@@ -63,6 +64,10 @@ class LossConfig:
     alpha: float = 0.95  # L = alpha * L_acc + (1 - alpha) * L_eff + L_pg
     beta: Optional[float] = 0.05  # L_pg = beta * L_gate + (1 - beta) * L_aux; null turns L_pg off
     gate_target: str = "logits"  # L_gate on: logits (ours) | sample (official: the hard Gumbel one-hot)
+    # L_gate's pseudo-label for gate k: next (official: forward if head k+1 beats head k on the true class) | final
+    # (ours: forward if the final head beats head k by more than gate_margin)
+    gate_label: str = "next"
+    gate_margin: float = 0.0  # confidence the later head must add before "forward" is the label; official 0
     eff_weights: str = "marginal"  # L_eff: marginal (ours, expected cost) | official (sampled, shifted by a block)
     uniform_weight: float = 3.0  # AR-Net: L = alpha * CE + (1 - alpha) * (E[GFLOPs] + uniform_weight * U)
     arnet_eff: str = "official"  # E[GFLOPs] in raw GFLOPs per frame (official) or relative to the largest backbone

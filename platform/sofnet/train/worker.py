@@ -240,7 +240,8 @@ def _loss_fn(cfg: Any, stage: Stage, model: Any) -> Any:
         return classification_loss
     costs = model.cost_table(cfg.model.input_size, cfg.model.input_size)
     return partial(sofnet_loss, costs=costs, alpha=cfg.loss.alpha, beta=cfg.loss.beta,
-                   gate_target=cfg.loss.gate_target, eff_weights=cfg.loss.eff_weights)
+                   gate_target=cfg.loss.gate_target, gate_label=cfg.loss.gate_label,
+                   gate_margin=cfg.loss.gate_margin, eff_weights=cfg.loss.eff_weights)
 
 
 def _run_stage(cfg: Any, stage: Stage, engine: Any, start_epoch: int, ctx: Any, tracker: Any, runs: Dict[str, str],
