@@ -83,13 +83,9 @@ def main(argv=None) -> int:
                         "replay: jobs/tune_early_exit.py ... cache=DIR")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the results to MLflow (default: a child run "
                    "of the evaluated model's training run)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks and every library's log lines")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides")
-    args = p.parse_args(argv)
-    from sofnet.session import cli_config, one_line_errors
+    from sofnet.session import run_command
 
-    cfg = cli_config(args.config, args.overrides, verbose=args.debug)
-    return one_line_errors(lambda: _evaluate(args, cfg), debug=args.debug)
+    return run_command(p, argv, _evaluate)
 
 
 def _evaluate(args, cfg) -> int:

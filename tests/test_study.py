@@ -134,6 +134,15 @@ def test_a_changed_recipe_under_the_same_name_is_refused(tmp_path: Path) -> None
     other.arnet_overrides = list(other.arnet_overrides) + ["loss.arnet_eff=relative", "mlflow.experiment=elsewhere"]
     with pytest.raises(ConfigError, match=r"loss.arnet_eff: official -> relative"):
         check_recipe(other, arnet_config(other, 1))
+    kept = tmp_path / "runs" / "t" / "t-seed1.recipe.yaml"
+    recipe = kept.read_text()
+    assert "gate_margin" in recipe  # a setting added after a run was trained is absent from its file: its default
+    kept.write_text("\n".join(line for line in recipe.splitlines() if "gate_margin" not in line) + "\n")
+    check_recipe(study, seed_config(study, 1))
+    margin = load_study(path)
+    margin.overrides = list(margin.overrides) + ["loss.gate_margin=0.1"]
+    with pytest.raises(ConfigError, match=r"loss.gate_margin: 0.0 -> 0.1"):
+        check_recipe(margin, seed_config(margin, 1))
     tsn_only = load_study(path, ["methods=[tsn]"])  # stage 2 off leaves stage 1's recipe as it was
     check_recipe(tsn_only, seed_config(tsn_only, 1))
 

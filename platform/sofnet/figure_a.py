@@ -244,15 +244,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--no-et", action="store_true", help="decisions without early exit (default: early_exit.*)")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, ...")
     p.add_argument("--dpi", type=int, default=110, help="PNG resolution")
-    p.add_argument("--debug", action="store_true", help="show tracebacks and every library's log lines")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides")
-    args = p.parse_args(argv)
     from sofnet.clips import DataError
-    from sofnet.session import cli_config, one_line_errors
+    from sofnet.session import run_command
 
-    cfg = cli_config(args.config, args.overrides, verbose=args.debug)
-    return one_line_errors(lambda: _main(args, cfg), debug=args.debug,
-                           errors=(DataError, FigureError, FileNotFoundError))
+    return run_command(p, argv, _main, errors=(DataError, FigureError, FileNotFoundError))
 
 
 def _main(args: argparse.Namespace, cfg: Any) -> int:

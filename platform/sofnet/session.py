@@ -8,10 +8,10 @@ Usage::
     init_ray(cfg)                                         # scaling.ray_address / $RAY_ADDRESS / a new local Ray
 
 Used by ``jobs/train_*.py`` (``sofnet.train.cli``), the sweeps (``sofnet.tune``), ``jobs/evaluate.py``,
-``jobs/results_table.py`` and ``python -m sofnet.figure_a``; their start-up and one-line errors::
+``jobs/results_table.py``, ``jobs/gate_labels.py`` and ``python -m sofnet.figure_a``; their start-up and one-line
+errors (``run_command`` adds ``--debug`` and the ``key=value`` overrides to a parser that has ``--config``)::
 
-    cfg = cli_config(args.config, args.overrides, verbose=args.debug)
-    return one_line_errors(lambda: run(args, cfg), debug=args.debug, errors=(DataError,))
+    return run_command(parser, argv, run, errors=(DataError,))      # run(args, cfg) -> exit status
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -123,3 +123,14 @@ def one_line_errors(body: Callable[[], int], *, debug: bool = False, errors: tup
             raise
         sys.stderr.write(f"error: {e}\n")
         return 2
+
+
+def run_command(parser: Any, argv: Optional[Sequence[str]], body: Callable[[Any, Any], int], *,
+                errors: tuple = ()) -> int:
+    """A config command's shared tail: ``--debug`` and the overrides added to ``parser`` (which has ``--config``),
+    the quiet console and typed config (:func:`cli_config`), then ``body(args, cfg)`` with one-line errors."""
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and every library's log lines")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
+    args = parser.parse_args(argv)
+    cfg = cli_config(args.config, args.overrides, verbose=args.debug)
+    return one_line_errors(lambda: body(args, cfg), debug=args.debug, errors=errors)

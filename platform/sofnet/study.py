@@ -36,7 +36,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from sofnet.config import ConfigError, load_config
+from sofnet.config import Config, ConfigError, load_config
 
 logger = logging.getLogger(__name__)
 
@@ -175,8 +175,12 @@ def check_recipe(study: Any, cfg: Any) -> None:
         path.write_text(OmegaConf.to_yaml(OmegaConf.create(now)))
         return
     before = dict(OmegaConf.to_container(OmegaConf.load(path)))
+    # A setting added since the run was trained is absent from its recipe file; new settings default to what the
+    # code did before them, so an absent key counts as its default (a study from before the key stays reusable).
+    defaults = _flat(OmegaConf.to_container(OmegaConf.structured(Config), resolve=True))
     keys = sorted(set(before) | set(now))
-    diff = [f"{k}: {before.get(k)} -> {now.get(k)}" for k in keys if before.get(k) != now.get(k)]
+    diff = [f"{k}: {before.get(k, defaults.get(k))} -> {now.get(k)}" for k in keys
+            if before.get(k, defaults.get(k)) != now.get(k)]
     if diff:
         more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
         raise ConfigError(f"{path}: {cfg.name} was trained with other settings ({'; '.join(diff[:3])}{more}); its "
