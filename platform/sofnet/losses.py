@@ -112,9 +112,9 @@ def gate_pseudo_labels(conf: torch.Tensor, label: str = "next", margin: float = 
     ``next`` (official): head k+1 beats head k by more than ``margin`` (0 in the official code). ``final`` (ours):
     the final head beats head k by more than ``margin``. Why: where two adjacent shallow heads both know nothing
     (every background frame; an action frame before the block that sees the parts' arrangement) ``next`` is a coin
-    flip of their noise. On the bench task (the study's seed-1 SoF-Net, 128 validation videos) ``next`` says
-    "forward" for 48-69 % of background frames at every gate and ~50 % of action frames at gates 0-1; ``final``
-    with margin 0.05 says it for 13 % and 91 %.
+    flip of their noise. On the bench task (``jobs/gate_labels.py`` on the first study's seed-1 SoF-Net, 256
+    validation videos) ``next`` says "forward" for 49-70 % of background frames at gates 0-3 and 58 % / 49 % of
+    action frames at gates 0 / 1; ``final`` with margin 0.05 says it for 13 % and 91 %.
     """
     if label == "next":
         return (conf[..., 1:] > conf[..., :-1] + margin).long()
