@@ -13,8 +13,8 @@ import torch
 from helpers import clips, tiny_model
 from sofnet import checkpoint
 from sofnet.config import model_config
-from sofnet.gate_labels import label_rates, rate_rows, true_class_confidence
-from sofnet.losses import gate_pseudo_labels
+from sofnet.gate_labels import label_rates, rate_rows
+from sofnet.losses import gate_pseudo_labels, true_class_confidence
 from sofnet.models import build_model
 from sofnet.session import ensure_synthetic_shards
 
@@ -37,7 +37,7 @@ def test_rates_are_the_rule_applied_to_every_frame_split_by_the_annotation() -> 
     assert result["videos"] == 6 and result["frames"] == {"action": 18, "background": 6}
     model.eval()
     with torch.no_grad():
-        conf = torch.cat([true_class_confidence(model, b["frames"], b["label"]) for b in batches])
+        conf = torch.cat([true_class_confidence(model(b["frames"]), b["label"]) for b in batches])
     inside = torch.cat([b["inside"] for b in batches])
     for label, margin in rules:
         forward = gate_pseudo_labels(conf, label, margin).float()

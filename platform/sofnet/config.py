@@ -24,8 +24,8 @@ from omegaconf.errors import OmegaConfBaseException
 from sofnet.early_exit import EarlyExit, EarlyExitError
 from sofnet.schema import (  # noqa: F401  (re-exported: the config API lives here)
     ARCHS, ARNET_EFF, ARNET_PHASES, BACKBONES, BEST_METRICS, EFF_WEIGHTS, ET_MODES, GATE_INITS, GATE_LABELS,
-    GATE_TARGETS, NUM_BLOCKS, PLACEMENT_STRATEGIES, SHIFTS, STAGE_NAMES, Config, DataConfig, EarlyExitConfig, LossConfig,
-    MlflowConfig, ModelConfig, OptimConfig, ScalingConfig, StageConfig, TrainConfig,
+    GATE_TARGETS, NUM_BLOCKS, PLACEMENT_STRATEGIES, SHIFTS, STAGE_NAMES, Config, DataConfig, EarlyExitConfig,
+    LossConfig, MlflowConfig, ModelConfig, OptimConfig, ScalingConfig, StageConfig, TrainConfig,
 )
 
 class ConfigError(ValueError):

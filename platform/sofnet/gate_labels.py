@@ -17,17 +17,9 @@ from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
 import torch
 
-from sofnet.losses import gate_pseudo_labels
+from sofnet.losses import gate_pseudo_labels, true_class_confidence
 
 Rule = Tuple[str, float]  # (loss.gate_label, loss.gate_margin)
-
-
-def true_class_confidence(model: torch.nn.Module, frames: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """[B, T, G + 1] each head's softmax confidence on the true class (auxiliary heads 0..G-1, then the final)."""
-    out = model(frames)
-    heads = torch.cat([out.aux_logits, out.frame_logits.unsqueeze(2)], dim=2).float()
-    idx = label.view(-1, 1, 1, 1).expand(-1, heads.shape[1], heads.shape[2], 1)
-    return torch.softmax(heads, dim=-1).gather(-1, idx).squeeze(-1)
 
 
 @torch.no_grad()
@@ -50,7 +42,7 @@ def label_rates(model: torch.nn.Module, loader: Iterable[Dict[str, Any]], rules:
     confs, insides, videos = [], [], 0
     try:
         for batch in loader:
-            confs.append(true_class_confidence(model, batch["frames"].to(dtype), batch["label"].long()))
+            confs.append(true_class_confidence(model(batch["frames"].to(dtype)), batch["label"].long()))
             insides.append(batch["inside"].bool())
             videos += len(batch["label"])
             if max_videos and videos >= max_videos:

@@ -106,6 +106,14 @@ def official_efficiency_loss(gate_sample: torch.Tensor, costs: CostTable) -> tor
     return (r.mean(dim=(0, 1)) * w).sum() / costs.dense()
 
 
+def true_class_confidence(out: SoFOutput, target: torch.Tensor) -> torch.Tensor:
+    """[B, T, G + 1] each head's softmax confidence on the true class ``target`` [B]: the auxiliary heads after
+    blocks 0..G-1, then the final classifier (the dense path's outputs)."""
+    heads = torch.cat([out.aux_logits, out.frame_logits.unsqueeze(2)], dim=2).float()  # [B, T, G + 1, K]
+    idx = target.view(-1, 1, 1, 1).expand(-1, heads.shape[1], heads.shape[2], 1)
+    return torch.softmax(heads, dim=-1).gather(-1, idx).squeeze(-1)
+
+
 def gate_pseudo_labels(conf: torch.Tensor, label: str = "next", margin: float = 0.0) -> torch.Tensor:
     """[B, T, G] 1 = forward, 0 = stop, from each head's confidence on the true class ``conf`` [B, T, G + 1].
 
@@ -130,10 +138,7 @@ def gate_guidance_loss(out: SoFOutput, target: torch.Tensor, gate_target: str = 
     ``gate_target``: ``logits`` (ours) or ``sample`` (official: the hard one-hot sample, ``out.gate_sample``);
     ``label``, ``margin``: see :func:`gate_pseudo_labels` (``next``, 0: the official rule).
     """
-    heads = torch.cat([out.aux_logits, out.frame_logits.unsqueeze(2)], dim=2).float()  # [B, T, G + 1, K]
-    idx = target.view(-1, 1, 1, 1).expand(-1, heads.shape[1], heads.shape[2], 1)
-    conf = torch.softmax(heads, dim=-1).gather(-1, idx).squeeze(-1).detach()  # [B, T, G + 1]
-    pseudo = gate_pseudo_labels(conf, label, margin)  # [B, T, G]
+    pseudo = gate_pseudo_labels(true_class_confidence(out, target).detach(), label, margin)  # [B, T, G]
     if gate_target == "logits":
         inputs = out.gate_logits.float()
     elif gate_target == "sample":
