@@ -176,6 +176,12 @@ def test_submit_smoke_job_succeeds_and_is_tracked(head: str, shards: Path, tmp_p
     assert ev.returncode == 0, ev.stderr[-3000:]
     report = json.loads((out / "metrics.json").read_text())
     assert report["early_exit"]["rho"] == 0.9 and 0.0 <= report["metrics"]["val/et/mAP"] <= 1.0
+    # The best epoch's validation during training scored the model the evaluator loads: with 2 ranks that needs the
+    # ranks' BatchNorm statistics made one (DeepSpeed never syncs buffers; each rank validated half the videos)
+    best = json.loads((tmp_path / "runs/smoke/best/stage2/meta.json").read_text())["best"]
+    during = {m.step: m.value for m in client.get_metric_history(by_stage["stage2"].info.run_id, "val/mAP")}
+    assert report["metrics"]["val/mAP"] == pytest.approx(during[best["epoch"] + 1], abs=1e-6), (during, best)
+    assert report["metrics"][best["metric"]] == pytest.approx(best["value"], abs=1e-6)
     submission = json.loads((out / "submission.json").read_text())
     assert submission["version"] == "VERSION 1.3" and len(submission["results"]) == report["metrics"]["val/videos"]
 

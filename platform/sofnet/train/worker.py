@@ -40,7 +40,7 @@ from sofnet.models.arnet import arnet_loss, arnet_warmup_loss
 from sofnet.schema import arch_stages
 from sofnet.train.deepspeed_config import (batch_params, build_engine, lr_at, per_worker_batch, resolve_precision,
                                            set_lr)
-from sofnet.train.loop import seed_everything, train_one_epoch
+from sofnet.train.loop import average_bn_statistics, seed_everything, train_one_epoch
 
 logger = logging.getLogger("sofnet.train")
 
@@ -262,6 +262,7 @@ def _run_stage(cfg: Any, stage: Stage, engine: Any, start_epoch: int, ctx: Any, 
                                   stage=stage.name, device=device, dtype=dtype, log_every=cfg.train.log_every,
                                   is_logger=ctx.rank == 0, world_size=ctx.world)
         metrics["train/tau"] = tau
+        average_bn_statistics(model)  # one model from here on: validation, best checkpoint, evaluator agree
         last = epoch + 1 == stage.epochs
         result, improved = None, False
         if last or (epoch + 1) % cfg.train.val_every == 0:
