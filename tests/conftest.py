@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# A job a test runs without naming a tracking URI logs here, not into ./mlflow.db of the checkout (the user's runs)
+# nor to a server the user's shell points at; children inherit it. Removed when the session ends.
+_MLFLOW_DIR = tempfile.mkdtemp(prefix="sofnet-tests-mlflow-")
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_MLFLOW_DIR}/mlflow.db"
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -49,3 +55,9 @@ def no_ray_session_in_the_test_process():
     if threads:
         pytest.fail(f"a test started a Ray session inside the pytest process (threads {threads}); "
                     "run it in a subprocess (see tests/process_helpers.py)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_the_default_tracking_store():
+    yield
+    shutil.rmtree(_MLFLOW_DIR, ignore_errors=True)
