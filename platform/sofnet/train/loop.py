@@ -23,10 +23,16 @@ logger = logging.getLogger(__name__)
 LossFn = Callable[[Any, torch.Tensor], Dict[str, torch.Tensor]]
 
 
+def _several_ranks() -> bool:
+    """A process group with more than one rank is running (what every cross-rank average here needs)."""
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def _dist_mean(values: Dict[str, float], device: torch.device) -> Dict[str, float]:
     """Average a dict of floats over the ranks (identity without a process group)."""
     dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1) or not values:
+    if not _several_ranks() or not values:
         return values
     keys = sorted(values)
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
@@ -113,7 +119,7 @@ def average_bn_statistics(model: torch.nn.Module) -> int:
     ResNet-18). Returns the number of tensors averaged.
     """
     dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if not _several_ranks():
         return 0
     stats = [buf for mod in model.modules() if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm)
              and mod.track_running_stats and mod.running_mean is not None
