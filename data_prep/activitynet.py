@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = prep_parser("python -m data_prep.activitynet", __doc__.split("\n")[0])
     parser.add_argument("--annotations", nargs="+", required=True, help="official JSON and/or split lists")
     parser.add_argument("--classes", default=None, help="classInd.txt / label_map.txt (required for lists)")
-    parser.add_argument("--videos", required=True, help="folder with the video files (any depth)")
+    parser.add_argument("--videos", required=True, help="folder (any depth) or s3:// / gs:// prefix of the video files")
     parser.add_argument("--subsets", nargs="+", default=None,
                         help="subsets to write, each must be in the annotations (default: training validation)")
     parser.add_argument("--subset", default=None, help="subset of the videos of a list (default: from its name)")

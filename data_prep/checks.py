@@ -4,7 +4,7 @@ Usage::
 
     from data_prep.checks import InputError, check_number, check_out_dir, check_videos_dir, read_text
     check_number("--fps", 0.0, low=0.0, low_open=True)   # InputError: --fps: must be > 0, got 0
-    check_videos_dir("videos/")                          # exists, is a folder, can be listed
+    check_videos_dir("videos/")                          # exists, is a folder, can be listed (or s3://: has objects)
     check_out_dir("shards/")                             # a folder can be written there (nothing is left behind)
     text = read_text("classInd.txt")                     # UTF-8, not empty, or InputError naming the file
 
@@ -47,12 +47,23 @@ def check_number(
         raise InputError(f"{flag}: must be <= {high:g}, got {value:g}")
 
 
+def _storage_error(error: storage.StorageError, flag: str) -> InputError:
+    """``--flag=s3://...: problem`` as ``--flag s3://...: problem``, the wording of every other flag here."""
+    return InputError(str(error).replace(f"{flag}=", f"{flag} ", 1))
+
+
 def check_videos_dir(path: str | Path, flag: str = "--videos") -> None:
-    """The videos folder exists, is a folder, and can be listed.
+    """The videos folder exists, is a folder, and can be listed; an object-store prefix has objects (bounded in time).
 
     Raises:
         InputError: ``--videos DIR: ...``.
     """
+    if storage.is_remote(path):
+        try:
+            storage.check_readable(os.fspath(path), key=flag)
+        except storage.StorageError as error:
+            raise _storage_error(error, flag) from None
+        return
     folder = Path(path)
     if not folder.exists():
         raise InputError(f"{flag} {folder}: no such folder")
@@ -76,7 +87,7 @@ def check_out_dir(path: str | Path, flag: str = "--out") -> None:
         try:
             storage.check_writable(os.fspath(path), key=flag)
         except storage.StorageError as error:
-            raise InputError(str(error).replace(f"{flag}=", f"{flag} ", 1)) from None
+            raise _storage_error(error, flag) from None
         return
     target = Path(path)
     existing = target
@@ -101,6 +112,12 @@ def read_text(path: str | Path) -> str:
     Raises:
         InputError: ``<file>: no such file`` / ``not a file`` / ``cannot be read`` / ``not UTF-8 text`` / ``empty``.
     """
+    if storage.is_remote(path):  # a cluster without a shared disk keeps its annotations in the bucket too
+        try:
+            data = storage.fetch_bytes(os.fspath(path))
+        except storage.StorageError as error:
+            raise InputError(str(error)) from None
+        return _text(path, data)
     file = Path(path)
     try:
         data = file.read_bytes()
@@ -110,6 +127,11 @@ def read_text(path: str | Path) -> str:
         raise InputError(f"{file}: is a folder, not a file") from None
     except OSError as error:
         raise InputError(f"{file}: cannot be read ({error.strerror})") from None
+    return _text(file, data)
+
+
+def _text(file: str | Path, data: bytes) -> str:
+    """UTF-8 (a byte-order mark dropped), not empty."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:

@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels", default=None, help="FCVID_Label.txt: the 0/1 label matrix, a row per video")
     parser.add_argument("--annotations", nargs="+", default=None, help="AR-Net lists fcvid_{train,val}_split.txt")
     parser.add_argument("--classes", default=None, help="class names (one a line, or idx,Name): required")
-    parser.add_argument("--videos", required=True, help="folder with the video files (FCVID's category folders)")
+    parser.add_argument("--videos", required=True,
+                        help="folder or s3:// / gs:// prefix of the video files (FCVID's category folders)")
     parser.add_argument("--subsets", nargs="+", default=None, help="subsets to write (default: all in the files)")
     add_prep_args(parser)
     return run_command(parser, argv, _load)

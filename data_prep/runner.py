@@ -29,14 +29,14 @@ object store mounted with a FUSE driver (s3fs, gcsfuse, blobfuse); or ``--out`` 
 ``python -m data_prep.activitynet ... --out /mnt/shared/anet-shards --ray-address auto``. Readers on the mount see
 only whole shards (a rename on NFS is atomic; on object-store FUSE it is a copy of the finished file). The
 package must be importable on the workers (install it in the cluster image, or ship it with a ``runtime_env``);
-``--videos`` must be readable from every node too. One run at a time per output folder.
+``--videos`` is a folder every node reads (the same mount), or an object-store prefix (``s3://bucket/anet/videos``:
+each task copies one video at a time to its node, :mod:`data_prep.sources`). One run at a time per output folder.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -62,60 +62,9 @@ from data_prep.shards import (
     video_key,
     write_shard,
 )
+from data_prep.sources import VideoIndex
 
 log = logging.getLogger(__name__)
-
-VIDEO_EXTENSIONS = (  # in order of preference when one id has several files; audio-only last (reported, not lost)
-    ".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".flv", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".vob", ".3gp",
-    ".wmv", ".ogv", ".m4a", ".mka",
-)
-
-
-class VideoIndex:
-    """Every video file under a folder, found by relative path or by name, with or without ``v_``."""
-
-    def __init__(self, root: str | Path) -> None:
-        """Walk ``root`` once (any depth; files with a common container extension, any case)."""
-        self.root = Path(root)
-        self.by_rel: dict[str, str] = {}
-        self.by_stem: dict[str, list[str]] = {}
-        rank = {ext: i for i, ext in enumerate(VIDEO_EXTENSIONS)}
-        found = []
-        for folder, _, files in os.walk(self.root):
-            for name in files:
-                ext = os.path.splitext(name)[1].lower()
-                if ext in rank:
-                    found.append((rank[ext], os.path.join(folder, name)))
-        for _, path in sorted(found):  # preferred extension first: mp4 wins over mkv for the same name
-            rel = os.path.relpath(path, self.root)
-            self.by_rel.setdefault(os.path.splitext(rel)[0].replace(os.sep, "/"), path)
-            self.by_stem.setdefault(os.path.splitext(os.path.basename(path))[0], []).append(path)
-
-    def find(self, entry: Entry) -> str | None:
-        """The file of a video: the path its annotation names, else its id (``v_`` added or removed).
-
-        A name with a folder (``train/23701``) matches ``<videos>/train/23701.<ext>`` or a top-level
-        ``<videos>/23701.<ext>``, never a file in another folder; a plain id matches a file at any depth.
-        """
-        if entry.path:
-            direct = Path(entry.path) if Path(entry.path).is_absolute() else self.root / entry.path
-            if direct.is_file():
-                return str(direct)
-        names = [entry.path] if entry.path else []
-        names += [entry.id, f"v_{entry.id}"] + ([entry.id[2:]] if entry.id.startswith("v_") else [])
-        for name in names:
-            stem = os.path.splitext(name)[0] if os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS else name
-            if stem in self.by_rel:
-                return self.by_rel[stem]
-            if "/" in stem:  # a folder is part of the id (train/00313 vs test/00313): at most a flat layout
-                flat = self.by_rel.get(stem.rsplit("/", 1)[1])
-                if flat is not None:
-                    return flat
-                continue
-            candidates = self.by_stem.get(stem, [])
-            if candidates:
-                return candidates[0]  # any depth; the preferred extension first
-        return None
 
 
 def build_jobs(source: LabelSource, index: VideoIndex) -> tuple[list[Job], list[dict[str, str]]]:

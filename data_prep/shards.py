@@ -39,6 +39,8 @@ from pathlib import Path
 from data_prep.checks import InputError, check_number
 from data_prep.decode import SHORT_POLICIES, SampledVideo, VideoError, decoder_versions, sample_video
 from data_prep.outdir import STATE, OutDir, sha256_of
+from data_prep.sources import local_video
+from sofnet.storage import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -279,10 +281,13 @@ def write_shard(
                                              "times")
                         if os.environ.get("DATA_PREP_CRASH_KEY") == job.key:
                             os.kill(os.getpid(), signal.SIGKILL)
-                        video = sample_video(job.path, **params.sampling())
+                        with local_video(job.path, params.decode_timeout) as path:
+                            video = sample_video(path, **params.sampling())
                         record = sample_record(job, video)
                     except VideoError as error:
                         reason = str(error)
+                    except StorageError:  # the bucket, not the video: the shard fails and a rerun writes it
+                        raise
                     except Exception as error:  # noqa: BLE001 - a bug or an FFmpeg surprise must not lose the shard
                         log.exception("unexpected error on %s", job.path)
                         reason = f"unexpected error: {type(error).__name__}: {error}"

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", default=None, help="class names (sports1m_labels.txt); required for lists")
     parser.add_argument("--new-classes", action="store_true",
                         help="CSV labels outside --classes (or all of them, without --classes) become new classes")
-    parser.add_argument("--videos", required=True, help="folder with the video files (any depth)")
+    parser.add_argument("--videos", required=True, help="folder (any depth) or s3:// / gs:// prefix of the video files")
     parser.add_argument("--subset", default=None, help="subset of every video (default: from the list)")
     add_prep_args(parser)
     return run_command(parser, argv, lambda args: load_lists(args.list, args.classes, args.subset, args.new_classes))

@@ -11,7 +11,7 @@ import pytest
 from data_prep.activitynet import load_sources
 from data_prep.labels import Entry, detect_format, load_activitynet_json, read_classes
 from data_prep.lists import load_csv, load_split_list, load_whitespace_list
-from data_prep.runner import VideoIndex
+from data_prep.sources import VideoIndex
 from data_prep_helpers import run_module, shard_metas
 
 

@@ -106,18 +106,29 @@ def bucket(cluster: list, shards: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 def test_data_prep_spreads_over_the_nodes_into_the_bucket(cluster: list, bucket: tuple, tmp_path: Path) -> None:
-    """``python -m data_prep.synthetic ... --shards s3://... --ray-address auto`` as a job on the cluster: shard tasks
-    run on several worker nodes, each uploads its shards and their state to the bucket (no shared output folder),
-    ``report.json`` there says which node wrote which shard and video, and no video is lost or doubled."""
+    """``python -m data_prep.activitynet --annotations s3://... --videos s3://... --out s3://... --ray-address auto``
+    as a job on the cluster, with no file of the dataset on any disk: shard tasks run on several worker nodes, each
+    copies its videos from the bucket one at a time and uploads its shards and their state there, ``report.json``
+    says which node wrote which shard and video, and no video is lost or doubled."""
     import json
+    import shutil
 
+    import pyarrow.fs as pafs
+
+    from data_prep.synthetic import main as synthetic
     from sofnet import storage
 
     runtime, _ = bucket
-    out = "s3://data/prep-spread"
-    done = mn.submit("mn-prep", ["python", "-m", "data_prep.synthetic", "--out", str(tmp_path / "raw"), "--videos",
-                                 "16", "--classes", "3", "--min-duration", "3", "--max-duration", "4", "--shards",
-                                 out, "--shard-size", "2", "--ray-address", "auto", "--no-progress"], runtime=runtime)
+    raw, out = tmp_path / "raw", "s3://data/prep-spread"
+    assert synthetic(["--out", str(raw), "--videos", "16", "--classes", "3", "--min-duration", "3",
+                      "--max-duration", "4", "--no-progress"]) == 0
+    fs, root = pafs.FileSystem.from_uri("s3://data/videos")
+    pafs.copy_files(str(raw / "videos"), root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    storage.write_bytes("s3://data/anet.json", (raw / "activity_net.synthetic.json").read_bytes())
+    shutil.rmtree(raw)  # no node can find a video or the annotations on this disk
+    done = mn.submit("mn-prep", ["python", "-m", "data_prep.activitynet", "--annotations", "s3://data/anet.json",
+                                 "--videos", "s3://data/videos", "--out", out, "--shard-size", "2", "--ray-address",
+                                 "auto", "--no-progress"], runtime=runtime)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     report = json.loads(storage.read_text(f"{out}/report.json"))
     workers = {n.ip for n in cluster if not n.head}

@@ -264,3 +264,66 @@ def test_data_prep_writes_shards_to_s3_and_resumes_there(s3: str, tmp_path: Path
     assert activitynet(common + ["--out", "s3://nobucket/prep"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --out s3://nobucket/prep: cannot write there ("), err
+
+
+def _members(shards: Path) -> dict[str, bytes]:
+    """Every member of every shard, ``<shard>/<name>`` -> bytes, the ``source`` of each record left out."""
+    import json
+    import tarfile
+
+    out = {}
+    for tar_path in sorted(shards.glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            for member in tar.getmembers():
+                data = tar.extractfile(member).read()
+                if member.name.endswith(".json"):
+                    record = json.loads(data)
+                    assert record.pop("source")
+                    data = json.dumps(record, sort_keys=True).encode()
+                out[f"{tar_path.name}/{member.name}"] = data
+    return out
+
+
+def test_data_prep_reads_videos_from_s3(s3: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``--videos s3://...`` and ``--annotations s3://...``: the videos are listed in the bucket and copied one at a time
+    to the task's node, giving the same frames and records as the same files in a folder (only each record's
+    ``source`` differs); a prefix with nothing under it, a missing bucket and a missing annotation object are one
+    line, exit 2; an object gone since the listing is a reported video, not a crash."""
+    import json
+
+    from data_prep.activitynet import main as activitynet
+    from data_prep.decode import VideoError
+    from data_prep.labels import Entry
+    from data_prep.sources import VideoIndex, local_video
+    from data_prep.synthetic import main as synthetic
+    from sofnet import storage
+
+    raw = tmp_path / "raw"
+    assert synthetic(["--out", str(raw), "--videos", "6", "--classes", "3", "--min-duration", "3",
+                      "--max-duration", "4"]) == 0
+    _upload(raw / "videos", "s3://runs/videos")
+    storage.write_bytes("s3://runs/anno/activity_net.synthetic.json", (raw / "activity_net.synthetic.json").read_bytes())
+    common = ["--short-side", "96", "--shard-size", "2", "--no-ray", "--no-progress"]
+    assert activitynet(common + ["--annotations", str(raw / "activity_net.synthetic.json"), "--videos",
+                                 str(raw / "videos"), "--out", str(tmp_path / "disk")]) == 0
+    common += ["--annotations", "s3://runs/anno/activity_net.synthetic.json"]
+    assert activitynet(common + ["--videos", "s3://runs/videos", "--out", str(tmp_path / "bucket")]) == 0
+    capsys.readouterr()
+    disk, bucket = _members(tmp_path / "disk"), _members(tmp_path / "bucket")
+    assert disk == bucket and sum(k.endswith(".json") for k in disk) == 6
+    report = json.loads((tmp_path / "bucket" / "report.json").read_text())
+    assert report["counts"]["written"] == 6 and report["counts"]["skipped"] == 0
+    for bad, why in (("s3://runs/none", "no objects there"), ("s3://nobucket/videos", "")):
+        assert activitynet(common + ["--videos", bad, "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: --videos {bad}: ") and why in err[0], err
+    common[-1] = "s3://runs/anno/missing.json"
+    assert activitynet(common + ["--videos", "s3://runs/videos", "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.strip() == "error: s3://runs/anno/missing.json: no such object"
+    assert not (tmp_path / "x").exists()
+    index = VideoIndex("s3://runs/videos")
+    first = sorted(index.files)[0]
+    assert index.find(Entry(id=first.rsplit("/", 1)[1].split(".")[0], subset="training")) == first
+    with pytest.raises(VideoError, match="no such object"):
+        with local_video("s3://runs/videos/gone.mp4"):
+            pass

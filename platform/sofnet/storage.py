@@ -11,6 +11,9 @@ credentials and endpoint: the standard variables (``AWS_ACCESS_KEY_ID``, ``AWS_S
     storage.upload_dir("/tmp/best", storage.join(run, "best", "stage1"), last="SEAL.rank0.json")
     storage.download_dir(storage.join(run, "best", "stage1"), "/tmp/copy")
     storage.check_writable("s3://bucket/runs", key="train.output_dir")   # StorageError: one line, bounded in time
+    storage.check_readable("s3://bucket/videos", key="--videos")          # a prefix with objects, bounded in time
+    storage.list_files("s3://bucket/videos")                              # ['a.mp4', 'train/b.mkv'], any depth
+    storage.download_file("s3://bucket/videos/a.mp4", "/tmp/a.mp4", timeout_s=600)
 
 Object stores have no directory rename: :func:`upload_dir` replaces a prefix object by object and writes ``last``
 (a checkpoint's seal) after every other file, after deleting the old one first, so a reader never sees a seal that
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any, List, Tuple, Union
@@ -80,6 +84,25 @@ def read_text(uri: str) -> str:
         return f.read().decode("utf-8")
 
 
+def fetch_bytes(uri: str, timeout_s: float = 30) -> bytes:
+    """One small object (an annotation file), read within ``timeout_s``.
+
+    Raises:
+        StorageError: ``<uri>: no such object`` / ``cannot read there (...)`` / ``no answer within ...``.
+    """
+    def read() -> bytes | None:
+        try:
+            with open_input(uri) as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    data = _bounded(read, "", uri, "cannot read there", timeout_s)
+    if data is None:
+        raise StorageError(f"{uri}: no such object")
+    return data
+
+
 def list_names(uri: str, directories: bool = False) -> List[str]:
     """Base names of the objects (or, with ``directories``, the sub-prefixes) directly under ``uri``; [] if none."""
     import pyarrow.fs as pafs
@@ -88,6 +111,32 @@ def list_names(uri: str, directories: bool = False) -> List[str]:
     want = pafs.FileType.Directory if directories else pafs.FileType.File
     return sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
                   if i.type == want)
+
+
+def list_files(uri: str) -> List[str]:
+    """Paths, relative to ``uri`` and with ``/``, of every object under it at any depth, sorted; [] if none."""
+    import pyarrow.fs as pafs
+
+    fs, root = filesystem(uri)
+    root = root.rstrip("/")
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    return sorted(i.path[len(root):].lstrip("/") for i in infos if i.type == pafs.FileType.File)
+
+
+def download_file(uri: str, local: PathLike, timeout_s: float | None = None) -> None:
+    """Copy one object to the local file ``local``, streamed in 4 MiB blocks.
+
+    Raises:
+        FileNotFoundError: No such object.
+        TimeoutError: The copy took over ``timeout_s`` (checked between blocks; one stalled block is bounded by the
+            client's own request timeout).
+    """
+    end = None if timeout_s is None else time.monotonic() + timeout_s
+    with open_input(uri) as src, open(local, "wb") as out:
+        while chunk := src.read(1 << 22):
+            out.write(chunk)
+            if end is not None and time.monotonic() > end:
+                raise TimeoutError(f"{uri}: not downloaded within {timeout_s:g} s")
 
 
 def write_bytes(uri: str, data: bytes) -> None:
@@ -149,9 +198,24 @@ def upload_dir(local: PathLike, uri: str, last: str = "") -> None:
         fs.delete_file(path)
 
 
+def _bounded(call: Any, key: str, uri: str, what: str, timeout_s: float) -> Any:
+    """``call()`` within ``timeout_s`` (an unreachable endpoint would otherwise retry for minutes); its failure as
+    :class:`StorageError` ``<key>=<uri>: <what> (<why>)`` (``<uri>: ...`` without a key)."""
+    where = f"{key}={uri}" if key else uri
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        return pool.submit(call).result(timeout=timeout_s)
+    except concurrent.futures.TimeoutError:
+        raise StorageError(f"{where}: no answer within {timeout_s:.0f} s (endpoint AWS_ENDPOINT_URL="
+                           f"{os.environ.get('AWS_ENDPOINT_URL', 'unset')})") from None
+    except (OSError, ValueError) as e:
+        raise StorageError(f"{where}: {what} ({' '.join(str(e).split())[:200]})") from None
+    finally:
+        pool.shutdown(wait=False)
+
+
 def check_writable(uri: str, key: str, timeout_s: float = 30) -> None:
-    """Write and delete one small object under ``uri``, within ``timeout_s`` (an unreachable endpoint would otherwise
-    retry for minutes).
+    """Write and delete one small object under ``uri``, within ``timeout_s``.
 
     Raises:
         StorageError: ``<key>=<uri>: cannot write there (...)``: no such bucket, no credentials, unreachable.
@@ -164,13 +228,18 @@ def check_writable(uri: str, key: str, timeout_s: float = 30) -> None:
             out.write(b"ok")
         fs.delete_file(path)
 
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    try:
-        pool.submit(attempt).result(timeout=timeout_s)
-    except concurrent.futures.TimeoutError:
-        raise StorageError(f"{key}={uri}: no answer within {timeout_s:.0f} s (endpoint AWS_ENDPOINT_URL="
-                           f"{os.environ.get('AWS_ENDPOINT_URL', 'unset')})") from None
-    except (OSError, ValueError) as e:
-        raise StorageError(f"{key}={uri}: cannot write there ({' '.join(str(e).split())[:200]})") from None
-    finally:
-        pool.shutdown(wait=False)
+    _bounded(attempt, key, uri, "cannot write there", timeout_s)
+
+
+def check_readable(uri: str, key: str, timeout_s: float = 30) -> None:
+    """``uri`` is a prefix with objects under it, and can be listed within ``timeout_s``.
+
+    Raises:
+        StorageError: ``<key>=<uri>: cannot read there (...)`` / ``no objects there`` / ``is one object, not a
+            prefix``.
+    """
+    found = _bounded(lambda: kind(uri), key, uri, "cannot read there", timeout_s)
+    if found == "missing":
+        raise StorageError(f"{key}={uri}: no objects there (no such bucket or prefix)")
+    if found == "file":
+        raise StorageError(f"{key}={uri}: is one object, not a prefix")
