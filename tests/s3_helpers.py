@@ -21,15 +21,11 @@ from typing import Dict, Iterator, Mapping, Sequence
 
 from process_helpers import stop_process_group
 
+from sofnet.session import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def _wait_port(host: str, port: int, proc: subprocess.Popen, log: Path, tries: int = 150) -> None:

@@ -8,7 +8,6 @@ hold the mean of the two, bit for bit the same, and weights and non-BN buffers a
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import torch
@@ -17,6 +16,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from sofnet.train.loop import average_bn_statistics
+from sofnet.session import free_port
 
 
 def _net() -> nn.Module:
@@ -43,14 +43,8 @@ def _worker(rank: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_ranks_end_with_the_mean_of_their_statistics(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     stats = [k for k in r0["after"] if k.endswith(("running_mean", "running_var"))]
     assert len(stats) == 4

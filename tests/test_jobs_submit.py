@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,21 +20,13 @@ from pathlib import Path
 import pytest
 from process_helpers import stop_process_group
 
+from sofnet.session import free_ports
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 EXPERIMENT = "sofnet-demo"
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _env() -> dict:
@@ -46,7 +37,7 @@ def _env() -> dict:
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory: pytest.TempPathFactory):
-    gcs, dash, agent, grpc, metrics, rt_env = _free_ports(6)
+    gcs, dash, agent, grpc, metrics, rt_env = free_ports(6)
     log = open(tmp_path_factory.mktemp("head") / "head.log", "w")
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--port", str(gcs), "--node-ip-address", "127.0.0.1",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,21 +17,16 @@ from process_helpers import stop_process_group
 
 from sofnet.config import load_config
 from sofnet.models import build_model
+from sofnet.session import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "sofnet-server-test"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("mlflow_server")
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, MLFLOW_BIN=str(Path(sys.executable).parent / "mlflow"))
     log = open(root / "server.log", "w")
     proc = subprocess.Popen([str(REPO / "infra" / "mlflow_server.sh"), "--port", str(port), "--dir", str(root)],
@@ -127,7 +121,7 @@ def _walk(client, uri: str) -> list[str]:
 
 @pytest.mark.slow
 def test_unreachable_server_is_a_clear_error_before_training(tmp_path: Path) -> None:
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     start = time.monotonic()
     done = subprocess.run([sys.executable, "jobs/train_anet.py", "--config", "jobs/configs/demo.yaml",
                            f"mlflow.tracking_uri=http://127.0.0.1:{port}", f"train.output_dir={tmp_path}"],

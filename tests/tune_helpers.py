@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from process_helpers import stop_process_group
 from sofnet import checkpoint as checkpoints  # not `checkpoint`: the helper below has that name
 from sofnet.config import load_config
 from sofnet.data import make_eval_loader
+from sofnet.session import free_port
 from sofnet.train.cli import ensure_synthetic_shards
 from sofnet.train.pyfunc import write_artifacts
 
@@ -49,16 +49,10 @@ def checkpoint(shard_dir: Path, out: Path, arch: str = "sofnet") -> Path:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def ray_head(temp_dir: Path, cpus: int = 2) -> Iterator[Dict[str, str]]:
     """A Ray head of our own (``ray start --block``, its own temp dir: no other session's ``ray.init()`` finds it);
     yields the environment for job subprocesses and stops its process group afterwards."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1"}
     log = open(temp_dir.with_suffix(".log"), "w")
     proc = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", f"--port={port}",

@@ -81,18 +81,30 @@ def init_ray(cfg: Any) -> None:
     runtime_env = {"env_vars": {"RAY_ADDRESS": address}} if plain_address else None
     extra = {}
     if address == "local":  # its state API on a port chosen here, so that the cleaner is told where (not a stale file)
-        port = _free_port()
+        port = free_port()
         extra = {"dashboard_port": port}
         runtime_env = {"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}
     ray.init(address=address, log_to_driver=True, runtime_env=runtime_env, **extra)
 
 
-def _free_port() -> int:
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct TCP ports free on ``host`` now (all bound at once, so none repeats; another process may still
+    take one before its user binds it)."""
     import socket
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """One TCP port free on ``host`` now (see :func:`free_ports`)."""
+    return free_ports(1, host)[0]
 
 
 def cli_config(path: str, overrides: Sequence[str], verbose: bool = False) -> Any:

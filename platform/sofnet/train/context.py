@@ -17,11 +17,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
 
 from sofnet import checkpoint
+from sofnet.session import free_port
 
 
 class RayContext:
@@ -54,12 +54,6 @@ class RayContext:
                          checkpoint_dir_name=name)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class LocalContext:
     """One rank in this process: checkpoints in ``run_dir``, the newest ``keep`` kept; resumes from the newest."""
 
@@ -72,7 +66,7 @@ class LocalContext:
         import torch.distributed as dist
 
         if not dist.is_initialized():  # DeepSpeed needs a process group; one rank of gloo on loopback
-            os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1",
+            os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1",
                               LOCAL_RANK="0")
             import deepspeed
 
