@@ -18,7 +18,7 @@ DEFAULT_RULES = ["next:0", "final:0", "final:0.05", "final:0.1"]
 
 def _rules(specs):
     from sofnet.preflight import PreflightError
-    from sofnet.schema import GATE_LABELS
+    from sofnet.schema import GATE_LABELS, GATE_MARGIN_RANGE, gate_margin_ok
 
     rules = []
     for spec in specs:
@@ -27,9 +27,9 @@ def _rules(specs):
             value = float(margin or 0)
         except ValueError:
             value = -1.0
-        if label not in GATE_LABELS or not 0 <= value < 1:
+        if label not in GATE_LABELS or not gate_margin_ok(value):
             raise PreflightError(f"--rule {spec}: expected LABEL:MARGIN, LABEL one of {' | '.join(GATE_LABELS)}, "
-                                 "MARGIN in [0, 1)")
+                                 f"MARGIN {GATE_MARGIN_RANGE}")
         rules.append((label, value))
     return rules
 

@@ -24,8 +24,9 @@ from omegaconf.errors import OmegaConfBaseException
 from sofnet.early_exit import EarlyExit, EarlyExitError
 from sofnet.schema import (  # noqa: F401  (re-exported: the config API lives here)
     ARCHS, ARNET_EFF, ARNET_PHASES, BACKBONES, BEST_METRICS, EFF_WEIGHTS, ET_MODES, GATE_INITS, GATE_LABELS,
-    GATE_TARGETS, NUM_BLOCKS, PLACEMENT_STRATEGIES, SHIFTS, STAGE_NAMES, Config, DataConfig, EarlyExitConfig,
-    LossConfig, MlflowConfig, ModelConfig, OptimConfig, ScalingConfig, StageConfig, TrainConfig,
+    GATE_MARGIN_RANGE, GATE_TARGETS, NUM_BLOCKS, PLACEMENT_STRATEGIES, SHIFTS, STAGE_NAMES, Config, DataConfig,
+    EarlyExitConfig, LossConfig, MlflowConfig, ModelConfig, OptimConfig, ScalingConfig, StageConfig, TrainConfig,
+    gate_margin_ok,
 )
 
 class ConfigError(ValueError):
@@ -76,7 +77,7 @@ def validate(cfg: Any, src: str = "<config>") -> None:
          "sofnet_tsm needs the causal shift: a bidirectional shift reads frames that skipping never computes"),
         (0.0 <= loss.alpha <= 1.0, "loss.alpha", "must be in [0, 1]"),
         (loss.beta is None or 0.0 <= loss.beta <= 1.0, "loss.beta", "must be null or in [0, 1]"),
-        (0.0 <= loss.get("gate_margin", 0.0) < 1.0, "loss.gate_margin", "must be in [0, 1): a softmax confidence gain"),
+        (gate_margin_ok(loss.get("gate_margin", 0.0)), "loss.gate_margin", f"must be {GATE_MARGIN_RANGE}"),
     ]
     if "data" in cfg and "scaling" in cfg:  # a full config (model_config() validates a model section alone)
         d, s, t = cfg.data, cfg.scaling, cfg.train

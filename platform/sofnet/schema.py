@@ -17,11 +17,17 @@ ARNET_PHASES = ("warmup", "joint", "finetune")
 ET_MODES = ("reached", "official")
 GATE_TARGETS = ("sample", "logits")  # L_gate on the hard Gumbel sample (official) or on the gate logits
 GATE_LABELS = ("next", "final")  # L_gate's pseudo-label: head k+1 vs head k (official), or the final head vs head k
+GATE_MARGIN_RANGE = "in [0, 1): a softmax confidence gain"  # loss.gate_margin, and jobs/gate_labels.py's --rule
 ARNET_EFF = ("official", "relative")  # AR-Net's GFLOPs term: raw GFLOPs per frame, or / the largest backbone's
 EFF_WEIGHTS = ("official", "marginal")  # L_eff weights: the official shifted remaining cost, or our marginal cost
 NUM_BLOCKS = 5  # stem, layer1..layer4: the five places SoF-Net may stop a frame
 BEST_METRICS = ("", "val/mAP", "val/mAP_first_label", "val/top1", "val/top5")  # "": val/mAP, Sports-1M val/top1
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray placement groups
+
+
+def gate_margin_ok(value: float) -> bool:
+    """``loss.gate_margin`` is :data:`GATE_MARGIN_RANGE` (one check for the config and ``--rule``)."""
+    return 0.0 <= value < 1.0
 
 
 def arch_stages(arch: str) -> tuple:
