@@ -24,20 +24,29 @@ def main(argv=None) -> int:
     p.add_argument("overrides", nargs="*", help="key=value overrides of the study file (OmegaConf dotlist)")
     args = p.parse_args(argv)
     from sofnet.config import ConfigError
-    from sofnet.console import setup
     from sofnet.session import one_line_errors
-    from sofnet.train.tracking import TrackingError
 
-    setup(verbose=args.verbose)
-    return one_line_errors(lambda: _run(args), errors=(ConfigError, TrackingError))
+    return one_line_errors(lambda: _run(args), errors=(ConfigError,))
 
 
 def _run(args) -> int:
+    from sofnet.config import ConfigError
+    from sofnet.console import setup
+    from sofnet.session import one_line_errors
+    from sofnet.study import load_study
+
+    study = load_study(args.config, args.overrides)  # a bad study file: one line before torch and MLflow load (~3 s)
+    setup(verbose=args.verbose)  # imports MLflow to quiet it
+    from sofnet.train.tracking import TrackingError
+
+    return one_line_errors(lambda: _run_study(study), errors=(ConfigError, TrackingError))
+
+
+def _run_study(study) -> int:
     from sofnet.preflight import check_data
-    from sofnet.study import load_study, run_study, seed_config
+    from sofnet.study import run_study, seed_config
     from sofnet.train.tracking import check_tracking, resolve_tracking_uri
 
-    study = load_study(args.config, args.overrides)
     cfg = seed_config(study, study.seeds[0])
     check_data(cfg)  # shards present, of the right class count: before any Ray or training starts
     check_tracking(resolve_tracking_uri(study.mlflow.tracking_uri or cfg.mlflow.tracking_uri), study.mlflow.experiment)

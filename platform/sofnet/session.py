@@ -130,8 +130,9 @@ def one_line_errors(body: Callable[[], int], *, debug: bool = False, errors: tup
     stderr and exit status 2, a traceback only with ``debug``. Other exceptions propagate (a bug, not an input)."""
     try:
         return body()
-    except input_errors() + tuple(errors) as e:
-        if debug:
+    except Exception as e:
+        # ``errors`` first: input_errors() imports torch (~3 s), which a bad config file need not wait for
+        if debug or not (isinstance(e, tuple(errors)) or isinstance(e, input_errors())):
             raise
         sys.stderr.write(f"error: {e}\n")
         return 2
