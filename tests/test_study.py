@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from sofnet.study import StudyConfig, Targets, criteria, study_table, summarize
+from sofnet.study import StudyConfig
+from sofnet.study_table import Targets, criteria, study_table, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -167,6 +168,9 @@ def test_bad_study_config_is_one_line(tmp_path: Path) -> None:
         in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     proc = _run(tmp_path, path, "methods=[tsn,arnet]", f"arnet_config={REPO / 'jobs/configs/bench_arnet.yaml'}")
     assert proc.returncode == 2 and "data.val_shards=data/bench/shards differs from the base config's" in proc.stderr
+    proc = _run(tmp_path, path, "stage1_from=none")
+    assert proc.returncode == 2 and "stage1_from=none: " in proc.stderr and "has no evaluated stage 1 of seed 1" \
+        in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     proc = _run(tmp_path, path)  # shards missing: refused before Ray starts
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "no-shards" in proc.stderr
 
@@ -214,3 +218,18 @@ def test_study_two_seeds_end_to_end_and_resume(tmp_path: Path) -> None:
     assert saved["records"][0]["reports"]["arnet"]["stage"] == "stage3"
     children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
     assert "AR-Net|seed1" in {c.data.tags["tune_trial_id"] for c in children}
+    # stage1_from: another stage-2 recipe on study t's stage 1 trains stage 2 only; its TSN rows are t's evaluation
+    s1 = OmegaConf.load(path)
+    s1.name, s1.stage1_from, s1.seeds = "t2", "t", [1]
+    s1.overrides = list(s1.overrides) + ["loss.beta=0.9"]
+    OmegaConf.save(s1, tmp_path / "study_s1.yaml")
+    fourth = _run(tmp_path, tmp_path / "study_s1.yaml")
+    assert fourth.returncode == 0, fourth.stderr[-3000:]
+    assert fourth.stderr.count("seed 1: training ") == 1 and "t2-seed1" in fourth.stderr
+    assert not list((tmp_path / "runs/t2/t2-seed1").glob("checkpoint-stage1*")) and \
+        list((tmp_path / "runs/t2/t2-seed1").glob("checkpoint-stage2*"))
+    source = json.loads((tmp_path / "runs/t/t-seed1-eval/seed.json").read_text())
+    shared = json.loads((tmp_path / "runs/t2/study.json").read_text())["records"][0]
+    assert shared["reports"]["stage1"] == source["reports"]["stage1"] and shared["grids"]["stage1"] == \
+        source["grids"]["stage1"] and shared["stage1_run"].endswith("t/t-seed1")
+    assert "stage2" in shared["reports"] and "stage 1 from study t" in (tmp_path / "runs/t2/study_table.md").read_text()

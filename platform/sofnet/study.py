@@ -19,6 +19,10 @@ equals a full evaluation, as its tests prove), for TSN and SoF-Net alike. A seed
 retrained nor re-evaluated (resumable; a method added later trains and evaluates only that method); a seed whose
 training stopped part-way resumes from its last checkpoint.
 
+``stage1_from: <study>`` compares stage-2 recipes without retraining stage 1: each seed's stage 2 starts from that
+study's stage-1 best epoch of the same seed (same output folder), and the TSN rows and grid are that study's
+evaluation of it (same evaluator, same videos: checked), so only the stage-2 settings differ between the two tables.
+
 MLflow: one parent run ``study <name>`` (the table as ``study_table.md``, every number as ``study.json``) and one
 child run per (method, seed) with that row's metrics and the training run's id as a tag. Seeds train one after
 another: a job's two workers take both cores of a 2-core machine (on a bigger cluster, raise ``scaling.num_workers``).
@@ -33,39 +37,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from sofnet.config import Config, ConfigError, load_config
+from sofnet.study_table import METHODS, ROWS, Targets, row_metrics, study_table, summarize
 
 logger = logging.getLogger(__name__)
-
-METHODS = ("tsn", "sofnet", "arnet")  # what a study compares (``methods``)
-# The rows of Table A/B: (row, method, report, metric prefix); a report is a stage of the base job, or "arnet" (the
-# final stage of the seed's AR-Net job).
-ROWS = (("TSN", "tsn", "stage1", "val/"), ("TSN + ET", "tsn", "stage1", "val/et/"),
-        ("SoF-Net", "sofnet", "stage2", "val/"), ("SoF-Net + ET", "sofnet", "stage2", "val/et/"),
-        ("AR-Net", "arnet", "arnet", "val/"))
-COLUMNS = ("mAP", "top1", "top5", "gflops_per_video", "gflops_ratio", "frame_usage", "stop_rate/background/block2",
-           "stop_rate/action/block2")
 
 
 @dataclass
 class EtGrid:
     rho: List[float] = field(default_factory=lambda: [0.9, 0.95, 0.99, 0.999])
     t_min: List[int] = field(default_factory=lambda: [1, 2, 3, 4])
-
-
-@dataclass
-class Targets:
-    """What "the recipe holds" means (issue "results that hold"); checked on the means over seeds."""
-    map_drop: float = 1.0  # SoF-Net's mAP at least TSN's minus this many points
-    ratio_no_et: float = 0.70  # SoF-Net without early exit: at most this share of TSN's GFLOPs
-    ratio_et: float = 0.50  # ... with early exit
-    gates_over_et: float = 1.3  # the cheapest TSN + ET grid point within map_drop of TSN: >= this x SoF-Net + ET
-    background_over_action: float = 3.0  # share of background frames stopped by layer2 / share of action frames
-    std_map: float = 2.0  # seed std of mAP, points
-    std_ratio: float = 5.0  # seed std of the GFLOPs ratio, points
 
 
 @dataclass
@@ -84,6 +67,7 @@ class StudyConfig:
     arnet_config: str = "jobs/configs/bench_arnet.yaml"  # AR-Net's three-stage job, when methods has arnet
     arnet_overrides: List[str] = field(default_factory=list)
     seeds: List[int] = field(default_factory=lambda: [1, 2, 3])
+    stage1_from: str = ""  # another study's name (same output_dir): its seeds' stage 1 is this study's (see above)
     output_dir: str = "runs/study"  # <output_dir>/<name>/: the seeds' runs, evaluations and the table
     mlflow: StudyMlflow = field(default_factory=StudyMlflow)
     et_grid: EtGrid = field(default_factory=EtGrid)
@@ -114,6 +98,8 @@ def load_study(path: str | Path, dotlist: Sequence[str] = ()) -> DictConfig:
         raise ConfigError(f"{path}: methods must be distinct values of {list(METHODS)} and include tsn (every GFLOPs "
                           f"ratio is against the seed's TSN); got {list(study.methods)}")
     base = seed_config(study, study.seeds[0])  # the base config and the overrides, checked before anything runs
+    if study.stage1_from:
+        _check_stage1_source(study, path, base)
     if "arnet" in study.methods:
         arnet = arnet_config(study, study.seeds[0])
         if arnet.model.arch != "arnet":
@@ -131,8 +117,39 @@ def load_study(path: str | Path, dotlist: Sequence[str] = ()) -> DictConfig:
 def seed_config(study: Any, seed: int) -> DictConfig:
     """The training config of one seed: the base, the study's overrides, its name, seed and output folder."""
     only_tsn = [] if "sofnet" in study.methods else ["train.stage2.enabled=false"]
-    return load_config(study.base_config, list(study.overrides) + only_tsn + [
+    shared = []
+    if study.stage1_from:
+        shared = ["train.stage1.enabled=false", f"train.stage2.init_from={_stage1_run(study, seed) / 'best/stage1'}"]
+    return load_config(study.base_config, list(study.overrides) + only_tsn + shared + [
         f"name={study.name}-seed{seed}", f"train.seed={seed}", f"train.output_dir={study_dir(study)}"])
+
+
+def _stage1_run(study: Any, seed: int) -> Path:
+    """The run directory of ``stage1_from``'s seed ``seed``."""
+    return Path(study.output_dir) / study.stage1_from / f"{study.stage1_from}-seed{seed}"
+
+
+def _stage1_record(study: Any, seed: int) -> Path:
+    return Path(study.output_dir) / study.stage1_from / f"{study.stage1_from}-seed{seed}-eval" / "seed.json"
+
+
+def _check_stage1_source(study: Any, path: str | Path, base: Any) -> None:
+    """``stage1_from``: SoF-Net is studied, the source is another study that evaluated every seed's stage 1 on the
+    same validation shards."""
+    if "sofnet" not in study.methods or study.stage1_from == study.name:
+        raise ConfigError(f"{path}: stage1_from={study.stage1_from} needs methods with sofnet and another study's name")
+    for seed in study.seeds:
+        source = _stage1_record(study, seed)
+        if not source.is_file() or "stage1" not in json.loads(source.read_text()).get("reports", {}):
+            raise ConfigError(f"{path}: stage1_from={study.stage1_from}: {source} has no evaluated stage 1 of seed "
+                              f"{seed}; run that study for this seed first")
+        recipe = Path(study.output_dir) / study.stage1_from / f"{study.stage1_from}-seed{seed}.recipe.yaml"
+        shards = dict(OmegaConf.to_container(OmegaConf.load(recipe))).get("data.val_shards") if recipe.is_file() \
+            else None
+        if shards != base.data.val_shards:
+            raise ConfigError(f"{path}: stage1_from={study.stage1_from}: its seed {seed} was scored on "
+                              f"data.val_shards={shards}, not {base.data.val_shards}: every row must be scored on "
+                              "the same videos")
 
 
 def arnet_config(study: Any, seed: int) -> DictConfig:
@@ -211,6 +228,11 @@ def evaluate_seed(study: Any, seed: int, record: Optional[Mapping[str, Any]] = N
         cfg = seed_config(study, seed)
         run, stages = run_dir(cfg), enabled_stages(cfg)
         record["run"] = str(run)
+        if study.stage1_from:  # the source study's evaluation of the stage 1 this run started from
+            source = json.loads(_stage1_record(study, seed).read_text())
+            record["reports"]["stage1"] = source["reports"]["stage1"]
+            record["grids"]["stage1"] = source["grids"]["stage1"]
+            record["stage1_run"] = str(_stage1_run(study, seed))
         for _, r in evaluate_run(cfg, run, out, stages=stages):
             record["reports"][r["stage"]] = {"metrics": r["metrics"], "runs": r["runs"], "stage": r["stage"]}
         for stage in stages:
@@ -228,115 +250,6 @@ def evaluate_seed(study: Any, seed: int, record: Optional[Mapping[str, Any]] = N
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(_seed_eval(study, seed))
     return record
-
-
-def row_metrics(record: Mapping[str, Any], methods: Sequence[str] = METHODS) -> Dict[str, Dict[str, float]]:
-    """One seed's Table A/B rows of ``methods``: ``{row: {column: value}}`` (GFLOPs ratio against the seed's TSN)."""
-    base = record["reports"]["stage1"]["metrics"]["val/gflops_per_video"]
-    rows = {}
-    for name, method, report, prefix in ROWS:
-        m = record["reports"].get(report, {}).get("metrics", {})
-        if method not in methods or prefix + "mAP" not in m:
-            continue
-        row = {c: float(m[prefix + c]) for c in COLUMNS if prefix + c in m}
-        row["gflops_ratio"] = row["gflops_per_video"] / base
-        rows[name] = row
-    return rows
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    a = np.asarray(values, dtype=float)
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
-
-
-def summarize(records: Sequence[Mapping[str, Any]], targets: Any,
-              methods: Sequence[str] = ("tsn", "sofnet")) -> Dict[str, Any]:
-    """Mean ± std over seeds of every row and grid point of ``methods``, and the criteria checked on the means."""
-    per_seed = [row_metrics(r, methods) for r in records]
-    rows = {}
-    for name, _, _, _ in ROWS:
-        if all(name in s for s in per_seed):
-            rows[name] = {c: _mean_std([s[name][c] for s in per_seed]) for c in per_seed[0][name]}
-    grids = {}
-    base = [r["reports"]["stage1"]["metrics"]["val/gflops_per_video"] for r in records]  # each seed's own TSN
-    for stage, method, row in (("stage1", "TSN + ET", "tsn"), ("stage2", "SoF-Net + ET", "sofnet")):
-        if row not in methods or not all(stage in r["grids"] for r in records):
-            continue
-        points = []
-        for i, point in enumerate(records[0]["grids"][stage]):
-            points.append({"rho": point["rho"], "t_min": point["t_min"],
-                           "mAP": _mean_std([r["grids"][stage][i]["val/et/mAP"] for r in records]),
-                           "gflops_ratio": _mean_std([r["grids"][stage][i]["val/et/gflops_per_video"] / b
-                                                      for r, b in zip(records, base)])})
-        grids[method] = points
-    return {"seeds": [r["seed"] for r in records], "rows": rows, "grids": grids,
-            "criteria": criteria(rows, grids["TSN + ET"], targets) if "SoF-Net" in rows else []}
-
-
-def criteria(rows: Mapping[str, Any], tsn_grid: Sequence[Mapping[str, Any]], t: Any) -> List[Dict[str, Any]]:
-    """The recipe's targets, each ``{name, value, target, ok}``, on the means over seeds (mAP in points)."""
-    tsn, sof, sof_et = rows["TSN"], rows["SoF-Net"], rows.get("SoF-Net + ET")
-    out = []
-
-    def check(name: str, value: float, target: str, ok: bool) -> None:
-        out.append({"name": name, "value": value, "target": target, "ok": bool(ok)})
-
-    floor = 100 * tsn["mAP"][0] - t.map_drop
-    for label, row, limit in (("SoF-Net", sof, t.ratio_no_et), ("SoF-Net + ET", sof_et, t.ratio_et)):
-        if row is None:
-            continue
-        check(f"{label}: mAP - TSN mAP (points)", 100 * (row["mAP"][0] - tsn["mAP"][0]), f">= -{t.map_drop:g}",
-              100 * row["mAP"][0] >= floor)
-        check(f"{label}: GFLOPs vs TSN (%)", 100 * row["gflops_ratio"][0], f"<= {100 * limit:g}",
-              row["gflops_ratio"][0] <= limit)
-    if sof_et is not None:
-        near = [p for p in tsn_grid if 100 * p["mAP"][0] >= floor]
-        cheapest = min((p["gflops_ratio"][0] for p in near), default=float("nan"))
-        ratio = cheapest / sof_et["gflops_ratio"][0] if near else float("nan")
-        check("cheapest TSN + ET within the mAP floor / SoF-Net + ET (GFLOPs)", ratio, f">= {t.gates_over_et:g}",
-              bool(near) and ratio >= t.gates_over_et)
-    bg, act = sof.get("stop_rate/background/block2"), sof.get("stop_rate/action/block2")
-    if bg is not None and act is not None:
-        ratio = bg[0] / act[0] if act[0] > 0 else float("inf")
-        check("SoF-Net: background / action frames stopped by layer2", ratio, f">= {t.background_over_action:g}",
-              ratio >= t.background_over_action)
-    for label, row in (("SoF-Net", sof), ("SoF-Net + ET", sof_et)):
-        if row is not None:
-            check(f"{label}: seed std of mAP (points)", 100 * row["mAP"][1], f"<= {t.std_map:g}",
-                  100 * row["mAP"][1] <= t.std_map)
-            check(f"{label}: seed std of GFLOPs vs TSN (points)", 100 * row["gflops_ratio"][1], f"<= {t.std_ratio:g}",
-                  100 * row["gflops_ratio"][1] <= t.std_ratio)
-    return out
-
-
-def _pm(value: tuple[float, float], scale: float = 100.0, digits: int = 1) -> str:
-    return f"{scale * value[0]:.{digits}f} ± {scale * value[1]:.{digits}f}"
-
-
-def study_table(summary: Mapping[str, Any], header: str = "") -> str:
-    """Markdown: Table A/B rows (mean ± std), the ET grids of TSN and SoF-Net (Table C), the criteria."""
-    lines = [header, ""] if header else []
-    lines += ["| method | mAP (%) | top-1 (%) | top-5 (%) | GFLOPs/V | GFLOPs vs TSN (%) | frame usage (%) | "
-              "stopped by layer2: background / action (%) |", "|---|---|---|---|---|---|---|---|"]
-    for method, r in summary["rows"].items():
-        stops = "-"
-        if "stop_rate/background/block2" in r:
-            stops = f"{_pm(r['stop_rate/background/block2'])} / {_pm(r['stop_rate/action/block2'])}"
-        top5 = _pm(r["top5"]) if "top5" in r else "-"
-        lines.append(f"| {method} | {_pm(r['mAP'])} | {_pm(r['top1'])} | {top5} | {_pm(r['gflops_per_video'], 1, 3)} | "
-                     f"{_pm(r['gflops_ratio'])} | {_pm(r['frame_usage'])} | {stops} |")
-    for method, points in summary["grids"].items():
-        lines += ["", f"{method} over the early-exit grid (mAP % / GFLOPs vs TSN %, mean ± std):", "",
-                  "| rho \\ T_min | " + " | ".join(str(t) for t in sorted({p['t_min'] for p in points})) + " |",
-                  "|---|" + "---|" * len({p["t_min"] for p in points})]
-        for rho in sorted({p["rho"] for p in points}):
-            cells = [f"{_pm(p['mAP'])} / {_pm(p['gflops_ratio'], digits=0)}" for p in points if p["rho"] == rho]
-            lines.append(f"| {rho:g} | " + " | ".join(cells) + " |")
-    if summary["criteria"]:
-        lines += ["", "| criterion (on the means) | measured | target | |", "|---|---|---|---|"]
-    for c in summary["criteria"]:
-        lines.append(f"| {c['name']} | {c['value']:.2f} | {c['target']} | {'met' if c['ok'] else 'MISSED'} |")
-    return "\n".join(lines)
 
 
 def run_study(study: Any, *, train: Optional[Any] = None) -> Dict[str, Any]:
@@ -379,8 +292,10 @@ def run_study(study: Any, *, train: Optional[Any] = None) -> Dict[str, Any]:
     summary = summarize(records, study.targets, study.methods)
     cfg0 = seed_config(study, study.seeds[0])
     arnet = f", AR-Net {study.arnet_config} {' '.join(study.arnet_overrides)}" if "arnet" in study.methods else ""
+    shared = f", stage 1 from study {study.stage1_from}" if study.stage1_from else ""
+    videos = int(records[0]["reports"]["stage1"]["metrics"]["val/videos"])
     header = (f"study {study.name}: {len(records)} seeds {list(study.seeds)}, base {study.base_config} "
-              f"{' '.join(study.overrides)}{arnet}; {int(records[0]['reports']['stage1']['metrics']['val/videos'])} "
+              f"{' '.join(study.overrides)}{shared}{arnet}; {videos} "
               f"validation videos of {cfg0.data.val_shards}; ET in rows: rho={cfg0.early_exit.rho} "
               f"t_min={cfg0.early_exit.t_min}")
     table = study_table(summary, header)
@@ -403,7 +318,8 @@ def log_study(study: Any, cfg: Any, summary: Mapping[str, Any], records: Sequenc
         for method, row in row_metrics(record, study.methods).items():
             report = record["reports"][report_of[method]]
             stage = report.get("stage", report_of[method])
-            run = record.get("arnet_run", "") if report_of[method] == "arnet" else record["run"]
+            run = {"arnet": record.get("arnet_run", ""), "stage1": record.get("stage1_run", record["run"])}.get(
+                report_of[method], record["run"])
             child = parent.child(f"{method}|seed{record['seed']}", f"{method} seed {record['seed']}",
                                  {"method": method, "seed": record["seed"], "run_dir": run})
             parent.client.set_tag(child, "training_run", report["runs"].get(stage, ""))

@@ -1,0 +1,149 @@
+"""The study's numbers: one seed's Table A/B rows, mean ± std over seeds, the criteria of "a recipe that holds" and
+the markdown table (:mod:`sofnet.study` runs the study; this module only reads its records).
+
+Usage::
+
+    from sofnet.study_table import Targets, study_table, summarize
+    summary = summarize(records, Targets(), methods=["tsn", "sofnet"])   # records: each seed's seed.json
+    print(study_table(summary, "study x: 3 seeds"))                     # rows, Table C grids, criteria met / MISSED
+
+Means and sample standard deviations (ddof 1) are over seeds; every GFLOPs ratio is against the same seed's TSN;
+the criteria are checked on the means.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Sequence
+
+import numpy as np
+
+METHODS = ("tsn", "sofnet", "arnet")  # what a study compares (``methods``)
+# The rows of Table A/B: (row, method, report, metric prefix); a report is a stage of the base job, or "arnet" (the
+# final stage of the seed's AR-Net job).
+ROWS = (("TSN", "tsn", "stage1", "val/"), ("TSN + ET", "tsn", "stage1", "val/et/"),
+        ("SoF-Net", "sofnet", "stage2", "val/"), ("SoF-Net + ET", "sofnet", "stage2", "val/et/"),
+        ("AR-Net", "arnet", "arnet", "val/"))
+COLUMNS = ("mAP", "top1", "top5", "gflops_per_video", "gflops_ratio", "frame_usage", "stop_rate/background/block2",
+           "stop_rate/action/block2")
+
+
+@dataclass
+class Targets:
+    """What "the recipe holds" means (issue "results that hold"); checked on the means over seeds."""
+    map_drop: float = 1.0  # SoF-Net's mAP at least TSN's minus this many points
+    ratio_no_et: float = 0.70  # SoF-Net without early exit: at most this share of TSN's GFLOPs
+    ratio_et: float = 0.50  # ... with early exit
+    gates_over_et: float = 1.3  # the cheapest TSN + ET grid point within map_drop of TSN: >= this x SoF-Net + ET
+    background_over_action: float = 3.0  # share of background frames stopped by layer2 / share of action frames
+    std_map: float = 2.0  # seed std of mAP, points
+    std_ratio: float = 5.0  # seed std of the GFLOPs ratio, points
+
+
+def row_metrics(record: Mapping[str, Any], methods: Sequence[str] = METHODS) -> Dict[str, Dict[str, float]]:
+    """One seed's Table A/B rows of ``methods``: ``{row: {column: value}}`` (GFLOPs ratio against the seed's TSN)."""
+    base = record["reports"]["stage1"]["metrics"]["val/gflops_per_video"]
+    rows = {}
+    for name, method, report, prefix in ROWS:
+        m = record["reports"].get(report, {}).get("metrics", {})
+        if method not in methods or prefix + "mAP" not in m:
+            continue
+        row = {c: float(m[prefix + c]) for c in COLUMNS if prefix + c in m}
+        row["gflops_ratio"] = row["gflops_per_video"] / base
+        rows[name] = row
+    return rows
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def summarize(records: Sequence[Mapping[str, Any]], targets: Any,
+              methods: Sequence[str] = ("tsn", "sofnet")) -> Dict[str, Any]:
+    """Mean ± std over seeds of every row and grid point of ``methods``, and the criteria checked on the means."""
+    per_seed = [row_metrics(r, methods) for r in records]
+    rows = {}
+    for name, _, _, _ in ROWS:
+        if all(name in s for s in per_seed):
+            rows[name] = {c: _mean_std([s[name][c] for s in per_seed]) for c in per_seed[0][name]}
+    grids = {}
+    base = [r["reports"]["stage1"]["metrics"]["val/gflops_per_video"] for r in records]  # each seed's own TSN
+    for stage, method, row in (("stage1", "TSN + ET", "tsn"), ("stage2", "SoF-Net + ET", "sofnet")):
+        if row not in methods or not all(stage in r["grids"] for r in records):
+            continue
+        points = []
+        for i, point in enumerate(records[0]["grids"][stage]):
+            points.append({"rho": point["rho"], "t_min": point["t_min"],
+                           "mAP": _mean_std([r["grids"][stage][i]["val/et/mAP"] for r in records]),
+                           "gflops_ratio": _mean_std([r["grids"][stage][i]["val/et/gflops_per_video"] / b
+                                                      for r, b in zip(records, base)])})
+        grids[method] = points
+    return {"seeds": [r["seed"] for r in records], "rows": rows, "grids": grids,
+            "criteria": criteria(rows, grids["TSN + ET"], targets) if "SoF-Net" in rows else []}
+
+
+def criteria(rows: Mapping[str, Any], tsn_grid: Sequence[Mapping[str, Any]], t: Any) -> List[Dict[str, Any]]:
+    """The recipe's targets, each ``{name, value, target, ok}``, on the means over seeds (mAP in points)."""
+    tsn, sof, sof_et = rows["TSN"], rows["SoF-Net"], rows.get("SoF-Net + ET")
+    out = []
+
+    def check(name: str, value: float, target: str, ok: bool) -> None:
+        out.append({"name": name, "value": value, "target": target, "ok": bool(ok)})
+
+    floor = 100 * tsn["mAP"][0] - t.map_drop
+    for label, row, limit in (("SoF-Net", sof, t.ratio_no_et), ("SoF-Net + ET", sof_et, t.ratio_et)):
+        if row is None:
+            continue
+        check(f"{label}: mAP - TSN mAP (points)", 100 * (row["mAP"][0] - tsn["mAP"][0]), f">= -{t.map_drop:g}",
+              100 * row["mAP"][0] >= floor)
+        check(f"{label}: GFLOPs vs TSN (%)", 100 * row["gflops_ratio"][0], f"<= {100 * limit:g}",
+              row["gflops_ratio"][0] <= limit)
+    if sof_et is not None:
+        near = [p for p in tsn_grid if 100 * p["mAP"][0] >= floor]
+        cheapest = min((p["gflops_ratio"][0] for p in near), default=float("nan"))
+        ratio = cheapest / sof_et["gflops_ratio"][0] if near else float("nan")
+        check("cheapest TSN + ET within the mAP floor / SoF-Net + ET (GFLOPs)", ratio, f">= {t.gates_over_et:g}",
+              bool(near) and ratio >= t.gates_over_et)
+    bg, act = sof.get("stop_rate/background/block2"), sof.get("stop_rate/action/block2")
+    if bg is not None and act is not None:
+        ratio = bg[0] / act[0] if act[0] > 0 else float("inf")
+        check("SoF-Net: background / action frames stopped by layer2", ratio, f">= {t.background_over_action:g}",
+              ratio >= t.background_over_action)
+    for label, row in (("SoF-Net", sof), ("SoF-Net + ET", sof_et)):
+        if row is not None:
+            check(f"{label}: seed std of mAP (points)", 100 * row["mAP"][1], f"<= {t.std_map:g}",
+                  100 * row["mAP"][1] <= t.std_map)
+            check(f"{label}: seed std of GFLOPs vs TSN (points)", 100 * row["gflops_ratio"][1], f"<= {t.std_ratio:g}",
+                  100 * row["gflops_ratio"][1] <= t.std_ratio)
+    return out
+
+
+def _pm(value: tuple[float, float], scale: float = 100.0, digits: int = 1) -> str:
+    return f"{scale * value[0]:.{digits}f} ± {scale * value[1]:.{digits}f}"
+
+
+def study_table(summary: Mapping[str, Any], header: str = "") -> str:
+    """Markdown: Table A/B rows (mean ± std), the ET grids of TSN and SoF-Net (Table C), the criteria."""
+    lines = [header, ""] if header else []
+    lines += ["| method | mAP (%) | top-1 (%) | top-5 (%) | GFLOPs/V | GFLOPs vs TSN (%) | frame usage (%) | "
+              "stopped by layer2: background / action (%) |", "|---|---|---|---|---|---|---|---|"]
+    for method, r in summary["rows"].items():
+        stops = "-"
+        if "stop_rate/background/block2" in r:
+            stops = f"{_pm(r['stop_rate/background/block2'])} / {_pm(r['stop_rate/action/block2'])}"
+        top5 = _pm(r["top5"]) if "top5" in r else "-"
+        lines.append(f"| {method} | {_pm(r['mAP'])} | {_pm(r['top1'])} | {top5} | {_pm(r['gflops_per_video'], 1, 3)} | "
+                     f"{_pm(r['gflops_ratio'])} | {_pm(r['frame_usage'])} | {stops} |")
+    for method, points in summary["grids"].items():
+        lines += ["", f"{method} over the early-exit grid (mAP % / GFLOPs vs TSN %, mean ± std):", "",
+                  "| rho \\ T_min | " + " | ".join(str(t) for t in sorted({p['t_min'] for p in points})) + " |",
+                  "|---|" + "---|" * len({p["t_min"] for p in points})]
+        for rho in sorted({p["rho"] for p in points}):
+            cells = [f"{_pm(p['mAP'])} / {_pm(p['gflops_ratio'], digits=0)}" for p in points if p["rho"] == rho]
+            lines.append(f"| {rho:g} | " + " | ".join(cells) + " |")
+    if summary["criteria"]:
+        lines += ["", "| criterion (on the means) | measured | target | |", "|---|---|---|---|"]
+    for c in summary["criteria"]:
+        lines.append(f"| {c['name']} | {c['value']:.2f} | {c['target']} | {'met' if c['ok'] else 'MISSED'} |")
+    return "\n".join(lines)
