@@ -233,3 +233,7 @@ def test_study_two_seeds_end_to_end_and_resume(tmp_path: Path) -> None:
     assert shared["reports"]["stage1"] == source["reports"]["stage1"] and shared["grids"]["stage1"] == \
         source["grids"]["stage1"] and shared["stage1_run"].endswith("t/t-seed1")
     assert "stage2" in shared["reports"] and "stage 1 from study t" in (tmp_path / "runs/t2/study_table.md").read_text()
+    for bad, why in (("et_grid.rho=[0.5]", "another et_grid"), ("overrides=[early_exit.t_min=1]", "early_exit.t_min=")):
+        refused = _run(tmp_path, tmp_path / "study_s1.yaml", "name=t3", bad)  # TSN's rows were scored otherwise
+        assert refused.returncode == 2 and why in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, \
+            refused.stderr

@@ -133,23 +133,31 @@ def _stage1_record(study: Any, seed: int) -> Path:
     return Path(study.output_dir) / study.stage1_from / f"{study.stage1_from}-seed{seed}-eval" / "seed.json"
 
 
+# What the source study's stage-1 rows depend on besides the weights: they must be this study's too.
+_SCORED_BY = ("data.val_shards", "early_exit.enabled", "early_exit.rho", "early_exit.t_min", "early_exit.mode")
+
+
 def _check_stage1_source(study: Any, path: str | Path, base: Any) -> None:
     """``stage1_from``: SoF-Net is studied, the source is another study that evaluated every seed's stage 1 on the
-    same validation shards."""
+    same validation shards, with the same early-exit settings and grid."""
     if "sofnet" not in study.methods or study.stage1_from == study.name:
         raise ConfigError(f"{path}: stage1_from={study.stage1_from} needs methods with sofnet and another study's name")
+    ours = _flat(OmegaConf.to_container(base, resolve=True))
+    grid = [[float(r), int(t)] for r in study.et_grid.rho for t in study.et_grid.t_min]
     for seed in study.seeds:
         source = _stage1_record(study, seed)
-        if not source.is_file() or "stage1" not in json.loads(source.read_text()).get("reports", {}):
+        record = json.loads(source.read_text()) if source.is_file() else {}
+        if "stage1" not in record.get("reports", {}):
             raise ConfigError(f"{path}: stage1_from={study.stage1_from}: {source} has no evaluated stage 1 of seed "
                               f"{seed}; run that study for this seed first")
         recipe = Path(study.output_dir) / study.stage1_from / f"{study.stage1_from}-seed{seed}.recipe.yaml"
-        shards = dict(OmegaConf.to_container(OmegaConf.load(recipe))).get("data.val_shards") if recipe.is_file() \
-            else None
-        if shards != base.data.val_shards:
-            raise ConfigError(f"{path}: stage1_from={study.stage1_from}: its seed {seed} was scored on "
-                              f"data.val_shards={shards}, not {base.data.val_shards}: every row must be scored on "
-                              "the same videos")
+        theirs = dict(OmegaConf.to_container(OmegaConf.load(recipe))) if recipe.is_file() else {}
+        differ = [f"{k}={theirs.get(k)}, not {ours.get(k)}" for k in _SCORED_BY if theirs.get(k) != ours.get(k)]
+        if [[p["rho"], p["t_min"]] for p in record["grids"].get("stage1", [])] != grid:
+            differ.append("another et_grid")
+        if differ:
+            raise ConfigError(f"{path}: stage1_from={study.stage1_from}: its seed {seed} was scored with "
+                              f"{'; '.join(differ)}: every row must be scored the same way")
 
 
 def arnet_config(study: Any, seed: int) -> DictConfig:
