@@ -58,12 +58,9 @@ def _table(args, cfg) -> int:
     print(text)
     if not args.no_mlflow:
         _log(cfg, rows, text, out)
-    from sofnet.train.tracking import resolve_tracking_uri
+    from sofnet.train.tracking import resolve_tracking_uri, ui_hint
 
-    # MLflow 3.17's UI opens on its GenAI pages unless the URL asks for model training (workflowType)
-    print(f"MLflow UI: {sys.executable.rsplit('/', 1)[0]}/mlflow ui --backend-store-uri "
-          f"{resolve_tracking_uri(cfg.mlflow.tracking_uri)} --port 5000\n"
-          "  then open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning")
+    print(ui_hint(resolve_tracking_uri(cfg.mlflow.tracking_uri)))
     return 0
 
 

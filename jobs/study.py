@@ -47,7 +47,7 @@ def _run(args) -> int:
 def _run_study(study) -> int:
     from sofnet.preflight import check_data
     from sofnet.study import run_study, seed_config
-    from sofnet.train.tracking import check_tracking, resolve_tracking_uri
+    from sofnet.train.tracking import check_tracking, resolve_tracking_uri, ui_hint
 
     cfg = seed_config(study, study.seeds[0])
     check_data(cfg)  # shards present, of the right class count: before any Ray or training starts
@@ -59,6 +59,7 @@ def _run_study(study) -> int:
         return 1
     print(outcome["table"])
     print(f"\nstudy {study.name}: {outcome['seconds'] / 60:.1f} min; MLflow parent run {outcome['run_id']}")
+    print(ui_hint(resolve_tracking_uri(study.mlflow.tracking_uri or cfg.mlflow.tracking_uri)))
     return 0
 
 

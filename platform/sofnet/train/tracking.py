@@ -64,6 +64,17 @@ def resolve_tracking_uri(configured: str = "", cwd: Optional[str] = None) -> str
     return uri
 
 
+def ui_hint(uri: str) -> str:
+    """The two lines a job prints at its end: the command that opens the MLflow UI on ``uri``, and the page to open.
+
+    MLflow 3.17's UI opens on its GenAI pages unless the URL asks for model training (``workflowType``).
+    """
+    import sys
+
+    return (f"MLflow UI: {Path(sys.executable).parent}/mlflow ui --backend-store-uri {uri} --port 5000\n"
+            "  then open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning")
+
+
 def check_tracking(uri: str, experiment: str) -> str:
     """Fail fast: reach the store, create ``experiment`` if missing; returns its id.
 
