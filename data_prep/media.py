@@ -118,6 +118,13 @@ def write_video(
         for index, rgb in enumerate(frames):
             if stream is None:
                 codec_options = dict(options or {})
+                if codec == "libx264":
+                    # x264's macroblock-tree rate control made the bytes depend on what the process had encoded
+                    # before (seen: the same frames encoded 4 different ways in one process; 313 of the benchmark
+                    # task's 768 videos differed between two `make bench-data` runs, and so did the shards and
+                    # every result trained on them). Without it the same frames give the same bytes; costs ~1.5x
+                    # the file size at the same crf.
+                    codec_options.setdefault("mbtree", "0")
                 if gop:
                     codec_options["g"] = str(gop)
                 stream = output.add_stream(codec, rate=fps, options=codec_options)

@@ -81,8 +81,12 @@ def test_segments_vary_and_fit(dataset: Path) -> None:
 
 
 def test_seeded_and_sharded(dataset: Path, tmp_path: Path) -> None:
+    # In the same process, after other encodes: the same bytes (with x264's mbtree on, data_prep.media, they were
+    # not: the encoder's output depended on what the process had encoded before)
     again = generate(tmp_path / "b", seed=3, **KW)
     assert json.loads(again.read_text()) == json.loads(dataset.read_text())
+    videos = sorted((dataset.parent / "videos").iterdir())
+    assert videos and all(v.read_bytes() == (again.parent / "videos" / v.name).read_bytes() for v in videos)
     summary = make_shards(dataset, tmp_path / "shards", use_ray=False)
     assert summary["written"] == 16
 
@@ -93,3 +97,4 @@ def test_cli_refuses_too_many_classes(tmp_path: Path) -> None:
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "error: --classes: the bench task has at most 8 classes, not 9"]
     assert not (tmp_path / "x").exists()
+
