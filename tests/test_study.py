@@ -54,6 +54,16 @@ def test_mean_std_and_criteria() -> None:
     assert "| SoF-Net | 90.5 ± 1.4 |" in table and "MISSED" not in table and table.count("| met |") == 10
 
 
+def test_one_seed_has_no_spread_to_check() -> None:
+    """``make demo`` is a study of one seed: its table shows values, not "± 0.0", and no std criterion reads "met"."""
+    s = summarize([_record(1, 0.90, 0.895, 0.60, 0.40, 0.9, 0.1)], Targets())
+    names = [c["name"] for c in s["criteria"]]
+    assert len(names) == 6 and not any("seed std" in n for n in names)
+    table = study_table(s)
+    assert "±" not in table and "| SoF-Net | 89.5 | 89.5 |" in table and "one seed: no spread to check" in table
+    assert table.count("| met |") == 6
+
+
 def test_table_b_rows_with_arnet() -> None:
     records = [_record(1, 0.90, 0.895, 0.60, 0.40, 0.9, 0.1), _record(2, 0.92, 0.915, 0.64, 0.44, 0.8, 0.2)]
     for r, top1 in zip(records, (0.80, 0.84)):
@@ -148,12 +158,19 @@ def test_a_changed_recipe_under_the_same_name_is_refused(tmp_path: Path) -> None
     check_recipe(tsn_only, seed_config(tsn_only, 1))
 
 
-def test_the_shipped_study_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sofnet.study import load_study
+def test_the_shipped_study_configs_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sofnet.study import load_study, seed_config
 
     monkeypatch.chdir(REPO)  # base_config is relative to the repository root, where `make study` runs
     study = load_study(REPO / "jobs/configs/study.yaml")
     assert list(study.seeds) == [1, 2, 3] and study.base_config.endswith("bench.yaml")
+    demo = load_study(REPO / "jobs/configs/study_demo.yaml")  # make demo: one seed of the study's recipe, shrunk
+    assert len(demo.seeds) == 1 and demo.base_config == study.base_config and demo.et_grid == study.et_grid
+    assert {o.split("=")[0] for o in demo.overrides} == {  # what the demo changes, each named in its file
+        "model.input_size", "data.resize", "train.stage1.epochs", "train.stage1.optim.lr_steps", "train.stage2.epochs",
+        "train.stage2.optim.lr_steps", "train.val_every", "train.log_every", "mlflow.experiment",
+        "mlflow.registered_model"}
+    assert load_study(REPO / "jobs/configs/study_table_b.yaml").methods == ["tsn", "sofnet", "arnet"]
 
 
 def test_bad_study_config_is_one_line(tmp_path: Path) -> None:

@@ -302,9 +302,9 @@ def run_study(study: Any, *, train: Optional[Any] = None) -> Dict[str, Any]:
     arnet = f", AR-Net {study.arnet_config} {' '.join(study.arnet_overrides)}" if "arnet" in study.methods else ""
     shared = f", stage 1 from study {study.stage1_from}" if study.stage1_from else ""
     videos = int(records[0]["reports"]["stage1"]["metrics"]["val/videos"])
-    header = (f"study {study.name}: {len(records)} seeds {list(study.seeds)}, base {study.base_config} "
-              f"{' '.join(study.overrides)}{shared}{arnet}; {videos} "
-              f"validation videos of {cfg0.data.val_shards}; ET in rows: rho={cfg0.early_exit.rho} "
+    seeds = f"{len(records)} seed{'s' if len(records) > 1 else ''} {list(study.seeds)}"
+    header = (f"study {study.name}: {seeds}, base {study.base_config} {' '.join(study.overrides)}{shared}{arnet}; "
+              f"{videos} validation videos of {cfg0.data.val_shards}; ET in rows: rho={cfg0.early_exit.rho} "
               f"t_min={cfg0.early_exit.t_min}")
     table = study_table(summary, header)
     (study_dir(study) / "study_table.md").write_text(table + "\n")
