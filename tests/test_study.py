@@ -207,9 +207,12 @@ def test_study_two_seeds_end_to_end_and_resume(tmp_path: Path) -> None:
     assert "TSN + ET over the early-exit grid" in table and "| 0.99 |" in table
     saved = json.loads((tmp_path / "runs/t/study.json").read_text())
     assert [r["seed"] for r in saved["records"]] == [1, 2]
-    # the two seeds really differ (each trained from its own seed), and each seed evaluated the same videos
+    # the two seeds really differ (each trained from its own seed), and each seed evaluated the same videos; the
+    # class scores, not the summary metrics: those of a model this small on 6 videos can coincide between seeds
     m = [r["reports"]["stage2"]["metrics"] for r in saved["records"]]
-    assert m[0]["val/videos"] == m[1]["val/videos"] and m[0] != m[1]
+    scores = [json.loads((tmp_path / f"runs/t/t-seed{s}-eval/stage2/submission.json").read_text()) for s in (1, 2)]
+    assert m[0]["val/videos"] == m[1]["val/videos"] and scores[0]["results"].keys() == scores[1]["results"].keys()
+    assert scores[0]["results"] != scores[1]["results"]
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("sofnet-study")
     parents = client.search_runs([exp.experiment_id], "tags.sweep_kind = 'study'")

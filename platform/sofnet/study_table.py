@@ -5,7 +5,7 @@ Usage::
 
     from sofnet.study_table import Targets, study_table, summarize
     summary = summarize(records, Targets(), methods=["tsn", "sofnet"])   # records: each seed's seed.json
-    print(study_table(summary, "study x: 3 seeds"))                     # rows, Table C grids, criteria met / MISSED
+    text = study_table(summary, "study x: 3 seeds")                     # rows, Table C grids, criteria met / MISSED
 
 Means and sample standard deviations (ddof 1) are over seeds; every GFLOPs ratio is against the same seed's TSN;
 the criteria are checked on the means.
