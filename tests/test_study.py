@@ -159,7 +159,7 @@ def test_a_changed_recipe_under_the_same_name_is_refused(tmp_path: Path) -> None
 
 
 def test_the_shipped_study_configs_load(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sofnet.study import load_study, seed_config
+    from sofnet.study import load_study
 
     monkeypatch.chdir(REPO)  # base_config is relative to the repository root, where `make study` runs
     study = load_study(REPO / "jobs/configs/study.yaml")
