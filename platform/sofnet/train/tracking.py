@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -69,8 +70,6 @@ def ui_hint(uri: str) -> str:
 
     MLflow 3.17's UI opens on its GenAI pages unless the URL asks for model training (``workflowType``).
     """
-    import sys
-
     return (f"MLflow UI: {Path(sys.executable).parent}/mlflow ui --backend-store-uri {uri} --port 5000\n"
             "  then open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning")
 
