@@ -158,6 +158,34 @@ def test_a_changed_recipe_under_the_same_name_is_refused(tmp_path: Path) -> None
     check_recipe(tsn_only, seed_config(tsn_only, 1))
 
 
+def test_runs_on_other_data_at_the_same_path_are_refused(tmp_path: Path) -> None:
+    """Regenerated shards at the same path (the benchmark data before mbtree=0 changed with every generation) must
+    not reuse the runs trained on the old ones: the recipe keeps the manifest's digests and compares them."""
+    import shutil
+
+    from sofnet.config import ConfigError
+    from sofnet.session import ensure_synthetic_shards
+    from sofnet.study import DIGESTS, check_recipe, load_study, seed_config
+
+    shards = ensure_synthetic_shards(tmp_path / "data", videos=8, classes=3, seed=0)
+    path = _study(tmp_path, shards)
+    study = load_study(path)
+    check_recipe(study, seed_config(study, 1))
+    kept = tmp_path / "runs" / "t" / "t-seed1.recipe.yaml"
+    recipe = OmegaConf.load(kept)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    assert [recipe[k] for k in DIGESTS] == [manifest["subsets"][s]["digest"] for s in ("training", "validation")]
+    check_recipe(study, seed_config(study, 1))  # the same data: reused
+    shutil.rmtree(tmp_path / "data")
+    ensure_synthetic_shards(tmp_path / "data", videos=8, classes=3, seed=1)  # other videos, the same path
+    with pytest.raises(ConfigError, match=r"t-seed1.recipe.yaml: t-seed1 was trained on other training shards than "
+                                          rf"{shards} holds now \(digest {recipe[DIGESTS[0]][:12]} -> .*give the study"):
+        check_recipe(study, seed_config(study, 1))
+    kept.write_text("\n".join(line for line in kept.read_text().splitlines() if "shards_digest" not in line) + "\n")
+    with pytest.raises(ConfigError, match=r"t-seed1 was trained before the study recorded its shards' digests"):
+        check_recipe(study, seed_config(study, 1))  # a recipe kept before the digests: its data is unknown
+
+
 def test_the_shipped_study_configs_load(monkeypatch: pytest.MonkeyPatch) -> None:
     from sofnet.study import load_study
 

@@ -133,8 +133,11 @@ def _stage1_record(study: Any, seed: int) -> Path:
     return Path(study.output_dir) / study.stage1_from / f"{study.stage1_from}-seed{seed}-eval" / "seed.json"
 
 
+# The recipe's keys for what the shards hold (their paths are config keys; the same path can hold other data).
+DIGESTS = ("shards_digest.training", "shards_digest.validation")
 # What the source study's stage-1 rows depend on besides the weights: they must be this study's too.
-_SCORED_BY = ("data.val_shards", "early_exit.enabled", "early_exit.rho", "early_exit.t_min", "early_exit.mode")
+_SCORED_BY = ("data.val_shards", DIGESTS[1], "early_exit.enabled", "early_exit.rho", "early_exit.t_min",
+              "early_exit.mode")
 
 
 def _check_stage1_source(study: Any, path: str | Path, base: Any) -> None:
@@ -142,7 +145,7 @@ def _check_stage1_source(study: Any, path: str | Path, base: Any) -> None:
     same validation shards, with the same early-exit settings and grid."""
     if "sofnet" not in study.methods or study.stage1_from == study.name:
         raise ConfigError(f"{path}: stage1_from={study.stage1_from} needs methods with sofnet and another study's name")
-    ours = _flat(OmegaConf.to_container(base, resolve=True))
+    ours = recipe_of(base)
     grid = [[float(r), int(t)] for r in study.et_grid.rho for t in study.et_grid.t_min]
     for seed in study.seeds:
         source = _stage1_record(study, seed)
@@ -185,21 +188,56 @@ def _flat(tree: Any, prefix: str = "") -> Dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
+def shard_digests(cfg: Any) -> Dict[str, str]:
+    """The manifest's digest of the training and the validation subset the config reads: equal digests mean
+    byte-identical shards (``data_prep.manifest``). "" where the shards are not a directory with a manifest (a
+    brace pattern, a list): then only their paths can be compared."""
+    from sofnet.shards import read_manifest
+
+    out = {}
+    for key, shards, subset in zip(DIGESTS, (cfg.data.train_shards, cfg.data.val_shards),
+                                   (cfg.data.train_subset, cfg.data.val_subset)):
+        try:
+            out[key] = str(read_manifest(shards).get("subsets", {}).get(subset, {}).get("digest") or "")
+        except (OSError, ValueError):
+            out[key] = ""
+    return out
+
+
+def recipe_of(cfg: Any) -> Dict[str, Any]:
+    """What a run computes from: its resolved settings but where it logs (``_NOT_RECIPE``), and the digests of the
+    shards it reads."""
+    flat = _flat(OmegaConf.to_container(cfg, resolve=True))
+    return {**{k: v for k, v in flat.items() if not k.startswith(_NOT_RECIPE)}, **shard_digests(cfg)}
+
+
 def check_recipe(study: Any, cfg: Any) -> None:
-    """A study's runs are reused by name (resume), so a run must have been trained with the settings the study now
-    asks for: the first time a job is seen its resolved config is kept as ``<study dir>/<run name>.recipe.yaml``;
-    a later call with other settings (a changed ``overrides`` or base file, under the same study name) is refused.
+    """A study's runs are reused by name (resume), so a run must have been trained with the settings and on the data
+    the study now asks for: the first time a job is seen its recipe (:func:`recipe_of`) is kept as
+    ``<study dir>/<run name>.recipe.yaml``; a later call with other settings (a changed ``overrides`` or base file,
+    under the same study name) or with other shards at the same path (regenerated data) is refused.
 
     Raises:
-        ConfigError: one line naming the run and the first differing keys.
+        ConfigError: one line naming the run and the first differing keys, or the shards whose content changed.
     """
     path = study_dir(study) / f"{cfg.name}.recipe.yaml"
-    now = {k: v for k, v in _flat(OmegaConf.to_container(cfg, resolve=True)).items() if not k.startswith(_NOT_RECIPE)}
+    now = recipe_of(cfg)
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(OmegaConf.to_yaml(OmegaConf.create(now)))
         return
     before = dict(OmegaConf.to_container(OmegaConf.load(path)))
+    again = "its results would be reused as if they were {}: give the study another name"
+    for key, shards in zip(DIGESTS, (cfg.data.train_shards, cfg.data.val_shards)):
+        subset = key.split(".")[1]
+        if key not in before:  # kept before the digests were: which data the run read is unknown
+            raise ConfigError(f"{path}: {cfg.name} was trained before the study recorded its shards' digests, so "
+                              f"whether it read the {subset} shards {shards} holds now ({now[key][:12] or 'no digest'})"
+                              f" cannot be checked; " + again.format("this data's"))
+        if before[key] != now[key]:
+            raise ConfigError(f"{path}: {cfg.name} was trained on other {subset} shards than {shards} holds now "
+                              f"(digest {before[key][:12] or 'none'} -> {now[key][:12] or 'none'}: regenerated or "
+                              "replaced data); " + again.format("this data's"))
     # A setting added since the run was trained is absent from its recipe file; new settings default to what the
     # code did before them, so an absent key counts as its default (a study from before the key stays reusable).
     defaults = _flat(OmegaConf.to_container(OmegaConf.structured(Config), resolve=True))
@@ -208,8 +246,8 @@ def check_recipe(study: Any, cfg: Any) -> None:
             if before.get(k, defaults.get(k)) != now.get(k)]
     if diff:
         more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
-        raise ConfigError(f"{path}: {cfg.name} was trained with other settings ({'; '.join(diff[:3])}{more}); its "
-                          "results would be reused as if they were this recipe's: give the study another name")
+        raise ConfigError(f"{path}: {cfg.name} was trained with other settings ({'; '.join(diff[:3])}{more}); "
+                          + again.format("this recipe's"))
 
 
 def _missing(study: Any, seed: int, record: Optional[Mapping[str, Any]]) -> List[str]:
@@ -303,9 +341,10 @@ def run_study(study: Any, *, train: Optional[Any] = None) -> Dict[str, Any]:
     shared = f", stage 1 from study {study.stage1_from}" if study.stage1_from else ""
     videos = int(records[0]["reports"]["stage1"]["metrics"]["val/videos"])
     seeds = f"{len(records)} seed{'s' if len(records) > 1 else ''} {list(study.seeds)}"
+    digest = shard_digests(cfg0)[DIGESTS[1]][:12]  # every run's, checked by check_recipe
     header = (f"study {study.name}: {seeds}, base {study.base_config} {' '.join(study.overrides)}{shared}{arnet}; "
-              f"{videos} validation videos of {cfg0.data.val_shards}; ET in rows: rho={cfg0.early_exit.rho} "
-              f"t_min={cfg0.early_exit.t_min}")
+              f"{videos} validation videos of {cfg0.data.val_shards}{f' (digest {digest})' if digest else ''}; "
+              f"ET in rows: rho={cfg0.early_exit.rho} t_min={cfg0.early_exit.t_min}")
     table = study_table(summary, header)
     (study_dir(study) / "study_table.md").write_text(table + "\n")
     (study_dir(study) / "study.json").write_text(json.dumps({"summary": summary, "records": records}, indent=1))
