@@ -198,7 +198,9 @@ def test_the_shipped_study_configs_load(monkeypatch: pytest.MonkeyPatch) -> None
         "model.input_size", "data.resize", "train.stage1.epochs", "train.stage1.optim.lr_steps", "train.stage2.epochs",
         "train.stage2.optim.lr_steps", "train.val_every", "train.log_every", "mlflow.experiment",
         "mlflow.registered_model"}
-    assert load_study(REPO / "jobs/configs/study_table_b.yaml").methods == ["tsn", "sofnet", "arnet"]
+    table_b = load_study(REPO / "jobs/configs/study_table_b.yaml")  # make study, then make table-b trains AR-Net only
+    assert table_b.methods == ["tsn", "sofnet", "arnet"] and table_b.name == study.name
+    assert table_b.overrides == study.overrides and table_b.seeds == study.seeds and table_b.et_grid == study.et_grid
 
 
 def test_bad_study_config_is_one_line(tmp_path: Path) -> None:
