@@ -46,6 +46,18 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
     return cfg, shards, db, time.perf_counter() - start
 
 
+def test_deepspeed_started_without_building_its_shm_op(trained) -> None:
+    """DeepSpeed's CPU backend would JIT-compile its shared-memory all-reduce (g++, 25-45 s at a job's start, a
+    failed start without a compiler); training never uses it, so the job's backend was started without it."""
+    import deepspeed.comm.comm as ds_comm
+    import deepspeed.ops
+
+    from sofnet.train.deepspeed_config import SHM_OP
+
+    assert ds_comm.cdb is not None and ds_comm.cdb.shm_comm_op is None
+    assert deepspeed.ops.__compatible_ops__[SHM_OP] is False
+
+
 class _Payload:
     """What an attacker plants: unpickling it would create ``marker``."""
 

@@ -68,9 +68,9 @@ class LocalContext:
         if not dist.is_initialized():  # DeepSpeed needs a process group; one rank of gloo on loopback
             os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1",
                               LOCAL_RANK="0")
-            import deepspeed
+            from sofnet.train.deepspeed_config import import_deepspeed
 
-            deepspeed.init_distributed(dist_backend="gloo")
+            import_deepspeed().init_distributed(dist_backend="gloo")
 
     @contextlib.contextmanager
     def restore(self) -> Iterator[Optional[Path]]:

@@ -34,6 +34,7 @@ from sofnet.config import ConfigError
 from sofnet.schema import arch_stages
 
 PRECISIONS = ("auto", "fp32", "bf16")
+SHM_OP = "deepspeed_shm_comm"  # DeepSpeed's CPU shared-memory all-reduce: see import_deepspeed
 
 
 def resolve_precision(precision: str, use_gpu: bool) -> str:
@@ -198,18 +199,36 @@ def deepspeed_config(cfg: Any, *, stage_optim: Any, world_size: int, precision: 
     }
 
 
+def import_deepspeed() -> Any:
+    """``import deepspeed``, quieted, without its shared-memory all-reduce op; the module.
+
+    DeepSpeed's torch backend JIT-compiles ``deepspeed_shm_comm`` (C++, g++ and ninja, into
+    ~/.cache/torch_extensions) when it starts on a CPU: 25-45 s of a 2-core machine at a job's start wherever the
+    cached build is missing or stale (it is rebuilt whenever the compile command differs, e.g. between a Ray worker and
+    a plain process), and a failed start on a node without a C++ compiler. Only its *inference* all-reduce uses the
+    op; training's collectives are gloo's, so the op is marked incompatible and never built. Called before the
+    first ``deepspeed.init_distributed`` / ``deepspeed.initialize`` of a process (DS_ACCELERATOR must be set before
+    the first import).
+    """
+    import deepspeed
+    import deepspeed.ops
+
+    from sofnet.console import quiet_libraries
+
+    quiet_libraries()  # DeepSpeed set its logger back to INFO when imported
+    # deepspeed.ops probes every op's compatibility on first access (a module __getattr__); the probe's result with
+    # this one op off takes its place.
+    deepspeed.ops.__compatible_ops__ = {**deepspeed.ops.__compatible_ops__, SHM_OP: False}
+    return deepspeed
+
+
 def build_engine(model: nn.Module, cfg: Any, stage_optim: Any, world_size: int, precision: str) -> Any:
     """``deepspeed.initialize`` with our optimizer and generated config; returns the engine.
 
     With one worker and no ZeRO there is nothing to all-reduce, so the engine's backward all-reduce (a flatten,
     a one-rank collective and a copy back of every gradient: ~20% of a CPU step) is switched off.
     """
-    import deepspeed  # imported here: DS_ACCELERATOR must be set before the first import
-
-    from sofnet.console import quiet_libraries
-
-    quiet_libraries()  # DeepSpeed set its logger back to INFO when imported
-
+    deepspeed = import_deepspeed()
     ds_config = deepspeed_config(cfg, stage_optim=stage_optim, world_size=world_size, precision=precision)
     optimizer = build_optimizer(model, stage_optim, lr=effective_lr(stage_optim, ds_config["train_batch_size"]))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
