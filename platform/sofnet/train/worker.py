@@ -111,8 +111,9 @@ def train_loop_per_worker(config: Dict[str, Any]) -> None:
 
 def _node_ips(ctx: Any) -> Dict[str, str]:
     """Every rank's node IP and machine fingerprint, gathered (a collective: all ranks call it) and logged by rank 0
-    at WARNING, so that the job log shows where the ranks run and where they meet (``MASTER_ADDR``); returned as
-    MLflow tags of the job's and the stages' runs: ``node_ips`` (rank order) and :func:`sofnet.machine.rank_tags`."""
+    (INFO: rank 0's progress level), so that the job log shows where the ranks run and where they meet
+    (``MASTER_ADDR``); returned as MLflow tags of the job's and the stages' runs: ``node_ips`` (rank order) and
+    :func:`sofnet.machine.rank_tags`."""
     import ray
     import torch.distributed as dist
 
@@ -123,8 +124,8 @@ def _node_ips(ctx: Any) -> Dict[str, str]:
     ips = [ip for ip, _ in gathered]
     machines = rank_tags([fp for _, fp in gathered])
     if ctx.rank == 0:
-        logger.warning("ranks on nodes %s, rendezvous at %s:%s", ",".join(ips), os.environ.get("MASTER_ADDR"),
-                       os.environ.get("MASTER_PORT"))
+        logger.info("ranks on nodes %s, rendezvous at %s:%s", ",".join(ips), os.environ.get("MASTER_ADDR"),
+                    os.environ.get("MASTER_PORT"))
         if machines["machine.ranks_differ"] != "none":
             logger.warning("the ranks' machines differ in %s: this run repeats bitwise only on the same mix of "
                            "machines (tags machine.rank<r>.*)", machines["machine.ranks_differ"])
