@@ -12,7 +12,7 @@ from sofnet.models import build_model
 from sofnet.train.deepspeed_config import (build_optimizer, deepspeed_config, lr_at, param_groups, resolve_precision,
                                            set_lr)
 from sofnet.train.tracking import TrackingError, check_tracking, resolve_tracking_uri
-from sofnet.train.worker import enabled_stages, stage_model_config
+from sofnet.train.worker import enabled_stages, stage_model_config, validates
 
 REPO = Path(__file__).resolve().parents[1]
 # Training-job configs (jobs/configs/study.yaml is a study's config, loaded and checked by tests/test_study.py).
@@ -82,6 +82,21 @@ def test_stage_models() -> None:
     assert s1 == s2
     assert enabled_stages(_cfg("model.arch=tsn")) == ["stage1"]
     assert enabled_stages(_cfg()) == ["stage1", "stage2"]
+
+
+def test_which_epochs_are_validated_and_may_be_kept() -> None:
+    """val_every=1 (the official: every epoch, the best kept), every N-th and the last, 0 the last only (the
+    benchmark recipe keeps each stage's last epoch); a negative value is refused."""
+    from sofnet.config import ConfigError
+
+    def epochs(n: int, every: int) -> list:
+        return [e + 1 for e in range(n) if validates(e, n, every)]
+
+    assert epochs(8, 1) == list(range(1, 9)) and epochs(10, 3) == [3, 6, 9, 10] and epochs(8, 0) == [8]
+    assert epochs(6, 6) == [6] and epochs(10, 0) == [10]
+    assert _cfg("train.val_every=0").train.val_every == 0
+    with pytest.raises(ConfigError, match=r"train.val_every.*must be >= 0 \(0 = only each stage's last epoch\)"):
+        _cfg("train.val_every=-1")
 
 
 def test_tracking_uri_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

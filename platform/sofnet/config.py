@@ -94,7 +94,7 @@ def validate(cfg: Any, src: str = "<config>") -> None:
             (d.resize >= m.input_size, "data.resize", f"must be >= model.input_size ({m.input_size})"),
             (all(0.0 < x <= 1.0 for x in d.scales), "data.scales", "must all be in (0, 1]"),
             (t.log_every >= 1, "train.log_every", "must be >= 1"),
-            (t.val_every >= 1, "train.val_every", "must be >= 1"),
+            (t.val_every >= 0, "train.val_every", "must be >= 0 (0 = only each stage's last epoch)"),
             (t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1 (resume needs the last one)"),
             (t.max_failures >= -1, "train.max_failures", "must be >= -1 (-1 = retry forever)"),
             (t.decision_maps_correct >= 0 and t.decision_maps_failed >= 0, "train.decision_maps_correct/failed",

@@ -86,6 +86,12 @@ def plan(cfg: Any) -> List[Stage]:
             for s in enabled_stages(cfg)]
 
 
+def validates(epoch: int, epochs: int, val_every: int) -> bool:
+    """Whether 0-based ``epoch`` of a stage of ``epochs`` is validated (and so may become the stage's best): every
+    ``val_every``-th and the last; ``val_every`` 0 the last only, so the stage keeps its last epoch."""
+    return epoch + 1 == epochs or (val_every > 0 and (epoch + 1) % val_every == 0)
+
+
 def run_dir(cfg: Any) -> str | Path:
     """``<train.output_dir>/<run name>``: Ray Train's storage of this run, where ``best/`` lives too (a ``Path``, or
     a URI string for an object store: :func:`sofnet.storage.join`)."""
@@ -266,7 +272,7 @@ def _run_stage(cfg: Any, stage: Stage, engine: Any, start_epoch: int, ctx: Any, 
         average_bn_statistics(model)  # one model from here on: validation, best checkpoint, evaluator agree
         last = epoch + 1 == stage.epochs
         result, improved = None, False
-        if last or (epoch + 1) % cfg.train.val_every == 0:
+        if validates(epoch, stage.epochs, cfg.train.val_every):
             result = evaluate(model, val, device=device, dtype=dtype, num_classes=cfg.model.num_classes,
                               et=et if et.enabled else None, expected=val.dataset.num_videos,
                               is_logger=ctx.rank == 0)
