@@ -37,6 +37,7 @@ def main(argv=None) -> int:
 def _table(args, cfg) -> int:
     from sofnet import storage
     from sofnet.preflight import check_shards
+    from sofnet.shards import subset_digest
     from sofnet.train.report import evaluate_run, results_table
     from sofnet.train.worker import run_dir
 
@@ -48,7 +49,7 @@ def _table(args, cfg) -> int:
     rows = evaluate_run(cfg, run, out, device=args.device)
     primary = "top1" if cfg.data.dataset == "sports1m" else "mAP"
     table = results_table([(name, r["metrics"]) for name, r in rows], primary=primary)
-    digest = _digest(cfg.data.val_shards, cfg.data.val_subset)
+    digest = subset_digest(cfg.data.val_shards, cfg.data.val_subset)[:12]
     videos = int(rows[0][1]["metrics"]["val/videos"])
     header = (f"{name}: best epoch of each stage, {videos} {cfg.data.val_subset} videos of {cfg.data.val_shards}"
               f" (shard digest {digest or 'unknown'}), early exit rho={cfg.early_exit.rho} t_min={cfg.early_exit.t_min}"
@@ -62,16 +63,6 @@ def _table(args, cfg) -> int:
 
     print(ui_hint(resolve_tracking_uri(cfg.mlflow.tracking_uri)))
     return 0
-
-
-def _digest(shards: str, subset: str) -> str:
-    from sofnet.data import read_manifest
-
-    try:
-        manifest = read_manifest(shards)
-    except (OSError, ValueError):
-        return ""
-    return (manifest.get("subsets", {}).get(subset, {}).get("digest") or "")[:12]
 
 
 def _log(cfg, rows, text: str, out: Path) -> None:

@@ -91,6 +91,15 @@ def read_manifest(directory: Union[str, os.PathLike]) -> dict[str, Any]:
     return _read_json(os.path.join(os.fspath(directory), "manifest.json"))
 
 
+def subset_digest(directory: Union[str, os.PathLike], subset: str) -> str:
+    """The manifest's digest of one subset of a shard directory (equal digests: byte-identical shards, see
+    ``data_prep.manifest``); "" where there is no readable manifest (a brace pattern, a list, no such subset)."""
+    try:
+        return str(read_manifest(directory).get("subsets", {}).get(subset, {}).get("digest") or "")
+    except (OSError, ValueError):
+        return ""
+
+
 def resolve_shards(shards: Shards, subset: Optional[str] = None) -> list[str]:
     """Expand a shard specification into a list of shard paths or URLs.
 

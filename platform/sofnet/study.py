@@ -192,16 +192,10 @@ def shard_digests(cfg: Any) -> Dict[str, str]:
     """The manifest's digest of the training and the validation subset the config reads: equal digests mean
     byte-identical shards (``data_prep.manifest``). "" where the shards are not a directory with a manifest (a
     brace pattern, a list): then only their paths can be compared."""
-    from sofnet.shards import read_manifest
+    from sofnet.shards import subset_digest
 
-    out = {}
-    for key, shards, subset in zip(DIGESTS, (cfg.data.train_shards, cfg.data.val_shards),
-                                   (cfg.data.train_subset, cfg.data.val_subset)):
-        try:
-            out[key] = str(read_manifest(shards).get("subsets", {}).get(subset, {}).get("digest") or "")
-        except (OSError, ValueError):
-            out[key] = ""
-    return out
+    return {key: subset_digest(shards, subset) for key, shards, subset in zip(
+        DIGESTS, (cfg.data.train_shards, cfg.data.val_shards), (cfg.data.train_subset, cfg.data.val_subset))}
 
 
 def recipe_of(cfg: Any) -> Dict[str, Any]:
