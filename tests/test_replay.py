@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import clips, gated
-from sofnet.replay import ETCache, replay
+from helpers import clips, gated, tiny_model
+from sofnet.replay import ETCache, action_frames_only, replay
 
 
 @pytest.mark.parametrize("arch", ["sofnet", "sofnet_tsm"])
@@ -40,3 +40,26 @@ def test_cache_rejects_early_exit_outputs_and_bad_files(tmp_path):
     torch.save({"decisions": torch.zeros(1)}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="bad.pt"):
         ETCache.load(tmp_path / "bad.pt")
+
+
+def test_action_frames_only_scores_tsn_on_the_annotated_frames(tmp_path):
+    """TSN's frames do not see each other: scoring its cache on the annotated frames equals running TSN on those
+    frames alone (video logits, GFLOPs); a video without an annotated frame keeps TSN's own result."""
+    x = clips(3, 8, 64, 13)
+    model = tiny_model("tsn")
+    cache = ETCache.from_outputs([model.infer(x)], model.cost_table(64, 64).by_decision())
+    inside = torch.zeros(3, 8, dtype=torch.int64)
+    inside[0, 2:5] = 1
+    inside[1, [0, 7]] = 1
+    got = action_frames_only(ETCache.load(cache.save(tmp_path / "c.pt")), inside)
+    for v in range(2):
+        idx = inside[v].nonzero().flatten()
+        alone = model.infer(x[v:v + 1, idx])  # TSN takes any number of frames
+        torch.testing.assert_close(got.logits[v], alone.logits[0].float())
+        torch.testing.assert_close(got.gflops[v], alone.gflops[0])
+        assert got.decisions[v].tolist() == [5 if i else -1 for i in inside[v].tolist()]
+    torch.testing.assert_close(got.logits[2], cache.logits[2])  # no action frame sampled: all frames, as TSN
+    assert got.decisions[2].tolist() == [5] * 8 and not got.fallback.any()
+    with pytest.raises(ValueError, match="dense model"):
+        gated_cache = ETCache.from_outputs([gated("sofnet", x, seed=13).infer(x)], [0.0] * 7)
+        action_frames_only(gated_cache, inside)

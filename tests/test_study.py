@@ -54,6 +54,20 @@ def test_mean_std_and_criteria() -> None:
     assert "| SoF-Net | 90.5 ± 1.4 |" in table and "MISSED" not in table and table.count("| met |") == 10
 
 
+def test_tsn_on_action_frames_is_a_row_not_a_criterion() -> None:
+    """The diagnostic row sits under TSN's, its GFLOPs against TSN's, and changes no criterion."""
+    records = [_record(1, 0.90, 0.895, 0.60, 0.40, 0.9, 0.1), _record(2, 0.92, 0.915, 0.64, 0.44, 0.8, 0.2)]
+    before = summarize(records, Targets())
+    for r, m in zip(records, (0.86, 0.88)):
+        r["reports"]["action_frames"] = {"stage": "stage1", "runs": {}, "metrics": {
+            "val/mAP": m, "val/top1": m, "val/gflops_per_video": 0.4, "val/frame_usage": 0.4}}
+    s = summarize(records, Targets())
+    assert list(s["rows"]) == ["TSN", "TSN + ET", "TSN on action frames", "SoF-Net", "SoF-Net + ET"]
+    assert s["rows"]["TSN on action frames"]["gflops_ratio"][0] == pytest.approx(0.4)
+    assert s["criteria"] == before["criteria"]
+    assert "| TSN on action frames | 87.0 ± 1.4 |" in study_table(s)
+
+
 def test_one_seed_has_no_spread_to_check() -> None:
     """``make demo`` is a study of one seed: its table shows values, not "± 0.0", and no std criterion reads "met"."""
     s = summarize([_record(1, 0.90, 0.895, 0.60, 0.40, 0.9, 0.1)], Targets())
@@ -235,6 +249,7 @@ def test_study_two_seeds_end_to_end_and_resume(tmp_path: Path) -> None:
     table = (tmp_path / "runs/t/study_table.md").read_text()
     assert "study t: 2 seeds [1, 2]" in table and "| SoF-Net + ET |" in table and "± " in table
     assert "TSN + ET over the early-exit grid" in table and "| 0.99 |" in table
+    assert "| TSN on action frames |" in table  # scored from stage 1's early-exit cache and the annotations
     saved = json.loads((tmp_path / "runs/t/study.json").read_text())
     assert [r["seed"] for r in saved["records"]] == [1, 2]
     # the two seeds really differ (each trained from its own seed), and each seed evaluated the same videos; the
@@ -249,7 +264,7 @@ def test_study_two_seeds_end_to_end_and_resume(tmp_path: Path) -> None:
     assert len(parents) == 1
     children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
     assert sorted(c.data.tags["tune_trial_id"] for c in children) == sorted(
-        f"{m}|seed{s}" for m in ("TSN", "TSN + ET", "SoF-Net", "SoF-Net + ET") for s in (1, 2))
+        f"{m}|seed{s}" for m in ("TSN", "TSN + ET", "TSN on action frames", "SoF-Net", "SoF-Net + ET") for s in (1, 2))
     # rerun: both seeds are on disk, nothing trains again, same table, same parent, no duplicate child
     again = _run(tmp_path, path)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -257,7 +272,7 @@ def test_study_two_seeds_end_to_end_and_resume(tmp_path: Path) -> None:
     assert (tmp_path / "runs/t/study_table.md").read_text() == table
     assert len(client.search_runs([exp.experiment_id], "tags.sweep_kind = 'study'")) == 1
     assert len(client.search_runs([exp.experiment_id],
-                                  f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")) == 8
+                                  f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")) == 10
     # Table B: AR-Net added to seed 1's study trains AR-Net only (the base run is reused) and joins the table
     third = _run(tmp_path, _study(tmp_path, shards, arnet=True), "seeds=[1]")
     assert third.returncode == 0, third.stderr[-3000:]

@@ -22,7 +22,7 @@ from typing import Iterable, List, Sequence, Union
 
 import torch
 
-from sofnet.models.output import PASSED, SoFOutput, accounted_gflops, aggregate, apply_early_exit
+from sofnet.models.output import NOT_PROCESSED, PASSED, SoFOutput, accounted_gflops, aggregate, apply_early_exit
 
 
 @dataclass
@@ -99,3 +99,34 @@ def replay(cache: ETCache, rho: float, t_min: int, mode: str = "reached") -> SoF
                      aux_logits=no_aux, gate_logits=frame_logits.new_zeros(n, t, 0, 2),
                      reach=(decisions.unsqueeze(-1) >= torch.arange(6)).float(),
                      gflops=accounted_gflops(decisions, cache.cost_by_decision.tolist()), fallback=cache.fallback)
+
+
+def action_frames_only(cache: ETCache, inside: torch.Tensor) -> SoFOutput:
+    """A dense model (TSN) scored on the annotated action frames alone: what gates that stop exactly the background
+    would give it, with SoF-Net's video score (the mean of the classifier logits over the frames kept).
+
+    A diagnostic, not a method: it tells whether a gated model's gap to TSN comes from what its gates stop or from
+    scoring fewer frames. A video with no sampled action frame keeps all its frames (TSN's own result). GFLOPs count
+    the kept frames at the dense per-frame cost (finding them is free here).
+
+    Args:
+        cache: The dense model's cache (every frame reached the classifier).
+        inside: [N, T] 1 where a sampled frame lies in an annotated segment (``ETBundle.inside``).
+
+    Raises:
+        ValueError: a frame of the cache stopped before the classifier (not a dense model's cache).
+    """
+    dec = cache.decisions.long()
+    if bool((dec != PASSED).any()):
+        raise ValueError("action_frames_only needs a dense model's cache (every frame reaching the classifier)")
+    inside = torch.as_tensor(inside).bool()
+    keep = inside | ~inside.any(dim=1, keepdim=True)
+    decisions = torch.where(keep, dec, torch.full_like(dec, NOT_PROCESSED))
+    frame_logits = cache.frame_logits.masked_fill(~keep.unsqueeze(-1), 0)
+    n, t = dec.shape
+    no_aux = frame_logits.new_zeros(n, t, 0, frame_logits.shape[-1])
+    logits, fallback = aggregate(frame_logits, no_aux, decisions)
+    return SoFOutput(logits=logits, decisions=decisions, exit_step=torch.full((n,), t, dtype=torch.long),
+                     frame_logits=frame_logits, aux_logits=no_aux, gate_logits=frame_logits.new_zeros(n, t, 0, 2),
+                     reach=(decisions.unsqueeze(-1) >= torch.arange(6)).float(),
+                     gflops=accounted_gflops(decisions, cache.cost_by_decision.tolist()), fallback=fallback)

@@ -245,11 +245,14 @@ def check_recipe(study: Any, cfg: Any) -> None:
 
 
 def _missing(study: Any, seed: int, record: Optional[Mapping[str, Any]]) -> List[str]:
-    """Which of the seed's jobs still need an evaluation: ``base`` (TSN, SoF-Net), ``arnet``."""
+    """What the seed still lacks: the evaluation of a job, ``base`` (TSN, SoF-Net) or ``arnet``, or TSN's
+    ``action_frames`` diagnostic (scored from stage 1's early-exit cache: records from before it get it on resume)."""
     from sofnet.train.worker import enabled_stages
 
     have = (record or {}).get("reports", {})
     out = [] if all(s in have for s in enabled_stages(seed_config(study, seed))) else ["base"]
+    if "action_frames" not in have and (out or "stage1" in (record or {}).get("grids", {})):
+        out.append("action_frames")
     return out + (["arnet"] if "arnet" in study.methods and "arnet" not in have else [])
 
 
@@ -259,7 +262,7 @@ def evaluate_seed(study: Any, seed: int, record: Optional[Mapping[str, Any]] = N
     from sofnet import checkpoint
     from sofnet.train.report import evaluate_run
     from sofnet.train.worker import enabled_stages, run_dir
-    from sofnet.tune.et_cache import ETBundle, replay_metrics, write_cache
+    from sofnet.tune.et_cache import ETBundle, action_frames_metrics, replay_metrics, write_cache
 
     record = json.loads(json.dumps(record)) if record else {"seed": seed, "reports": {}, "grids": {}}
     out = _seed_eval(study, seed).parent
@@ -280,6 +283,14 @@ def evaluate_seed(study: Any, seed: int, record: Optional[Mapping[str, Any]] = N
             bundle = ETBundle.load(write_cache(model, cfg, out / stage / "et_cache", source=str(run)))
             record["grids"][stage] = [{"rho": float(rho), "t_min": int(t), **replay_metrics(bundle, float(rho), int(t))}
                                       for rho in study.et_grid.rho for t in study.et_grid.t_min]
+    if "action_frames" in missing and "stage1" in record["grids"]:  # TSN's cache: a causal stage 1 was cached
+        source = study.stage1_from and json.loads(_stage1_record(study, seed).read_text())["reports"]
+        if source and "action_frames" in source:
+            record["reports"]["action_frames"] = source["action_frames"]
+        else:
+            where = (_stage1_record(study, seed).parent if study.stage1_from else out) / "stage1" / "et_cache"
+            record["reports"]["action_frames"] = {"metrics": action_frames_metrics(ETBundle.load(where)),
+                                                  "runs": record["reports"]["stage1"]["runs"], "stage": "stage1"}
     if "arnet" in missing:
         acfg = arnet_config(study, seed)
         final = enabled_stages(acfg)[-1]
@@ -319,7 +330,7 @@ def run_study(study: Any, *, train: Optional[Any] = None) -> Dict[str, Any]:
             logger.info("seed %d: evaluated before (%s), not retrained", seed, done)
             records.append(record)
             continue
-        for job in missing:
+        for job in (j for j in missing if j in ("base", "arnet")):  # the jobs that may need training
             cfg = seed_config(study, seed) if job == "base" else arnet_config(study, seed)
             if finished_training(run_dir(cfg), cfg) is None:
                 logger.info("seed %d: training %s (%d of %d)", seed, run_dir(cfg), study.seeds.index(seed) + 1,
@@ -359,7 +370,8 @@ def log_study(study: Any, cfg: Any, summary: Mapping[str, Any], records: Sequenc
         for method, row in row_metrics(record, study.methods).items():
             report = record["reports"][report_of[method]]
             stage = report.get("stage", report_of[method])
-            run = {"arnet": record.get("arnet_run", ""), "stage1": record.get("stage1_run", record["run"])}.get(
+            stage1_run = record.get("stage1_run", record["run"])
+            run = {"arnet": record.get("arnet_run", ""), "stage1": stage1_run, "action_frames": stage1_run}.get(
                 report_of[method], record["run"])
             child = parent.child(f"{method}|seed{record['seed']}", f"{method} seed {record['seed']}",
                                  {"method": method, "seed": record["seed"], "run_dir": run})

@@ -9,6 +9,7 @@ equal those of ``jobs/evaluate.py --rho R --t-min T``::
     write_cache(model, cfg, "runs/tune/early_exit/et_cache")            # cfg.data: shards, subset, batch size
     bundle = ETBundle.load("runs/tune/early_exit/et_cache")
     replay_metrics(bundle, rho=0.99, t_min=4)["val/et/mAP"]
+    action_frames_metrics(bundle)["val/mAP"]        # a dense model (TSN) scored on the annotated action frames only
 
 Directory layout: ``cache.pt`` (:class:`sofnet.replay.ETCache`, tensors only), ``targets.npz`` (multi-hot targets
 and single labels, in the cache's video order), ``ids.json`` (video ids, sorted as the evaluation sorts them) and
@@ -30,7 +31,7 @@ import torch
 # The full evaluation's own loader and scoring: the replayed metrics must come from the same code to be comparable.
 from sofnet.early_exit import EarlyExit
 from sofnet.evaluation import eval_loader, score
-from sofnet.replay import ETCache, replay
+from sofnet.replay import ETCache, action_frames_only, replay
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +149,18 @@ def replay_metrics(bundle: ETBundle, rho: float, t_min: int, mode: str = "reache
     metrics, _ = score(prefix, out.logits.float().softmax(-1).numpy(), bundle.targets, bundle.label,
                        out.decisions.numpy(), out.gflops.double().numpy(), out.fallback.numpy(),
                        bundle.inside, out.exit_step.numpy() if bundle.inside is not None else None)
+    return metrics
+
+
+def action_frames_metrics(bundle: ETBundle, prefix: str = "val/") -> Dict[str, float]:
+    """The metrics of a dense model's cache scored on the annotated action frames only
+    (:func:`sofnet.replay.action_frames_only`), by the full evaluation's scoring; ``{}`` for a cache without
+    annotations (written before they were cached). No stop rates: the frames left out were chosen, not stopped."""
+    if bundle.inside is None:
+        return {}
+    out = action_frames_only(bundle.cache, torch.as_tensor(bundle.inside))
+    metrics, _ = score(prefix, out.logits.float().softmax(-1).numpy(), bundle.targets, bundle.label,
+                       out.decisions.numpy(), out.gflops.double().numpy(), out.fallback.numpy())
     return metrics
 
 
