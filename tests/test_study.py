@@ -273,6 +273,14 @@ def test_study_two_seeds_end_to_end_and_resume(tmp_path: Path) -> None:
     assert len(client.search_runs([exp.experiment_id], "tags.sweep_kind = 'study'")) == 1
     assert len(client.search_runs([exp.experiment_id],
                                   f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")) == 10
+    # another early-exit grid: replayed from the caches (nothing trains or is evaluated again), not ignored
+    regrid = _run(tmp_path, path, "et_grid.rho=[0.7]", "et_grid.t_min=[1,3]")
+    assert regrid.returncode == 0, regrid.stderr[-3000:]
+    assert "training " not in regrid.stderr and "evaluating the best epochs (grids)" in regrid.stderr
+    grid_rows = [ln for ln in (tmp_path / "runs/t/study_table.md").read_text().splitlines() if ln.startswith("| 0.")]
+    assert [ln.split(" | ")[0] for ln in grid_rows] == ["| 0.7", "| 0.7"], grid_rows  # TSN's grid and SoF-Net's
+    regridded = json.loads((tmp_path / "runs/t/study.json").read_text())["records"][0]["grids"]["stage2"]
+    assert [(p["rho"], p["t_min"]) for p in regridded] == [(0.7, 1), (0.7, 3)]
     # Table B: AR-Net added to seed 1's study trains AR-Net only (the base run is reused) and joins the table
     third = _run(tmp_path, _study(tmp_path, shards, arnet=True), "seeds=[1]")
     assert third.returncode == 0, third.stderr[-3000:]

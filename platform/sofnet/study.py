@@ -146,7 +146,7 @@ def _check_stage1_source(study: Any, path: str | Path, base: Any) -> None:
     if "sofnet" not in study.methods or study.stage1_from == study.name:
         raise ConfigError(f"{path}: stage1_from={study.stage1_from} needs methods with sofnet and another study's name")
     ours = recipe_of(base)
-    grid = [[float(r), int(t)] for r in study.et_grid.rho for t in study.et_grid.t_min]
+    grid = _grid(study)
     for seed in study.seeds:
         source = _stage1_record(study, seed)
         record = json.loads(source.read_text()) if source.is_file() else {}
@@ -161,6 +161,11 @@ def _check_stage1_source(study: Any, path: str | Path, base: Any) -> None:
         if differ:
             raise ConfigError(f"{path}: stage1_from={study.stage1_from}: its seed {seed} was scored with "
                               f"{'; '.join(differ)}: every row must be scored the same way")
+
+
+def _grid(study: Any) -> List[List[float]]:
+    """The study's early-exit grid as ``[[rho, t_min], ...]``, in the order the grids are replayed."""
+    return [[float(r), int(t)] for r in study.et_grid.rho for t in study.et_grid.t_min]
 
 
 def arnet_config(study: Any, seed: int) -> DictConfig:
@@ -245,12 +250,17 @@ def check_recipe(study: Any, cfg: Any) -> None:
 
 
 def _missing(study: Any, seed: int, record: Optional[Mapping[str, Any]]) -> List[str]:
-    """What the seed still lacks: the evaluation of a job, ``base`` (TSN, SoF-Net) or ``arnet``, or TSN's
-    ``action_frames`` diagnostic (scored from stage 1's early-exit cache: records from before it get it on resume)."""
+    """What the seed still lacks: the evaluation of a job, ``base`` (TSN, SoF-Net) or ``arnet``; ``grids``, the
+    early-exit grids replayed again from the caches when ``et_grid`` changed; TSN's ``action_frames`` diagnostic
+    (scored from stage 1's early-exit cache: records from before it get it on resume)."""
     from sofnet.train.worker import enabled_stages
 
     have = (record or {}).get("reports", {})
-    out = [] if all(s in have for s in enabled_stages(seed_config(study, seed))) else ["base"]
+    stages = enabled_stages(seed_config(study, seed))
+    out = [] if all(s in have for s in stages) else ["base"]
+    grids = (record or {}).get("grids", {})
+    if not out and any(s in grids and [[p["rho"], p["t_min"]] for p in grids[s]] != _grid(study) for s in stages):
+        out.append("grids")
     if "action_frames" not in have and (out or "stage1" in (record or {}).get("grids", {})):
         out.append("action_frames")
     return out + (["arnet"] if "arnet" in study.methods and "arnet" not in have else [])
@@ -280,9 +290,12 @@ def evaluate_seed(study: Any, seed: int, record: Optional[Mapping[str, Any]] = N
             record["reports"][r["stage"]] = {"metrics": r["metrics"], "runs": r["runs"], "stage": r["stage"]}
         for stage in stages:
             model, _ = checkpoint.load_network(run / checkpoint.BEST / stage)
-            bundle = ETBundle.load(write_cache(model, cfg, out / stage / "et_cache", source=str(run)))
-            record["grids"][stage] = [{"rho": float(rho), "t_min": int(t), **replay_metrics(bundle, float(rho), int(t))}
-                                      for rho in study.et_grid.rho for t in study.et_grid.t_min]
+            write_cache(model, cfg, out / stage / "et_cache", source=str(run))
+    if "base" in missing or "grids" in missing:  # a changed et_grid is replayed from the caches, nothing re-run
+        for stage in enabled_stages(seed_config(study, seed)):
+            bundle = ETBundle.load(out / stage / "et_cache")
+            record["grids"][stage] = [{"rho": rho, "t_min": t, **replay_metrics(bundle, rho, t)}
+                                      for rho, t in _grid(study)]
     if "action_frames" in missing and "stage1" in record["grids"]:  # TSN's cache: a causal stage 1 was cached
         source = study.stage1_from and json.loads(_stage1_record(study, seed).read_text())["reports"]
         if source and "action_frames" in source:
