@@ -89,16 +89,27 @@ def replay(cache: ETCache, rho: float, t_min: int, mode: str = "reached") -> SoF
     meaningful; the gate and auxiliary tensors are empty.
     """
     dec = cache.decisions.long()
-    n, t = dec.shape
     decisions, exit_step, fire = apply_early_exit(cache.frame_logits, dec, rho, t_min, mode)
     frame_logits = cache.frame_logits.masked_fill((decisions != PASSED).unsqueeze(-1), 0)
-    no_aux = frame_logits.new_zeros(n, t, 0, frame_logits.shape[-1])
-    logits, _ = aggregate(frame_logits, no_aux, decisions, fire=fire)
+    logits, _ = aggregate(frame_logits, _no_aux(frame_logits), decisions, fire=fire)
     logits = torch.where(cache.fallback.unsqueeze(-1), cache.logits, logits)
+    return _output(cache, logits, decisions, exit_step, frame_logits, cache.fallback)
+
+
+def _no_aux(frame_logits: torch.Tensor) -> torch.Tensor:
+    """[N, T, 0, K]: the cache keeps no auxiliary logits."""
+    n, t, k = frame_logits.shape
+    return frame_logits.new_zeros(n, t, 0, k)
+
+
+def _output(cache: ETCache, logits: torch.Tensor, decisions: torch.Tensor, exit_step: torch.Tensor,
+            frame_logits: torch.Tensor, fallback: torch.Tensor) -> SoFOutput:
+    """A replayed result in the network's output type: GFLOPs from the cache's cost table; no gate tensors."""
+    n, t = decisions.shape
     return SoFOutput(logits=logits, decisions=decisions, exit_step=exit_step, frame_logits=frame_logits,
-                     aux_logits=no_aux, gate_logits=frame_logits.new_zeros(n, t, 0, 2),
+                     aux_logits=_no_aux(frame_logits), gate_logits=frame_logits.new_zeros(n, t, 0, 2),
                      reach=(decisions.unsqueeze(-1) >= torch.arange(6)).float(),
-                     gflops=accounted_gflops(decisions, cache.cost_by_decision.tolist()), fallback=cache.fallback)
+                     gflops=accounted_gflops(decisions, cache.cost_by_decision.tolist()), fallback=fallback)
 
 
 def action_frames_only(cache: ETCache, inside: torch.Tensor) -> SoFOutput:
@@ -123,10 +134,6 @@ def action_frames_only(cache: ETCache, inside: torch.Tensor) -> SoFOutput:
     keep = inside | ~inside.any(dim=1, keepdim=True)
     decisions = torch.where(keep, dec, torch.full_like(dec, NOT_PROCESSED))
     frame_logits = cache.frame_logits.masked_fill(~keep.unsqueeze(-1), 0)
+    logits, fallback = aggregate(frame_logits, _no_aux(frame_logits), decisions)
     n, t = dec.shape
-    no_aux = frame_logits.new_zeros(n, t, 0, frame_logits.shape[-1])
-    logits, fallback = aggregate(frame_logits, no_aux, decisions)
-    return SoFOutput(logits=logits, decisions=decisions, exit_step=torch.full((n,), t, dtype=torch.long),
-                     frame_logits=frame_logits, aux_logits=no_aux, gate_logits=frame_logits.new_zeros(n, t, 0, 2),
-                     reach=(decisions.unsqueeze(-1) >= torch.arange(6)).float(),
-                     gflops=accounted_gflops(decisions, cache.cost_by_decision.tolist()), fallback=fallback)
+    return _output(cache, logits, decisions, torch.full((n,), t, dtype=torch.long), frame_logits, fallback)

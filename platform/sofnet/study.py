@@ -261,7 +261,7 @@ def _missing(study: Any, seed: int, record: Optional[Mapping[str, Any]]) -> List
     grids = (record or {}).get("grids", {})
     if not out and any(s in grids and [[p["rho"], p["t_min"]] for p in grids[s]] != _grid(study) for s in stages):
         out.append("grids")
-    if "action_frames" not in have and (out or "stage1" in (record or {}).get("grids", {})):
+    if "action_frames" not in have and (out or "stage1" in grids):
         out.append("action_frames")
     return out + (["arnet"] if "arnet" in study.methods and "arnet" not in have else [])
 
