@@ -156,7 +156,7 @@ def _check_stage1_source(study: Any, path: str | Path, base: Any) -> None:
         recipe = Path(study.output_dir) / study.stage1_from / f"{study.stage1_from}-seed{seed}.recipe.yaml"
         theirs = dict(OmegaConf.to_container(OmegaConf.load(recipe))) if recipe.is_file() else {}
         differ = [f"{k}={theirs.get(k)}, not {ours.get(k)}" for k in _SCORED_BY if theirs.get(k) != ours.get(k)]
-        if [[p["rho"], p["t_min"]] for p in record["grids"].get("stage1", [])] != grid:
+        if _points(record["grids"].get("stage1", [])) != grid:
             differ.append("another et_grid")
         if differ:
             raise ConfigError(f"{path}: stage1_from={study.stage1_from}: its seed {seed} was scored with "
@@ -166,6 +166,11 @@ def _check_stage1_source(study: Any, path: str | Path, base: Any) -> None:
 def _grid(study: Any) -> List[List[float]]:
     """The study's early-exit grid as ``[[rho, t_min], ...]``, in the order the grids are replayed."""
     return [[float(r), int(t)] for r in study.et_grid.rho for t in study.et_grid.t_min]
+
+
+def _points(replayed: Sequence[Mapping[str, Any]]) -> List[List[float]]:
+    """The ``[[rho, t_min], ...]`` of a record's replayed grid, comparable with :func:`_grid`."""
+    return [[p["rho"], p["t_min"]] for p in replayed]
 
 
 def arnet_config(study: Any, seed: int) -> DictConfig:
@@ -259,7 +264,7 @@ def _missing(study: Any, seed: int, record: Optional[Mapping[str, Any]]) -> List
     stages = enabled_stages(seed_config(study, seed))
     out = [] if all(s in have for s in stages) else ["base"]
     grids = (record or {}).get("grids", {})
-    if not out and any(s in grids and [[p["rho"], p["t_min"]] for p in grids[s]] != _grid(study) for s in stages):
+    if not out and any(s in grids and _points(grids[s]) != _grid(study) for s in stages):
         out.append("grids")
     if "action_frames" not in have and (out or "stage1" in grids):
         out.append("action_frames")
