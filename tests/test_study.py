@@ -172,6 +172,37 @@ def test_a_changed_recipe_under_the_same_name_is_refused(tmp_path: Path) -> None
     check_recipe(tsn_only, seed_config(tsn_only, 1))
 
 
+def test_another_arnet_name_is_another_arnet_job_beside_the_same_base_runs(tmp_path: Path) -> None:
+    """A changed AR-Net recipe under the study's name is refused (its runs are reused by name); another
+    ``arnet_name`` names other AR-Net runs, and a seed whose record holds the old AR-Net row evaluates the new one
+    (the base runs' rows stay)."""
+    from sofnet.config import ConfigError
+    from sofnet.study import _missing, arnet_config, check_recipe, load_study, seed_config
+    from sofnet.train.worker import enabled_stages, run_dir
+
+    path = _study(tmp_path, tmp_path / "shards", arnet=True)
+    study = load_study(path)
+    old = arnet_config(study, 1)
+    assert old.name == "t-arnet-seed1"
+    check_recipe(study, old)
+    record = {"seed": 1, "reports": {s: {} for s in enabled_stages(seed_config(study, 1))}, "grids": {},
+              "arnet_run": str(run_dir(old))}
+    record["reports"].update(action_frames={}, arnet={})
+    assert _missing(study, 1, record) == []
+    last = load_study(path)
+    last.arnet_overrides = list(last.arnet_overrides) + ["train.val_every=0"]  # the same name: refused, the way out
+    with pytest.raises(ConfigError, match=r"t-arnet-seed1 was trained with other settings \(train.val_every: 1 -> 0"
+                                          r"\).*give the study another name \(or AR-Net another arnet_name\)"):
+        check_recipe(last, arnet_config(last, 1))
+    last.arnet_name = "arnet-last"
+    new = arnet_config(last, 1)
+    assert new.name == "t-arnet-last-seed1" and run_dir(new) != run_dir(old) and new.train.val_every == 0
+    check_recipe(last, new)  # first sight of this job: kept beside the old one's
+    assert _missing(last, 1, record) == ["arnet"]  # only AR-Net: the base runs' rows are reused
+    with pytest.raises(ConfigError, match=r"arnet_name='a/b' must be letters"):
+        load_study(path, ["arnet_name=a/b"])
+
+
 def test_runs_on_other_data_at_the_same_path_are_refused(tmp_path: Path) -> None:
     """Regenerated shards at the same path (the benchmark data before mbtree=0 changed with every generation) must
     not reuse the runs trained on the old ones: the recipe keeps the manifest's digests and compares them."""
@@ -201,7 +232,7 @@ def test_runs_on_other_data_at_the_same_path_are_refused(tmp_path: Path) -> None
 
 
 def test_the_shipped_study_configs_load(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sofnet.study import load_study
+    from sofnet.study import arnet_config, load_study, seed_config
 
     monkeypatch.chdir(REPO)  # base_config is relative to the repository root, where `make study` runs
     study = load_study(REPO / "jobs/configs/study.yaml")
@@ -215,6 +246,8 @@ def test_the_shipped_study_configs_load(monkeypatch: pytest.MonkeyPatch) -> None
     table_b = load_study(REPO / "jobs/configs/study_table_b.yaml")  # make study, then make table-b trains AR-Net only
     assert table_b.methods == ["tsn", "sofnet", "arnet"] and table_b.name == study.name
     assert table_b.overrides == study.overrides and table_b.seeds == study.seeds and table_b.et_grid == study.et_grid
+    # one epoch rule for every row: each stage's last epoch, AR-Net's stages too
+    assert arnet_config(table_b, 1).train.val_every == seed_config(study, 1).train.val_every == 0
 
 
 def test_bad_study_config_is_one_line(tmp_path: Path) -> None:

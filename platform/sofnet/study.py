@@ -11,11 +11,11 @@ Usage (what ``jobs/study.py`` does)::
 ``arnet`` (Table B's row beside them). Per seed ``s`` the base training config runs once as a two-stage job named
 ``<name>-seed<s>`` (stage 1 = TSN, shared by that seed's SoF-Net; stage 2 = SoF-Net from it, only if ``sofnet`` is
 listed) on Ray Train + DeepSpeed, into ``<output_dir>/<name>/``; with ``arnet``, ``arnet_config`` runs as its own
-three-stage job ``<name>-arnet-seed<s>`` (same seed, same validation shards, checked) and its final stage is the
-AR-Net row. Each run's
-best epochs go through :func:`sofnet.train.report.evaluate_run` (with and without early exit, the config's rho and
-T_min) and, for the Table C grid, through the early-exit cache of :mod:`sofnet.tune.et_cache` (a replayed point
-equals a full evaluation, as its tests prove), for TSN and SoF-Net alike. A seed whose evaluation is on disk is not
+three-stage job ``<name>-<arnet_name>-seed<s>`` (same seed, same validation shards, checked) and its final stage is
+the AR-Net row; another ``arnet_name`` trains another AR-Net recipe beside the same base runs. Each run's best epochs
+go through :func:`sofnet.train.report.evaluate_run` (with and without early exit, the config's rho and T_min) and,
+for the Table C grid, through the early-exit cache of :mod:`sofnet.tune.et_cache` (a replayed point equals a full
+evaluation, as its tests prove), for TSN and SoF-Net alike. A seed whose evaluation is on disk is not
 retrained nor re-evaluated (resumable; a method added later trains and evaluates only that method); a seed whose
 training stopped part-way resumes from its last checkpoint.
 
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,7 @@ class StudyConfig:
     methods: List[str] = field(default_factory=lambda: ["tsn", "sofnet"])  # of METHODS; tsn always
     arnet_config: str = "jobs/configs/bench_arnet.yaml"  # AR-Net's three-stage job, when methods has arnet
     arnet_overrides: List[str] = field(default_factory=list)
+    arnet_name: str = "arnet"  # AR-Net's job is <name>-<arnet_name>-seed<s>; another name, another AR-Net recipe
     seeds: List[int] = field(default_factory=lambda: [1, 2, 3])
     stage1_from: str = ""  # another study's name (same output_dir): its seeds' stage 1 is this study's (see above)
     output_dir: str = "runs/study"  # <output_dir>/<name>/: the seeds' runs, evaluations and the table
@@ -101,6 +103,9 @@ def load_study(path: str | Path, dotlist: Sequence[str] = ()) -> DictConfig:
     if study.stage1_from:
         _check_stage1_source(study, path, base)
     if "arnet" in study.methods:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", study.arnet_name):
+            raise ConfigError(f"{path}: arnet_name={study.arnet_name!r} must be letters, digits, '.', '_', '-' (it "
+                              "names AR-Net's runs)")
         arnet = arnet_config(study, study.seeds[0])
         if arnet.model.arch != "arnet":
             raise ConfigError(f"{study.arnet_config}: arnet_config must train model.arch=arnet, not {arnet.model.arch}")
@@ -176,7 +181,8 @@ def _points(replayed: Sequence[Mapping[str, Any]]) -> List[List[float]]:
 def arnet_config(study: Any, seed: int) -> DictConfig:
     """The AR-Net job of one seed: ``arnet_config``, ``arnet_overrides``, its name, seed and output folder."""
     return load_config(study.arnet_config, list(study.arnet_overrides) + [
-        f"name={study.name}-arnet-seed{seed}", f"train.seed={seed}", f"train.output_dir={study_dir(study)}"])
+        f"name={study.name}-{study.arnet_name}-seed{seed}", f"train.seed={seed}",
+        f"train.output_dir={study_dir(study)}"])
 
 
 def study_dir(study: Any) -> Path:
@@ -231,7 +237,8 @@ def check_recipe(study: Any, cfg: Any) -> None:
         path.write_text(OmegaConf.to_yaml(OmegaConf.create(now)))
         return
     before = dict(OmegaConf.to_container(OmegaConf.load(path)))
-    again = "its results would be reused as if they were {}: give the study another name"
+    again = ("its results would be reused as if they were {}: give the study another name"
+             + (" (or AR-Net another arnet_name)" if cfg.model.arch == "arnet" else ""))
     for key, shards in zip(DIGESTS, (cfg.data.train_shards, cfg.data.val_shards)):
         subset = key.split(".")[1]
         if key not in before:  # kept before the digests were: which data the run read is unknown
@@ -258,7 +265,7 @@ def _missing(study: Any, seed: int, record: Optional[Mapping[str, Any]]) -> List
     """What the seed still lacks: the evaluation of a job, ``base`` (TSN, SoF-Net) or ``arnet``; ``grids``, the
     early-exit grids replayed again from the caches when ``et_grid`` changed; TSN's ``action_frames`` diagnostic
     (scored from stage 1's early-exit cache: records from before it get it on resume)."""
-    from sofnet.train.worker import enabled_stages
+    from sofnet.train.worker import enabled_stages, run_dir
 
     have = (record or {}).get("reports", {})
     stages = enabled_stages(seed_config(study, seed))
@@ -268,7 +275,11 @@ def _missing(study: Any, seed: int, record: Optional[Mapping[str, Any]]) -> List
         out.append("grids")
     if "action_frames" not in have and (out or "stage1" in grids):
         out.append("action_frames")
-    return out + (["arnet"] if "arnet" in study.methods and "arnet" not in have else [])
+    if "arnet" not in study.methods:
+        return out
+    # the record's AR-Net row is another AR-Net job's (an earlier arnet_name): this one's is still to be evaluated
+    ours = str(run_dir(arnet_config(study, seed)))
+    return out + (["arnet"] if "arnet" not in have or record.get("arnet_run") != ours else [])
 
 
 def evaluate_seed(study: Any, seed: int, record: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
@@ -312,7 +323,7 @@ def evaluate_seed(study: Any, seed: int, record: Optional[Mapping[str, Any]] = N
     if "arnet" in missing:
         acfg = arnet_config(study, seed)
         final = enabled_stages(acfg)[-1]
-        (_, r), = evaluate_run(acfg, run_dir(acfg), out / "arnet", stages=[final])
+        (_, r), = evaluate_run(acfg, run_dir(acfg), out / study.arnet_name, stages=[final])
         record["reports"]["arnet"] = {"metrics": r["metrics"], "runs": r["runs"], "stage": final}
         record["arnet_run"] = str(run_dir(acfg))
     tmp = _seed_eval(study, seed).with_suffix(".tmp")
@@ -360,7 +371,8 @@ def run_study(study: Any, *, train: Optional[Any] = None) -> Dict[str, Any]:
         records.append(evaluate_seed(study, seed, record))
     summary = summarize(records, study.targets, study.methods)
     cfg0 = seed_config(study, study.seeds[0])
-    arnet = f", AR-Net {study.arnet_config} {' '.join(study.arnet_overrides)}" if "arnet" in study.methods else ""
+    arnet = (f", AR-Net ({study.arnet_name}) {study.arnet_config} {' '.join(study.arnet_overrides)}"
+             if "arnet" in study.methods else "")
     shared = f", stage 1 from study {study.stage1_from}" if study.stage1_from else ""
     videos = int(records[0]["reports"]["stage1"]["metrics"]["val/videos"])
     seeds = f"{len(records)} seed{'s' if len(records) > 1 else ''} {list(study.seeds)}"
@@ -391,7 +403,9 @@ def log_study(study: Any, cfg: Any, summary: Mapping[str, Any], records: Sequenc
             stage1_run = record.get("stage1_run", record["run"])
             run = {"arnet": record.get("arnet_run", ""), "stage1": stage1_run, "action_frames": stage1_run}.get(
                 report_of[method], record["run"])
-            child = parent.child(f"{method}|seed{record['seed']}", f"{method} seed {record['seed']}",
+            # another AR-Net job (arnet_name) is another child: a child's params (its run_dir) are written once
+            label = f"{method} {study.arnet_name}" if method == "AR-Net" and study.arnet_name != "arnet" else method
+            child = parent.child(f"{label}|seed{record['seed']}", f"{label} seed {record['seed']}",
                                  {"method": method, "seed": record["seed"], "run_dir": run})
             parent.client.set_tag(child, "training_run", report["runs"].get(stage, ""))
             log_metrics(parent.client, child, {f"study/{k}": v for k, v in row.items()})
