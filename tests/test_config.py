@@ -33,6 +33,8 @@ def test_defaults_yaml_then_dotlist(tmp_path):
     ("model:\n  arch: i3d\n", [], "model.arch"),
     ("model:\n  arch: sofnet_tsm\n  shift: bidirectional\n", [], "model.shift"),
     ("model:\n  gate_init: xavier\n", [], "model.gate_init"),
+    ("", ["model.video_score=sum"], "model.video_score"),
+    ("model:\n  arch: arnet\n  video_score: frames_seen\n", [], "model.video_score"),
     ("loss:\n  gate_label: deeper\n", [], "loss.gate_label"),
     ("", ["loss.gate_margin=1.5"], "loss.gate_margin"),
     ("", ["early_exit.rho=high"], "early_exit.rho"),

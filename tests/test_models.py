@@ -89,6 +89,30 @@ def test_no_frame_passes_falls_back_to_deepest_auxiliary_head():
             torch.testing.assert_close(out.logits[b], expect)
 
 
+def test_frames_seen_score_divides_by_the_frames_seen_on_both_paths():
+    """model.video_score: the official mean over the frames that reached the classifier, and the deviation
+    frames_seen, the same sum over the frames seen (T, or the exit step + 1); dense and skipping paths agree on both,
+    with and without early exit (whose confidence is that of the score)."""
+    import copy
+
+    x, official = calibrated("sofnet", 0)
+    seen = copy.deepcopy(official)
+    seen.cfg.video_score = "frames_seen"
+    for rho, t_min, chunk in ((None, None, None), (0.6, 2, 1)):
+        out = {}
+        for name, model in (("official", official), ("seen", seen)):
+            out[name] = dense = model(x, rho=rho, t_min=t_min)
+            assert_same(dense, model.infer(x, rho=rho, t_min=t_min, chunk=chunk))
+            passed = (dense.decisions == 5).unsqueeze(-1)
+            total = (dense.frame_logits * passed).sum(dim=1)
+            ok = ~dense.fallback
+            den = passed.sum(dim=1) if name == "official" else dense.exit_step.unsqueeze(-1)
+            torch.testing.assert_close(dense.logits[ok], (total / den)[ok], atol=1e-9, rtol=0)
+        assert not torch.equal(out["official"].logits, out["seen"].logits)
+        if rho is not None:
+            assert (out["seen"].exit_step < 8).any(), "early exit never fired: the case proves nothing"
+
+
 def test_early_exit_counts_t_min_as_documented():
     x = clips(2, 8, 64, 6)
     model = gated("sofnet", x, seed=6, survival=(1, 1, 1, 1, 1))  # every frame reaches the classifier

@@ -9,10 +9,12 @@ from helpers import clips, gated, tiny_model
 from sofnet.replay import ETCache, action_frames_only, replay
 
 
-@pytest.mark.parametrize("arch", ["sofnet", "sofnet_tsm"])
-def test_replay_equals_full_evaluation_on_a_grid(arch, tmp_path):
+@pytest.mark.parametrize("arch,score", [("sofnet", "passed_mean"), ("sofnet_tsm", "passed_mean"),
+                                        ("sofnet", "frames_seen")])
+def test_replay_equals_full_evaluation_on_a_grid(arch, score, tmp_path):
     x = clips(4, 8, 64, 11)
     model = gated(arch, x, seed=11, survival=(0.9, 0.8, 0.7, 0.6, 0.5))
+    model.cfg.video_score = score  # model.video_score: the replay must score as the network does
     batches = [x[:2], x[2:]]
     cache = ETCache.from_outputs([model.infer(b) for b in batches], model.cost_table(64, 64).by_decision())
     cache = ETCache.load(cache.save(tmp_path / "cache.pt"))
@@ -21,7 +23,7 @@ def test_replay_equals_full_evaluation_on_a_grid(arch, tmp_path):
         for t_min in (1, 3):
             for mode in ("reached", "official"):
                 full = [model.infer(b, rho=rho, t_min=t_min, mode=mode) for b in batches]
-                got = replay(cache, rho, t_min, mode)
+                got = replay(cache, rho, t_min, mode, score)
                 assert torch.equal(got.decisions, torch.cat([o.decisions for o in full]))
                 assert torch.equal(got.exit_step, torch.cat([o.exit_step for o in full]))
                 torch.testing.assert_close(got.logits, torch.cat([o.logits for o in full]).float())

@@ -26,7 +26,7 @@ from sofnet.schema import (  # noqa: F401  (re-exported: the config API lives he
     ARCHS, ARNET_EFF, ARNET_PHASES, BACKBONES, BEST_METRICS, EFF_WEIGHTS, ET_MODES, GATE_INITS, GATE_LABELS,
     GATE_MARGIN_RANGE, GATE_TARGETS, NUM_BLOCKS, PLACEMENT_STRATEGIES, SHIFTS, STAGE_NAMES, Config, DataConfig,
     EarlyExitConfig, LossConfig, MlflowConfig, ModelConfig, OptimConfig, ScalingConfig, StageConfig, TrainConfig,
-    gate_margin_ok,
+    VIDEO_SCORES, gate_margin_ok,
 )
 
 class ConfigError(ValueError):
@@ -46,6 +46,7 @@ def validate(cfg: Any, src: str = "<config>") -> None:
     _choice(m.shift, SHIFTS, "model.shift", src)
     _choice(m.gate_init, GATE_INITS, "model.gate_init", src)
     _choice(et.mode, ET_MODES, "early_exit.mode", src)
+    _choice(m.get("video_score", "passed_mean"), VIDEO_SCORES, "model.video_score", src)
     _choice(m.get("arnet_phase", "joint"), ARNET_PHASES, "model.arnet_phase", src)
     for name in m.get("arnet_backbones", []):
         _choice(name, BACKBONES, "model.arnet_backbones", src)
@@ -54,6 +55,8 @@ def validate(cfg: Any, src: str = "<config>") -> None:
     _choice(loss.get("eff_weights", "marginal"), EFF_WEIGHTS, "loss.eff_weights", src)
     _choice(loss.get("arnet_eff", "official"), ARNET_EFF, "loss.arnet_eff", src)
     checks = [
+        (m.arch != "arnet" or m.get("video_score", "passed_mean") == "passed_mean", "model.video_score",
+         "is TSN's and SoF-Net's video score; AR-Net keeps the mean over its frames (leave it passed_mean)"),
         (m.num_classes >= 1, "model.num_classes", "must be >= 1"),
         (m.num_segments >= 1, "model.num_segments", "must be >= 1"),
         (m.input_size >= 32, "model.input_size", "must be >= 32"),

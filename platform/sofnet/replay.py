@@ -82,16 +82,17 @@ class ETCache:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__})
 
 
-def replay(cache: ETCache, rho: float, t_min: int, mode: str = "reached") -> SoFOutput:
-    """The output ``model.infer(x, rho, t_min, mode)`` would give, from the cache alone.
+def replay(cache: ETCache, rho: float, t_min: int, mode: str = "reached", score: str = "passed_mean") -> SoFOutput:
+    """The output ``model.infer(x, rho, t_min, mode)`` would give, from the cache alone; ``score`` is the model's
+    ``video_score`` (the cache's ``meta``).
 
     Only ``logits``, ``decisions``, ``exit_step``, ``frame_logits``, ``gflops`` and ``fallback`` are
     meaningful; the gate and auxiliary tensors are empty.
     """
     dec = cache.decisions.long()
-    decisions, exit_step, fire = apply_early_exit(cache.frame_logits, dec, rho, t_min, mode)
+    decisions, exit_step, fire = apply_early_exit(cache.frame_logits, dec, rho, t_min, mode, score)
     frame_logits = cache.frame_logits.masked_fill((decisions != PASSED).unsqueeze(-1), 0)
-    logits, _ = aggregate(frame_logits, _no_aux(frame_logits), decisions, fire=fire)
+    logits, _ = aggregate(frame_logits, _no_aux(frame_logits), decisions, fire=fire, score=score)
     logits = torch.where(cache.fallback.unsqueeze(-1), cache.logits, logits)
     return _output(cache, logits, decisions, exit_step, frame_logits, cache.fallback)
 

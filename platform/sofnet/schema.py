@@ -15,6 +15,9 @@ SHIFTS = ("auto", "bidirectional", "causal")
 GATE_INITS = ("official", "pytorch")
 ARNET_PHASES = ("warmup", "joint", "finetune")
 ET_MODES = ("reached", "official")
+# The video score: the official mean over the frames that reached the classifier, or their sum over the frames seen
+# (a deviation, see the README: the stopped frames count as evidence of nothing)
+VIDEO_SCORES = ("passed_mean", "frames_seen")
 GATE_TARGETS = ("sample", "logits")  # L_gate on the hard Gumbel sample (official) or on the gate logits
 GATE_LABELS = ("next", "final")  # L_gate's pseudo-label: head k+1 vs head k (official), or the final head vs head k
 GATE_MARGIN_RANGE = "in [0, 1): a softmax confidence gain"  # loss.gate_margin, and jobs/gate_labels.py's --rule
@@ -55,6 +58,7 @@ class ModelConfig:
     shift_div: int = 8  # 1/shift_div of the channels move per direction
     partial_bn: bool = False  # TSN partial BN (freeze all BNs but the first); off as in the published runs (--npb)
     et_chunk: int = 4  # time steps per chunk of the skipping path when early exit is on
+    video_score: str = "passed_mean"  # passed_mean (official) | frames_seen (a deviation: see the README)
     # AR-Net (arch arnet; ``backbone`` and the gate keys are unused): one backbone per resolution, largest first,
     # the policy (MobileNetV2 + LSTMCell) at policy_size, skip options. Official ActivityNet setting below.
     arnet_backbones: List[str] = field(default_factory=lambda: ["resnet50", "resnet34", "resnet18"])

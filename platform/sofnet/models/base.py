@@ -18,7 +18,8 @@ from sofnet.schema import ModelConfig
 from sofnet.models.costs import measure_cost_table
 
 MODEL_KEYS = ("arch", "backbone", "num_classes", "num_segments", "input_size", "pretrained", "dropout",
-              "gate_hidden", "gate_init", "tau0", "tau_decay", "shift", "shift_div", "partial_bn", "et_chunk")
+              "gate_hidden", "gate_init", "tau0", "tau_decay", "shift", "shift_div", "partial_bn", "et_chunk",
+              "video_score")
 
 
 def as_namespace(cfg: Any) -> SimpleNamespace:

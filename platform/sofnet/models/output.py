@@ -82,7 +82,7 @@ class SoFOutput:
 
 
 def first_exit(frame_logits: torch.Tensor, passed: torch.Tensor, rho: float, t_min: int,
-               mode: str = "reached") -> torch.Tensor:
+               mode: str = "reached", score: str = "passed_mean") -> torch.Tensor:
     """The 0-based time index at which early exit fires for each video, or -1.
 
     The one place early exit is decided (dense paths, the skipping path's chunks and the replay all call it),
@@ -94,12 +94,17 @@ def first_exit(frame_logits: torch.Tensor, passed: torch.Tensor, rho: float, t_m
         rho: confidence threshold on the max softmax of the running mean.
         t_min: minimum count (frames that reached the classifier, or time steps in ``official`` mode).
         mode: ``reached`` (ours, >= rho) or ``official`` (the official code's counting, > rho).
+        score: the video score whose confidence is tested (:func:`aggregate`).
     """
     frame_logits = frame_logits.detach().to(torch.promote_types(frame_logits.dtype, torch.float32))
     w = passed.to(frame_logits.dtype)
     csum = torch.cumsum(frame_logits * w.unsqueeze(-1), dim=1)
     count = torch.cumsum(w, dim=1)
-    prob = torch.softmax(csum / count.clamp(min=1).unsqueeze(-1), dim=-1).amax(dim=-1)
+    if score == "frames_seen":  # the running sum over the time steps so far
+        seen = torch.arange(1, passed.shape[1] + 1, device=passed.device, dtype=frame_logits.dtype)
+        prob = torch.softmax(csum / seen.view(1, -1, 1), dim=-1).amax(dim=-1)
+    else:
+        prob = torch.softmax(csum / count.clamp(min=1).unsqueeze(-1), dim=-1).amax(dim=-1)
     if mode == "reached":
         fire = passed & (count >= t_min) & (prob >= rho)
     elif mode == "official":
@@ -119,13 +124,14 @@ def drop_after_exit(decisions: torch.Tensor, fire: torch.Tensor) -> torch.Tensor
 
 
 def apply_early_exit(frame_logits: torch.Tensor, decisions: torch.Tensor, rho: float, t_min: int,
-                     mode: str = "reached") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     mode: str = "reached", score: str = "passed_mean",
+                     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Early exit applied to finished per-frame results (dense paths and the replay).
 
     Returns ``(decisions, exit_step, fire)``: decisions with the frames after each exit marked -1, the frames
     visited per video (``T`` where no exit fired), and :func:`first_exit`'s index for :func:`aggregate`.
     """
-    fire = first_exit(frame_logits, decisions == PASSED, rho, t_min, mode)
+    fire = first_exit(frame_logits, decisions == PASSED, rho, t_min, mode, score)
     dropped = decisions.masked_fill(drop_after_exit(decisions, fire), NOT_PROCESSED)
     exit_step = torch.where(fire >= 0, fire + 1, torch.full_like(fire, decisions.shape[1]))
     return dropped, exit_step, fire
@@ -133,7 +139,7 @@ def apply_early_exit(frame_logits: torch.Tensor, decisions: torch.Tensor, rho: f
 
 def aggregate(frame_logits: torch.Tensor, aux_logits: torch.Tensor, decisions: torch.Tensor,
               passed_w: Optional[torch.Tensor] = None, fire: Optional[torch.Tensor] = None,
-              ) -> Tuple[torch.Tensor, torch.Tensor]:
+              score: str = "passed_mean") -> Tuple[torch.Tensor, torch.Tensor]:
     """Video logits from per-frame results; returns ``(logits [B, K], fallback [B] bool)``.
 
     The mean of the classifier logits of the frames that reached it (up to and including the exit step
@@ -141,6 +147,10 @@ def aggregate(frame_logits: torch.Tensor, aux_logits: torch.Tensor, decisions: t
     logits at the deepest gate any of its frames reached, over those frames: the most informed prediction
     the network made for it. (The official code returns all-zero logits there, a uniform guess that a
     single confident frame would beat.)
+
+    ``score="frames_seen"`` (``model.video_score``, a deviation) divides the same sum by the frames seen instead
+    (``T``, or the exit step + 1): a stopped frame counts as a vote of zero logits, so a video's score keeps how
+    many of its frames carried evidence, as TSN's dense mean does (see the README's deviation table).
 
     Args:
         passed_w: [B, T] weights of "reached the classifier"; defaults to ``decisions == 5``; the dense
@@ -159,9 +169,13 @@ def aggregate(frame_logits: torch.Tensor, aux_logits: torch.Tensor, decisions: t
         gather = last.view(-1, 1, 1).expand(-1, 1, frame_logits.shape[-1])
         num = csum.gather(1, gather).squeeze(1)
         den = count.gather(1, last.view(-1, 1)).squeeze(1)
+        if score == "frames_seen":
+            den = (last + 1).to(num.dtype)
     else:
         num = (frame_logits * w.unsqueeze(-1)).sum(dim=1)
         den = w.sum(dim=1)
+        if score == "frames_seen":
+            den = torch.full_like(den, decisions.shape[1])
     fallback = ~passed.any(dim=1)
     logits = num / den.clamp(min=1e-12).unsqueeze(-1)
     if bool(fallback.any()) and aux_logits.shape[2] > 0:

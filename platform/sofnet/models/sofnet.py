@@ -149,9 +149,11 @@ class SoFNet(VideoModel):
             fallback=x.new_zeros(0, dtype=torch.bool), gate_sample=bt(torch.stack(samples, dim=1)))
         fire = None
         if rho is not None:
-            out.decisions, out.exit_step, fire = apply_early_exit(out.frame_logits, decisions, rho, t_min or 1, mode)
+            out.decisions, out.exit_step, fire = apply_early_exit(out.frame_logits, decisions, rho, t_min or 1, mode,
+                                                                  self.cfg.video_score)
         passed_w = reach_all[..., -1] * (out.decisions >= 0)
-        out.logits, out.fallback = aggregate(out.frame_logits, out.aux_logits, out.decisions, passed_w, fire)
+        out.logits, out.fallback = aggregate(out.frame_logits, out.aux_logits, out.decisions, passed_w, fire,
+                                             self.cfg.video_score)
         out.gflops = accounted_gflops(out.decisions, self.cost_table(*x.shape[-2:]).by_decision())
         return out
 
@@ -208,7 +210,8 @@ class SoFNet(VideoModel):
                 break
             self._run_chunk(x, vids, t0, t1, state, carry, out)
             if rho is not None:
-                fire = first_exit(out.frame_logits[:, :t1], out.decisions[:, :t1] == PASSED, rho, t_min or 1, mode)
+                fire = first_exit(out.frame_logits[:, :t1], out.decisions[:, :t1] == PASSED, rho, t_min or 1, mode,
+                                  self.cfg.video_score)
                 new = alive & (fire >= 0)
                 if bool(new.any()):
                     fire_all = torch.where(new, fire, fire_all)
@@ -220,7 +223,7 @@ class SoFNet(VideoModel):
                     alive &= ~new
         out.reach = (out.decisions.unsqueeze(-1) >= torch.arange(g + 1, device=dev)).to(dt)
         out.logits, out.fallback = aggregate(out.frame_logits, out.aux_logits, out.decisions,
-                                             fire=fire_all if rho is not None else None)
+                                             fire=fire_all if rho is not None else None, score=self.cfg.video_score)
         out.gflops = accounted_gflops(out.decisions, self.cost_table(*x.shape[-2:]).by_decision())
         return out
 

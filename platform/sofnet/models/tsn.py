@@ -36,9 +36,10 @@ class TSN(VideoModel):
         if rho is not None:
             if self.shift == "bidirectional":
                 raise ValueError("early exit needs a causal model; the bidirectional TSM reads later frames")
-            decisions, exit_step, fire = apply_early_exit(frame_logits, decisions, rho, t_min or 1, mode)
+            decisions, exit_step, fire = apply_early_exit(frame_logits, decisions, rho, t_min or 1, mode,
+                                                          self.cfg.video_score)
         empty = frame_logits.new_zeros(b, t, 0, frame_logits.shape[-1])
-        logits, fallback = aggregate(frame_logits, empty, decisions, fire=fire)
+        logits, fallback = aggregate(frame_logits, empty, decisions, fire=fire, score=self.cfg.video_score)
         costs = self.cost_table(*x.shape[-2:]).by_decision()
         return SoFOutput(
             logits=logits, decisions=decisions, exit_step=exit_step, frame_logits=frame_logits, aux_logits=empty,

@@ -145,7 +145,9 @@ def replay_metrics(bundle: ETBundle, rho: float, t_min: int, mode: str = "reache
         "frames_processed", "fallback_rate", "survival/<block>", "stop_rate/...", "exit/..."}``, as
         ``sofnet.evaluation.evaluate`` names them.
     """
-    out = replay(bundle.cache, rho, int(t_min), mode)
+    # the model's video score (a cache written before model.video_score: the official mean, all there was)
+    video_score = bundle.meta.get("model", {}).get("video_score", "passed_mean")
+    out = replay(bundle.cache, rho, int(t_min), mode, video_score)
     metrics, _ = score(prefix, out.logits.float().softmax(-1).numpy(), bundle.targets, bundle.label,
                        out.decisions.numpy(), out.gflops.double().numpy(), out.fallback.numpy(),
                        bundle.inside, out.exit_step.numpy() if bundle.inside is not None else None)
