@@ -198,6 +198,16 @@ def upload_dir(local: PathLike, uri: str, last: str = "") -> None:
         fs.delete_file(path)
 
 
+# The variable that points each store's client at another server (pyarrow reads both); unset, the cloud's own.
+_ENDPOINT_VARIABLES = {"s3://": "AWS_ENDPOINT_URL", "gs://": "CLOUD_STORAGE_EMULATOR_ENDPOINT"}
+
+
+def _endpoint(uri: str) -> str:
+    """``AWS_ENDPOINT_URL=<value or unset>`` for an ``s3://`` URI, ``CLOUD_STORAGE_EMULATOR_ENDPOINT=...`` for ``gs://``."""
+    name = next(v for scheme, v in _ENDPOINT_VARIABLES.items() if uri.startswith(scheme))
+    return f"{name}={os.environ.get(name, 'unset')}"
+
+
 def _bounded(call: Any, key: str, uri: str, what: str, timeout_s: float) -> Any:
     """``call()`` within ``timeout_s`` (an unreachable endpoint would otherwise retry for minutes); its failure as
     :class:`StorageError` ``<key>=<uri>: <what> (<why>)`` (``<uri>: ...`` without a key)."""
@@ -206,8 +216,7 @@ def _bounded(call: Any, key: str, uri: str, what: str, timeout_s: float) -> Any:
     try:
         return pool.submit(call).result(timeout=timeout_s)
     except concurrent.futures.TimeoutError:
-        raise StorageError(f"{where}: no answer within {timeout_s:.0f} s (endpoint AWS_ENDPOINT_URL="
-                           f"{os.environ.get('AWS_ENDPOINT_URL', 'unset')})") from None
+        raise StorageError(f"{where}: no answer within {timeout_s:.0f} s (endpoint {_endpoint(uri)})") from None
     except (OSError, ValueError) as e:
         raise StorageError(f"{where}: {what} ({' '.join(str(e).split())[:200]})") from None
     finally:
