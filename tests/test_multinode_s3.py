@@ -229,7 +229,8 @@ def test_unwritable_bucket_is_one_line_before_ray(s3: str, tmp_path: Path, capsy
         # gs:// names its own client's endpoint variable, not S3's (pyarrow's GCS client reads it)
         with environ({"CLOUD_STORAGE_EMULATOR_ENDPOINT": f"http://127.0.0.1:{silent.getsockname()[1]}"}):
             with pytest.raises(storage.StorageError, match=r"^k=gs://runs/x: no answer within 2 s \(endpoint "
-                                                           r"CLOUD_STORAGE_EMULATOR_ENDPOINT=http://127\.0\.0\.1:\d+\)$"):
+                                                           r"CLOUD_STORAGE_EMULATOR_ENDPOINT=http://127\.0\.0\.1:"
+                                                           r"\d+\)$"):
                 storage.check_writable("gs://runs/x", "k", timeout_s=2)
     with pytest.raises(PreflightError):
         check_output_dir("s3://nobucket/runs")

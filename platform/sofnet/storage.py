@@ -203,7 +203,8 @@ _ENDPOINT_VARIABLES = {"s3://": "AWS_ENDPOINT_URL", "gs://": "CLOUD_STORAGE_EMUL
 
 
 def _endpoint(uri: str) -> str:
-    """``AWS_ENDPOINT_URL=<value or unset>`` for an ``s3://`` URI, ``CLOUD_STORAGE_EMULATOR_ENDPOINT=...`` for ``gs://``."""
+    """``AWS_ENDPOINT_URL=<value or unset>`` for an ``s3://`` URI, ``CLOUD_STORAGE_EMULATOR_ENDPOINT=...`` for
+    ``gs://``."""
     name = next(v for scheme, v in _ENDPOINT_VARIABLES.items() if uri.startswith(scheme))
     return f"{name}={os.environ.get(name, 'unset')}"
 
