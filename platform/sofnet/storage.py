@@ -29,7 +29,10 @@ import uuid
 from pathlib import Path
 from typing import Any, List, Tuple, Union
 
-OBJECT_STORES = ("s3://", "gs://")
+# Each object store's scheme, and the variable that points its client at another server (pyarrow reads both; unset,
+# the cloud's own): the one list of the stores this module knows.
+_ENDPOINT_VARIABLES = {"s3://": "AWS_ENDPOINT_URL", "gs://": "CLOUD_STORAGE_EMULATOR_ENDPOINT"}
+OBJECT_STORES = tuple(_ENDPOINT_VARIABLES)
 PathLike = Union[str, os.PathLike]
 
 
@@ -196,10 +199,6 @@ def upload_dir(local: PathLike, uri: str, last: str = "") -> None:
         stale.discard(f"{root}/{rel}")
     for path in stale - {f"{root}/{last}"}:  # files of the old copy the new one does not have
         fs.delete_file(path)
-
-
-# The variable that points each store's client at another server (pyarrow reads both); unset, the cloud's own.
-_ENDPOINT_VARIABLES = {"s3://": "AWS_ENDPOINT_URL", "gs://": "CLOUD_STORAGE_EMULATOR_ENDPOINT"}
 
 
 def _endpoint(uri: str) -> str:
