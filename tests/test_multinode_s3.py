@@ -10,6 +10,8 @@ endpoint and credentials are the standard AWS variables (what a real S3 user set
 from __future__ import annotations
 
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -232,6 +234,18 @@ def test_unwritable_bucket_is_one_line_before_ray(s3: str, tmp_path: Path, capsy
                                                            r"CLOUD_STORAGE_EMULATOR_ENDPOINT=http://127\.0\.0\.1:"
                                                            r"\d+\)$"):
                 storage.check_writable("gs://runs/x", "k", timeout_s=2)
+            # ...and a command that met such an endpoint ends with its error: nothing of the check outlives it (a
+            # thread left waiting once kept the process alive ~10 min after the error, the suite's too)
+            for scheme, variable in (("gs", "CLOUD_STORAGE_EMULATOR_ENDPOINT"), ("s3", "AWS_ENDPOINT_URL")):
+                with environ({variable: f"http://127.0.0.1:{silent.getsockname()[1]}"}):
+                    start = time.monotonic()
+                    done = subprocess.run([sys.executable, "-c", "import sys; from sofnet import storage\n"
+                                           f"try: storage.check_writable('{scheme}://runs/x', 'k', timeout_s=2)\n"
+                                           "except storage.StorageError as e: sys.exit(str(e))"],
+                                          capture_output=True, text=True, timeout=60)
+                    took = time.monotonic() - start
+                assert done.returncode == 1 and "no answer within 2 s" in done.stderr, done.stderr[-2000:]
+                assert took < 20, f"{scheme}: the command ended {took:.0f} s after a 2 s check"
     with pytest.raises(PreflightError):
         check_output_dir("s3://nobucket/runs")
 

@@ -22,8 +22,9 @@ vouches for a half-written directory (:mod:`sofnet.checkpoint` refuses a directo
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -93,15 +94,8 @@ def fetch_bytes(uri: str, timeout_s: float = 30) -> bytes:
     Raises:
         StorageError: ``<uri>: no such object`` / ``cannot read there (...)`` / ``no answer within ...``.
     """
-    def read() -> bytes | None:
-        try:
-            with open_input(uri) as f:
-                return f.read()
-        except FileNotFoundError:
-            return None
-
-    data = _bounded(read, "", uri, "cannot read there", timeout_s)
-    if data is None:
+    found, data = _bounded("read", "", uri, "cannot read there", timeout_s)
+    if found != "file":
         raise StorageError(f"{uri}: no such object")
     return data
 
@@ -208,19 +202,52 @@ def _endpoint(uri: str) -> str:
     return f"{name}={os.environ.get(name, 'unset')}"
 
 
-def _bounded(call: Any, key: str, uri: str, what: str, timeout_s: float) -> Any:
-    """``call()`` within ``timeout_s`` (an unreachable endpoint would otherwise retry for minutes); its failure as
+# The bounded calls run in a child process that is killed at the deadline. A thread cannot be stopped: one left
+# waiting on an endpoint that never answers kept the command alive after its one-line error, ~10 min with gs://
+# (the GCS client retries; concurrent.futures joins its threads at exit) and without end with s3:// (pyarrow's exit
+# hook waits for requests in flight). Costs one interpreter start (~0.3 s) per check, on object stores only.
+_CHILD = """
+import sys
+import pyarrow.fs as pafs
+op, uri = sys.argv[1], sys.argv[2]
+out = sys.stdout.buffer
+try:
+    fs, path = pafs.FileSystem.from_uri(uri.rstrip("/"))
+    if op == "write":
+        with fs.open_output_stream(path) as stream:
+            stream.write(b"ok")
+        fs.delete_file(path)
+        out.write(b"ok\\n")
+    else:
+        kind = {pafs.FileType.File: "file", pafs.FileType.Directory: "directory"}.get(fs.get_file_info(path).type,
+                                                                                       "missing")
+        out.write(f"{kind}\\n".encode())
+        if op == "read" and kind == "file":
+            with fs.open_input_stream(path) as stream:
+                out.write(stream.read())
+except (OSError, ValueError) as e:
+    out.write(("error " + " ".join(str(e).split())[:200] + "\\n").encode())
+"""
+
+
+def _bounded(op: str, key: str, uri: str, what: str, timeout_s: float, target: str = "") -> Tuple[str, bytes]:
+    """``op`` on ``target`` (default ``uri``) within ``timeout_s``: ``write`` (an object written and deleted),
+    ``kind``, ``read`` (the kind and, for a file, its bytes); returns (kind or "ok", bytes). Its failure as
     :class:`StorageError` ``<key>=<uri>: <what> (<why>)`` (``<uri>: ...`` without a key)."""
     where = f"{key}={uri}" if key else uri
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     try:
-        return pool.submit(call).result(timeout=timeout_s)
-    except concurrent.futures.TimeoutError:
+        done = subprocess.run([sys.executable, "-c", _CHILD, op, target or uri], capture_output=True,
+                              stdin=subprocess.DEVNULL, timeout=timeout_s)
+    except subprocess.TimeoutExpired:  # the child is killed and reaped
         raise StorageError(f"{where}: no answer within {timeout_s:.0f} s (endpoint {_endpoint(uri)})") from None
-    except (OSError, ValueError) as e:
-        raise StorageError(f"{where}: {what} ({' '.join(str(e).split())[:200]})") from None
-    finally:
-        pool.shutdown(wait=False)
+    status, _, data = done.stdout.partition(b"\n")
+    status = status.decode("utf-8", "replace")
+    if done.returncode != 0 or not status:
+        why = (done.stderr.decode("utf-8", "replace").strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        raise StorageError(f"{where}: {what} ({why[:200]})")
+    if status.startswith("error "):
+        raise StorageError(f"{where}: {what} ({status[6:]})")
+    return status, data
 
 
 def check_writable(uri: str, key: str, timeout_s: float = 30) -> None:
@@ -230,14 +257,7 @@ def check_writable(uri: str, key: str, timeout_s: float = 30) -> None:
         StorageError: ``<key>=<uri>: cannot write there (...)``: no such bucket, no credentials, unreachable.
     """
     probe = f"{uri.rstrip('/')}/.sofnet-write-check-{uuid.uuid4().hex[:12]}"
-
-    def attempt() -> None:
-        fs, path = filesystem(probe)
-        with fs.open_output_stream(path) as out:
-            out.write(b"ok")
-        fs.delete_file(path)
-
-    _bounded(attempt, key, uri, "cannot write there", timeout_s)
+    _bounded("write", key, uri, "cannot write there", timeout_s, target=probe)
 
 
 def check_readable(uri: str, key: str, timeout_s: float = 30) -> None:
@@ -247,7 +267,7 @@ def check_readable(uri: str, key: str, timeout_s: float = 30) -> None:
         StorageError: ``<key>=<uri>: cannot read there (...)`` / ``no objects there`` / ``is one object, not a
             prefix``.
     """
-    found = _bounded(lambda: kind(uri), key, uri, "cannot read there", timeout_s)
+    found, _ = _bounded("kind", key, uri, "cannot read there", timeout_s)
     if found == "missing":
         raise StorageError(f"{key}={uri}: no objects there (no such bucket or prefix)")
     if found == "file":
