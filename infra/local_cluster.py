@@ -353,18 +353,19 @@ def down(state_dir: Path | str = DEFAULT_STATE_DIR, grace: float = 15) -> None:
     _state_file(state_dir).unlink(missing_ok=True)
 
 
-def restart(state_dir: Path | str = DEFAULT_STATE_DIR, timeout: float = 240) -> List[Node]:
+def restart(state_dir: Path | str = DEFAULT_STATE_DIR, timeout: float = 240, grace: float = 15) -> List[Node]:
     """Bring a lost head back: stop every node's Ray and start them again on the same network, head first.
 
     Ray's GCS keeps the cluster's state in memory (no Redis fault tolerance here), so a restarted head is a new
     cluster that the old worker nodes cannot rejoin: they are restarted too. Jobs and their logs are gone with the
     old head; what a job keeps in its storage (checkpoints in a bucket) is not, and a resubmitted job resumes there.
+    ``grace``: seconds the old nodes get to stop on SIGTERM before SIGKILL (as in :func:`down`).
     """
     state_dir = Path(state_dir)
     nodes = load(state_dir)
     if not nodes:
         raise ClusterError(f"no cluster in {state_dir} (run `up` first)")
-    _stop_processes(nodes)
+    _stop_processes(nodes, grace)
     for n in sorted(nodes, key=lambda n: not n.head):
         n.pid = _ray_start(n, state_dir)
         _save(state_dir, nodes)

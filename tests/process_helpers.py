@@ -55,19 +55,30 @@ def prepare_on_ray(*args: Any, timeout: float = 600, **kwargs: Any) -> dict:
     return value
 
 
-def stop_process_group(proc: subprocess.Popen, grace: float = 10) -> None:
-    """SIGTERM the process group of ``proc`` (started with ``start_new_session=True``), SIGKILL after ``grace`` s.
+# A test's Ray head (or local cluster) at teardown: SIGTERM, then SIGKILL after this many seconds. Ray's graceful stop
+# takes 20 s or more here and saves nothing a test still reads; the default grace cost ~45 s of the suite's teardowns.
+RAY_GRACE = 3.0
 
-    The group, not the process: `ray start --block` can take a minute to pass SIGTERM on, and killing only it
-    leaves gcs_server, raylet and the dashboard running after the suite.
+
+def stop_process_group(proc: subprocess.Popen, grace: float = 10) -> None:
+    """SIGTERM the process group of ``proc`` (started with ``start_new_session=True``); SIGKILL what is left of the
+    group once ``proc`` has exited or ``grace`` s have passed.
+
+    The group, not the process: killing only `ray start --block` leaves gcs_server, raylet and the dashboard running
+    after the suite, and its graceful stop outlives 20 s here (gcs_server and the autoscaler's monitor drain after
+    the rest has gone). A test's head has nothing left to save at teardown, so its fixtures pass a short ``grace``.
     """
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        proc.wait()
+        return
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    try:  # what outlived `proc` or the grace: the group's other members
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()

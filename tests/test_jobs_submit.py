@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from process_helpers import stop_process_group
+from process_helpers import RAY_GRACE, stop_process_group
 
 from sofnet.session import free_ports
 
@@ -55,7 +55,7 @@ def head(tmp_path_factory: pytest.TempPathFactory):
             time.sleep(1)
         yield address
     finally:
-        stop_process_group(proc)
+        stop_process_group(proc, grace=RAY_GRACE)
         log.close()
 
 

@@ -21,6 +21,7 @@ import torch
 
 import multinode_helpers as mn
 from multinode_helpers import local_cluster
+from process_helpers import RAY_GRACE
 from s3_helpers import environ, mlflow_server, moto_server
 
 pytestmark = pytest.mark.slow
@@ -30,7 +31,8 @@ SUBNET = ipaddress.ip_network(f"{local_cluster.NET}.0/24")
 
 @pytest.fixture(scope="module")
 def cluster(request: pytest.FixtureRequest) -> list:
-    request.addfinalizer(lambda: local_cluster.down(mn.STATE_DIR))  # also after a failed or interrupted `up`
+    # also after a failed or interrupted `up`
+    request.addfinalizer(lambda: local_cluster.down(mn.STATE_DIR, grace=RAY_GRACE))
     return mn.start_cluster(workers=3, cpus=[2, 1, 1])
 
 
@@ -169,7 +171,7 @@ def test_lost_hosts_resume_from_the_bucket(cluster: list, bucket: tuple, tmp_pat
     mn.wait_checkpoint(run_dir, "checkpoint-stage1-epoch002", timeout=400)
     first_log = mn.logs("mn-lost")  # the job server's logs go with the head
     local_cluster.kill_node("head", mn.STATE_DIR, signal.SIGKILL)
-    local_cluster.restart(mn.STATE_DIR)
+    local_cluster.restart(mn.STATE_DIR, grace=RAY_GRACE)
     newest = max(int(e) for e in re.findall(r"checkpoint-stage1-epoch(\d{3})", mn.registered(run_dir)))
     again = mn.submit("mn-lost-again", entry, timeout=600, runtime=runtime)
     assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-2000:]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Dict, Iterator
 
 from helpers import gated
-from process_helpers import stop_process_group
+from process_helpers import RAY_GRACE, stop_process_group
 from sofnet import checkpoint as checkpoints  # not `checkpoint`: the helper below has that name
 from sofnet.config import load_config
 from sofnet.data import make_eval_loader
@@ -68,7 +68,7 @@ def ray_head(temp_dir: Path, cpus: int = 2) -> Iterator[Dict[str, str]]:
         time.sleep(2)
         yield {**env, "RAY_ADDRESS": address.read_text().strip()}
     finally:
-        stop_process_group(proc, grace=15)
+        stop_process_group(proc, grace=RAY_GRACE)
         log.close()
 
 
