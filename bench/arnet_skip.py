@@ -2,8 +2,9 @@
 way, also at evaluation) vs ``ARNet.infer`` (each frame through the one backbone its policy chose) on the same clips.
 
 A profile forces the policy's choice by its output bias (real policy, real backbones): all frames to one backbone,
-or all to a skip. For each it reports the ideal speedup from GMACs (dense / adaptive, both counted by ``sofnet``'s counter),
-the measured one (median dense time / median adaptive time, interleaved runs), wall clock and process CPU time.
+or all to a skip. For each it reports the ideal speedup from GMACs (dense / adaptive, both counted by ``sofnet``'s
+counter), the measured one (median dense time / median adaptive time, interleaved runs), wall clock and process CPU
+time.
 
     python bench/arnet_skip.py                          # official: R50@224, R34@168, R18@112, policy@84; 8 frames
     python bench/arnet_skip.py --frames 16 --batch 2 --repeats 5

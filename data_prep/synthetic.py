@@ -284,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         check_number("--video-fps", args.video_fps, low=1, high=120)
         check_number("--val-fraction", args.val_fraction, low=0.0, high=1.0, low_open=True)
         if args.task == "bench" and args.classes > bench_task.MAX_CLASSES:
-            raise InputError(f"--classes: the bench task has at most {bench_task.MAX_CLASSES} classes, not {args.classes}")
+            raise InputError(f"--classes: the bench task has at most {bench_task.MAX_CLASSES} classes, "
+                             f"not {args.classes}")
         check_out_dir(args.out, "--out")
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
         annotation = generate(args.out, args.videos, args.classes, args.seed, (args.min_duration, args.max_duration),

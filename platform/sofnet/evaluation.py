@@ -242,7 +242,8 @@ def evaluate_model(model: torch.nn.Module, cfg: Any, *, out_dir: str | Path, et:
     out.mkdir(parents=True, exist_ok=True)
     report = {"model": hp, "early_exit": et.as_dict() if et else None, "shards": shards,
               "metrics": result.metrics,
-              "per_class_ap": {"class": names, **{("ap_" + k if k else "ap"): v for k, v in result.per_class_ap.items()}}}
+              "per_class_ap": {"class": names,
+                               **{("ap_" + k if k else "ap"): v for k, v in result.per_class_ap.items()}}}
     tmp = out / ".metrics.json.tmp"
     tmp.write_text(json.dumps(report, indent=1))
     tmp.replace(out / "metrics.json")

@@ -3,7 +3,8 @@
 Usage::
 
     from sofnet.machine import fingerprint
-    fingerprint()   # {"machine.cpu_model": "AMD EPYC", "machine.aten_capability": "AVX512", "machine.threads": "2", ...}
+    fingerprint()   # {"machine.cpu_model": "AMD EPYC", "machine.aten_capability": "AVX512", "machine.threads": "2",
+                    #  ...}
     rank_tags([fingerprint_rank0, fingerprint_rank1])   # {"machine.ranks_differ": "none"} or what differs, per rank
 
 One machine with one seed and one thread count repeats a run bitwise (``tests/test_determinism.py``). Another CPU

@@ -146,7 +146,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     best_metric: str = ""  # what picks a stage's best epoch; "": the official one (val/mAP = mmAP; Sports-1M top-1)
     max_failures: int = 2
-    val_every: int = 1  # validate every N epochs and the stage's last (the best is picked among those); 0: the last only
+    # validate every N epochs and the stage's last (the best is picked among those); 0: the last only
+    val_every: int = 1
     decision_maps_correct: int = 2  # Figure A at a stage's last epoch: the most confident correct videos and
     decision_maps_failed: int = 2  # the most confident failures, with their frames (decision_maps/epochNNN/...)
 

@@ -148,7 +148,8 @@ def study_table(summary: Mapping[str, Any], header: str = "") -> str:
         lines.append(f"| {method} | {pm(r['mAP'])} | {pm(r['top1'])} | {top5} | {pm(r['gflops_per_video'], 1, 3)} | "
                      f"{pm(r['gflops_ratio'])} | {pm(r['frame_usage'])} | {stops} |")
     for method, points in summary["grids"].items():
-        lines += ["", f"{method} over the early-exit grid (mAP % / GFLOPs vs TSN %{', mean ± std' if spread else ''}):",
+        spread_note = ", mean ± std" if spread else ""
+        lines += ["", f"{method} over the early-exit grid (mAP % / GFLOPs vs TSN %{spread_note}):",
                   "", "| rho \\ T_min | " + " | ".join(str(t) for t in sorted({p['t_min'] for p in points})) + " |",
                   "|---|" + "---|" * len({p["t_min"] for p in points})]
         for rho in sorted({p["rho"] for p in points}):

@@ -79,7 +79,8 @@ class SofnetPyfunc(mlflow.pyfunc.PythonModel):
 def write_artifacts(model: torch.nn.Module, directory: str, et: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
     """Write ``model.json`` and ``weights.pt`` (:mod:`sofnet.checkpoint`'s format) into ``directory``."""
     checkpoint.write_model(directory, model, et)
-    return {"model_config": os.path.join(directory, checkpoint.MODEL), "weights": os.path.join(directory, checkpoint.WEIGHTS)}
+    return {"model_config": os.path.join(directory, checkpoint.MODEL),
+            "weights": os.path.join(directory, checkpoint.WEIGHTS)}
 
 
 def signature(model: torch.nn.Module) -> Any:

@@ -64,7 +64,8 @@ def results_table(methods: Sequence[Tuple[str, Mapping[str, float]]], primary: s
     """A Markdown table: method, ET, ``primary`` (%), top-1 (%), GFLOPs/V, frame usage, GFLOPs vs the first row, and
     the share of background / action frames stopped by layer2 (the gates' job: stop what carries no action)."""
     rows: List[str] = [f"| method | ET | {primary} (%) | top-1 (%) | GFLOPs/V | frame usage | GFLOPs vs "
-                       f"{methods[0][0]} | stopped by layer2: background / action |", "|---|---|---|---|---|---|---|---|"]
+                       f"{methods[0][0]} | stopped by layer2: background / action |",
+                       "|---|---|---|---|---|---|---|---|"]
     base = methods[0][1].get("val/gflops_per_video")
     for name, m in methods:
         for et, prefix in (("no", "val/"), ("yes", "val/et/")):
@@ -72,7 +73,8 @@ def results_table(methods: Sequence[Tuple[str, Mapping[str, float]]], primary: s
                 continue
             gf = m[f"{prefix}gflops_per_video"]
             rel = f"{100 * gf / base:.0f}%" if base else "-"
-            stops = f"{_pct(m, prefix + 'stop_rate/background/block2')}% / {_pct(m, prefix + 'stop_rate/action/block2')}%"
+            stops = (f"{_pct(m, prefix + 'stop_rate/background/block2')}% / "
+                     f"{_pct(m, prefix + 'stop_rate/action/block2')}%")
             rows.append(f"| {name} | {et} | {100 * m[prefix + primary]:.1f} | {_pct(m, prefix + 'top1')} | {gf:.3f} | "
                         f"{100 * m[prefix + 'frame_usage']:.1f}% | {rel} | {stops} |")
     return "\n".join(rows)

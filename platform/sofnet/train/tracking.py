@@ -19,9 +19,10 @@ One parent run per job (the experiment is tagged as a model-training experiment;
 config, ``config.yaml``, a description and MLflow's source tags: ``mlflow.source.git.commit``, ``mlflow.source.name``)
 and one nested run per stage: run name ``<name>/<stage> <arch> <backbone> <T>x<S>``, tags ``ray_job_id``,
 ``dataset``, ``stage``; the stage's effective config as params and ``config.yaml``; the shards as MLflow datasets
-(training / validation, with the manifest's digest and counts); CPU and memory system metrics; per epoch the ``train/*`` and ``val/*`` (``val/et/*`` with early exit) metrics; per evaluated epoch the
-per-class AP table; at the end of a stage the Figure A decision maps and the pyfunc model. The final stage's
-model is registered, and the alias (``mlflow.alias``) points at the version with the best validation score.
+(training / validation, with the manifest's digest and counts); CPU and memory system metrics; per epoch the
+``train/*`` and ``val/*`` (``val/et/*`` with early exit) metrics; per evaluated epoch the per-class AP table; at
+the end of a stage the Figure A decision maps and the pyfunc model. The final stage's model is registered, and the
+alias (``mlflow.alias``) points at the version with the best validation score.
 """
 
 from __future__ import annotations

@@ -167,7 +167,8 @@ def action_frames_metrics(bundle: ETBundle, prefix: str = "val/") -> Dict[str, f
 
 
 def load_model(checkpoint: str, tracking_uri: Optional[str] = None) -> torch.nn.Module:
-    """The trained network of a run/checkpoint directory (best epoch) or an MLflow model URI (``models:/name@alias``)."""
+    """The trained network of a run/checkpoint directory (best epoch) or an MLflow model URI
+    (``models:/name@alias``)."""
     if checkpoint.startswith(("models:/", "runs:/")):
         import mlflow
 
