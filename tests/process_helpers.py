@@ -81,4 +81,4 @@ def stop_process_group(proc: subprocess.Popen, grace: float = 10) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    proc.wait()
+    proc.wait(timeout=30)  # bounded like every wait here: SIGKILL is not ignored, a D-state moment passes
