@@ -127,6 +127,16 @@ def test_bad_sweep_is_refused_before_anything_starts(name: str, tmp_path: Path, 
     assert not (tmp_path / "tune").exists(), "something was written under storage_path (stage 1, cache, Tune)"
 
 
+def test_a_malformed_override_names_the_command_line_item(tmp_path: Path, checkpoint_4_frames: Path) -> None:
+    """A nested list left unquoted on the command line is one line naming that item (it was a YAML traceback)."""
+    proc = _run(Case(AB, POINT, ["overrides=[a=[1],b]"], []), tmp_path, checkpoint_4_frames)
+    shown = f"exit {proc.returncode}\n--- stderr\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, shown
+    assert proc.stderr.strip().splitlines() == ["error: command line: overrides=[a=[1],b]: while parsing a flow "
+                                                "sequence"], shown
+    assert not (tmp_path / "ray").exists() and not (tmp_path / "tune").exists()
+
+
 def test_the_cases_cover_both_jobs_and_the_seed_sweeps_pass_the_same_checks(tmp_path: Path) -> None:
     """The table holds >= 10 cases over both jobs, and the shipped sweep files pass every check (a check that
     refused everything would pass the table above)."""

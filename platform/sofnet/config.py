@@ -138,6 +138,25 @@ def _merge(base: DictConfig, other: Any, src: str) -> DictConfig:
         raise ConfigError(f"{src}: bad key {key}: {msg}") from None
 
 
+def parse_dotlist(dotlist: Sequence[str]) -> DictConfig:
+    """``key=value`` overrides from the command line as a config; the one parser of them (jobs, sweeps, studies).
+
+    Raises:
+        ConfigError: ``command line: ...``, one line: an item without ``=``, a value that is not valid YAML.
+    """
+    for item in dotlist:
+        if "=" not in item:
+            raise ConfigError(f"command line: override {item!r} is not key=value")
+        try:  # item by item, so that the error names the one at fault
+            OmegaConf.from_dotlist([item])
+        except Exception as e:  # omegaconf's errors and the YAML parser's (an unclosed or unquoted nested list)
+            raise ConfigError(f"command line: {item}: {str(e).splitlines()[0]}") from None
+    try:
+        return OmegaConf.from_dotlist(list(dotlist))
+    except Exception as e:  # items that clash (a=1 a.b=2)
+        raise ConfigError(f"command line: {str(e).splitlines()[0]}") from None
+
+
 def load_config(yaml_path: Optional[str | Path] = None, dotlist: Sequence[str] = ()) -> DictConfig:
     """Merge defaults -> ``yaml_path`` -> ``dotlist`` (``["loss.alpha=0.9", ...]``) into a typed config.
 
@@ -158,14 +177,7 @@ def load_config(yaml_path: Optional[str | Path] = None, dotlist: Sequence[str] =
             raise ConfigError(f"{path}: expected a mapping at the top level")
         cfg = _merge(cfg, loaded, str(path))
     if dotlist:
-        for item in dotlist:
-            if "=" not in item:
-                raise ConfigError(f"command line: override {item!r} is not key=value")
-        try:
-            cli = OmegaConf.from_dotlist(list(dotlist))
-        except OmegaConfBaseException as e:
-            raise ConfigError(f"command line: {str(e).splitlines()[0]}") from None
-        cfg = _merge(cfg, cli, "command line")
+        cfg = _merge(cfg, parse_dotlist(dotlist), "command line")
     validate(cfg, str(yaml_path or "<defaults>") + (" + command line" if dotlist else ""))
     return cfg
 

@@ -40,7 +40,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from sofnet.config import Config, ConfigError, load_config
+from sofnet.config import Config, ConfigError, load_config, parse_dotlist
 from sofnet.study_table import METHODS, ROWS, Targets, row_metrics, study_table, summarize
 
 logger = logging.getLogger(__name__)
@@ -82,9 +82,9 @@ def load_study(path: str | Path, dotlist: Sequence[str] = ()) -> DictConfig:
     Raises:
         ConfigError: one line naming the file and the key.
     """
+    cli = parse_dotlist(dotlist)  # its errors name the command line, not the file
     try:
-        study = OmegaConf.merge(OmegaConf.structured(StudyConfig), OmegaConf.load(path),
-                                OmegaConf.from_dotlist(list(dotlist)))
+        study = OmegaConf.merge(OmegaConf.structured(StudyConfig), OmegaConf.load(path), cli)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such study config") from None
     except Exception as e:  # omegaconf's errors: unknown key, wrong type

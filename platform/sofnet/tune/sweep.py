@@ -47,7 +47,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sofnet.config import ConfigError, validate
+from sofnet.config import ConfigError, parse_dotlist, validate
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ def load_sweep(path: str | Path, dotlist: Sequence[str] = (), smoke: bool = Fals
     if smoke and smoke_section is not None:
         layers.append((smoke_section, f"{path} (smoke)"))
     if dotlist:
-        layers.append((OmegaConf.from_dotlist(list(dotlist)), "command line"))
+        layers.append((parse_dotlist(dotlist), "command line"))
     sweep = OmegaConf.structured(SweepConfig)
     for layer, src in layers:
         try:
