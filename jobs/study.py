@@ -4,8 +4,10 @@ Table A/B rows and the Table C grids as mean ± std over seeds, and whether the 
     python jobs/study.py --config jobs/configs/study.yaml                  # seeds 1 2 3 of the benchmark task
     python jobs/study.py --config jobs/configs/study.yaml seeds=[1,2,3,4,5] name=five-seeds
     python jobs/study.py --config jobs/configs/study.yaml "overrides=[model.gate_init=official]" name=official-init
-    python jobs/study.py --config jobs/configs/study.yaml name=beta-0.8 stage1_from=bench-study-v4 \
-        "overrides=[loss.beta=0.8]"       # stage 2 only, from bench-study-v4's stage 1 of each seed (its TSN rows)
+    python jobs/study.py --config jobs/configs/study.yaml name=beta-0.8 stage1_from=bench-study-v5 \
+        "overrides=[loss.beta=0.8]"       # stage 2 only, from bench-study-v5's stage 1 of each seed (its TSN rows)
+    python jobs/study.py --config jobs/configs/study.yaml name=bench-study-v4 \
+        "overrides=[model.video_score=passed_mean]"                   # v4: the official video score
 
 Resumable: rerun the same command and finished seeds are neither retrained nor re-evaluated. Writes
 <output_dir>/<name>/study_table.md and study.json; MLflow: a parent run with a child per (method, seed).

@@ -243,9 +243,14 @@ def test_the_shipped_study_configs_load(monkeypatch: pytest.MonkeyPatch) -> None
         "model.input_size", "data.resize", "train.stage1.epochs", "train.stage1.optim.lr_steps", "train.stage2.epochs",
         "train.stage2.optim.lr_steps", "train.val_every", "train.log_every", "mlflow.experiment",
         "mlflow.registered_model"}
-    table_b = load_study(REPO / "jobs/configs/study_table_b.yaml")  # make study, then make table-b trains AR-Net only
-    assert table_b.methods == ["tsn", "sofnet", "arnet"] and table_b.name == study.name
-    assert table_b.overrides == study.overrides and table_b.seeds == study.seeds and table_b.et_grid == study.et_grid
+    # the benchmark recipe scores videos by the frames seen (a deviation, README "The frames-seen score"); the demo too
+    assert seed_config(study, 1).model.video_score == seed_config(demo, 1007).model.video_score == "frames_seen"
+    # Table B stays the study it was measured as: v4, SoF-Net with the official score, as AR-Net's own
+    table_b = load_study(REPO / "jobs/configs/study_table_b.yaml")
+    assert table_b.methods == ["tsn", "sofnet", "arnet"] and table_b.name == "bench-study-v4" != study.name
+    assert list(table_b.overrides) == ["model.video_score=passed_mean"]
+    assert seed_config(table_b, 1).model.video_score == "passed_mean"
+    assert table_b.seeds == study.seeds and table_b.et_grid == study.et_grid
     # one epoch rule for every row: each stage's last epoch, AR-Net's stages too
     assert arnet_config(table_b, 1).train.val_every == seed_config(study, 1).train.val_every == 0
 
