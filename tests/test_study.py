@@ -152,7 +152,8 @@ def test_a_changed_recipe_under_the_same_name_is_refused(tmp_path: Path) -> None
     changed = load_study(path)
     changed.overrides = list(changed.overrides) + ["model.tau0=2.0"]
     with pytest.raises(ConfigError, match=r"t-seed1.recipe.yaml: t-seed1 was trained with other settings \(.*"
-                                          r"model.tau0: 5.0 -> 2.0.*give the study another name"):
+                                          r"model.tau0: 5.0 -> 2.0.*give the study another name, "
+                                          r"or remove .*/t to train it anew$"):
         check_recipe(changed, seed_config(changed, 1))
     check_recipe(study, arnet_config(study, 1))
     other = load_study(path)

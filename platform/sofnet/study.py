@@ -237,8 +237,10 @@ def check_recipe(study: Any, cfg: Any) -> None:
         path.write_text(OmegaConf.to_yaml(OmegaConf.create(now)))
         return
     before = dict(OmegaConf.to_container(OmegaConf.load(path)))
+    # make demo / make study cannot rename the study: removing its folder (the command's other way out) trains anew
     again = ("its results would be reused as if they were {}: give the study another name"
-             + (" (or AR-Net another arnet_name)" if cfg.model.arch == "arnet" else ""))
+             + (" (or AR-Net another arnet_name)" if cfg.model.arch == "arnet" else "")
+             + f", or remove {study_dir(study)} to train it anew")
     for key, shards in zip(DIGESTS, (cfg.data.train_shards, cfg.data.val_shards)):
         subset = key.split(".")[1]
         if key not in before:  # kept before the digests were: which data the run read is unknown
