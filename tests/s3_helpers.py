@@ -1,8 +1,11 @@
-"""Real servers the object-storage tests start: an S3 API (moto's standalone server) and MLflow's tracking server,
-each in its own process group, waited for a bounded time and stopped by process group.
+"""Real servers the object-storage tests start: an S3 API (moto's standalone server), a GCS JSON API
+(gcp-storage-emulator) and MLflow's tracking server, each in its own process group, waited for a bounded time and
+stopped by process group.
 
     with moto_server("127.0.0.1", log_dir, buckets=["runs"]) as aws:     # {"AWS_ENDPOINT_URL": ..., credentials}
         os.environ.update(aws)                                             # pyarrow / boto3 read these
+    with gcs_server("127.0.0.1", data_dir, buckets=["runs"]) as gcs:     # {"CLOUD_STORAGE_EMULATOR_ENDPOINT": ...}
+        os.environ.update(gcs)                                             # then gs://anonymous@runs/... (no login)
     with mlflow_server("127.0.0.1", srv_dir, artifacts="s3://runs/mlflow", env=...) as uri:   # http://127.0.0.1:port
         ...
 """
@@ -58,6 +61,35 @@ def moto_server(host: str, log_dir: Path, buckets: Sequence[str] = ()) -> Iterat
         for bucket in buckets:
             client.create_bucket(Bucket=bucket)
         yield env
+    finally:
+        stop_process_group(proc, grace=10)
+
+
+@contextlib.contextmanager
+def gcs_server(host: str, data_dir: Path, buckets: Sequence[str] = ()) -> Iterator[Dict[str, str]]:
+    """A GCS emulator on ``host`` (a free port) keeping its objects in ``data_dir``, with ``buckets``; yields the
+    variable pyarrow's GCS client reads. Its URIs take ``anonymous@`` (``gs://anonymous@bucket/...``): without it the
+    client first looks for Google credentials, which a machine off the cloud waits on for minutes."""
+    port = free_port(host)
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / "gcs.log"
+    # In memory: its disk store maps an object to a file, so a directory marker "a/" (pyarrow's create_dir writes
+    # them) and an object "a/b" cannot both exist there, and the request fails without an answer.
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([str(BIN / "gcp-storage-emulator"), "start", "-H", host, "--port", str(port),
+                                 "--in-memory", "-q"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://{host}:{port}"
+    try:
+        _wait_port(host, port, proc, log_path)
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        for bucket in buckets:  # the JSON API's buckets.insert
+            body = f'{{"name": "{bucket}"}}'.encode()
+            request = urllib.request.Request(f"{url}/storage/v1/b?project=test", data=body,
+                                             headers={"Content-Type": "application/json"}, method="POST")
+            with opener.open(request, timeout=10) as r:
+                assert r.status == 200, r.status
+        yield {"CLOUD_STORAGE_EMULATOR_ENDPOINT": url}
     finally:
         stop_process_group(proc, grace=10)
 

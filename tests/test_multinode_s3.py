@@ -1,14 +1,17 @@
-"""Run directories on an S3 API (a real ``moto_server`` on loopback, no cluster): checkpoints read from ``s3://``.
+"""Run directories, shards and data prep on object stores (no cluster): a real S3 API (``moto_server``) and a real
+GCS JSON API (``gcp-storage-emulator``) on loopback; the tests taking ``bucket`` run on both.
 
-``sofnet.checkpoint.resolve`` downloads the one checkpoint an ``s3://`` URI names to a temp dir, and the seals and the
-weights-only load run on that local copy, as they do on the copy Ray's ``Checkpoint.as_directory`` makes. The
-endpoint and credentials are the standard AWS variables (what a real S3 user sets; pyarrow and boto3 read them)::
+``sofnet.checkpoint.resolve`` downloads the one checkpoint an ``s3://`` / ``gs://`` URI names to a temp dir, and the
+seals and the weights-only load run on that local copy, as they do on the copy Ray's ``Checkpoint.as_directory``
+makes. The endpoint and credentials are the standard variables (what a real user sets; pyarrow and boto3 read them):
+the AWS ones for S3, ``CLOUD_STORAGE_EMULATOR_ENDPOINT`` and ``gs://anonymous@bucket`` for the GCS emulator::
 
     DS_ACCELERATOR=cpu .venv/bin/pytest tests/test_multinode_s3.py -q -p no:cacheprovider
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -19,7 +22,7 @@ import pytest
 import torch
 
 from helpers import tiny_model
-from s3_helpers import environ, mlflow_server, moto_server
+from s3_helpers import environ, gcs_server, mlflow_server, moto_server
 
 EE = {"enabled": True, "rho": 0.99, "t_min": 2, "mode": "reached"}
 
@@ -29,6 +32,25 @@ def s3(tmp_path_factory) -> Iterator[str]:
     """A moto S3 server on 127.0.0.1 (own process group, torn down by it) with bucket ``runs``; yields its URL."""
     with moto_server("127.0.0.1", tmp_path_factory.mktemp("moto"), buckets=["runs"]) as aws, environ(aws):
         yield aws["AWS_ENDPOINT_URL"]
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory) -> Iterator[str]:
+    """A GCS emulator on 127.0.0.1 (own process group, torn down by it) with bucket ``runs``; yields its URL."""
+    with gcs_server("127.0.0.1", tmp_path_factory.mktemp("gcs"), buckets=["runs"]) as env, environ(env):
+        yield env["CLOUD_STORAGE_EMULATOR_ENDPOINT"]
+
+
+@pytest.fixture(params=["s3", "gs"])
+def bucket(request: pytest.FixtureRequest) -> str:
+    """The bucket ``runs`` on each store, as the URI prefix a user writes: ``s3://runs`` or ``gs://anonymous@runs``."""
+    request.getfixturevalue("s3" if request.param == "s3" else "gcs")
+    return "s3://runs" if request.param == "s3" else "gs://anonymous@runs"
+
+
+def _nobucket(bucket: str) -> str:
+    """The same store's URI of a bucket that does not exist."""
+    return bucket.replace("runs", "nobucket")
 
 
 def _upload(local: Path, uri: str) -> None:
@@ -60,35 +82,37 @@ def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_checkpoints_resolve_and_load_from_s3(s3: str, tmp_path: Path) -> None:
+def test_checkpoints_resolve_and_load_from_a_bucket(bucket: str, tmp_path: Path) -> None:
     from sofnet import checkpoint
 
     run, s1, s2 = _run_dir(tmp_path)
-    _upload(run, "s3://runs/demo")
-    best, spec = checkpoint.load_network("s3://runs/demo")
+    _upload(run, f"{bucket}/demo")
+    best, spec = checkpoint.load_network(f"{bucket}/demo")
     assert _same(best, s2) and spec["path"] != str(run / "best" / "stage2")  # a downloaded copy, verified
-    last = checkpoint.resolve("s3://runs/demo", which="last")
+    last = checkpoint.resolve(f"{bucket}/demo", which="last")
     assert {k: checkpoint.read_meta(last)[k] for k in ("stage", "epoch")} == {"stage": "stage2", "epoch": 0}
     assert _same(checkpoint.build_network(checkpoint.read_spec(last), checkpoint.load_state(str(last))), s2)
     assert _same(checkpoint.build_network(checkpoint.read_spec(last),
-                                          checkpoint.load_state("s3://runs/demo/best/stage1")), s1)
+                                          checkpoint.load_state(f"{bucket}/demo/best/stage1")), s1)
 
 
-def test_tampered_or_missing_s3_checkpoint_is_one_line(s3: str, tmp_path: Path) -> None:
+def test_tampered_or_missing_checkpoint_in_a_bucket_is_one_line(bucket: str, tmp_path: Path) -> None:
     import pyarrow.fs as pafs
 
     from sofnet import checkpoint
 
     run, _, _ = _run_dir(tmp_path)
-    _upload(run, "s3://runs/tampered")
-    fs, root = pafs.FileSystem.from_uri("s3://runs/tampered/best/stage2/weights.pt")
+    _upload(run, f"{bucket}/tampered")
+    fs, root = pafs.FileSystem.from_uri(f"{bucket}/tampered/best/stage2/weights.pt")
     with fs.open_output_stream(root) as f:  # a planted file: same name, other bytes
         f.write(b"not the sealed weights")
-    with pytest.raises(checkpoint.CheckpointError, match=r"^s3://runs/tampered/best/stage2/weights\.pt: changed") as e:
-        checkpoint.load_network("s3://runs/tampered")
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=rf"^{re.escape(bucket)}/tampered/best/stage2/weights\.pt: changed") as e:
+        checkpoint.load_network(f"{bucket}/tampered")
     assert "\n" not in str(e.value)
-    with pytest.raises(checkpoint.CheckpointError, match=r"^s3://runs/nothing: no such checkpoint or run directory$"):
-        checkpoint.resolve("s3://runs/nothing")
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=rf"^{re.escape(bucket)}/nothing: no such checkpoint or run directory$"):
+        checkpoint.resolve(f"{bucket}/nothing")
 
 
 def test_mlflow_server_keeps_artifacts_on_s3(s3: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -116,26 +140,26 @@ def test_mlflow_server_keeps_artifacts_on_s3(s3: str, tmp_path: Path, monkeypatc
     assert bad.returncode == 2 and bad.stderr.startswith("--artifacts /mnt/shared: give an s3://")
 
 
-def _shards_on_s3(tmp: Path, prefix: str) -> tuple[Path, str]:
+def _shards_in(bucket: str, tmp: Path, prefix: str) -> tuple[Path, str]:
     from sofnet.session import ensure_synthetic_shards
 
     local = ensure_synthetic_shards(tmp / "data", videos=16, classes=3)
-    _upload(local, f"s3://runs/{prefix}")
-    return local, f"s3://runs/{prefix}"
+    _upload(local, f"{bucket}/{prefix}")
+    return local, f"{bucket}/{prefix}"
 
 
 def _batches(loader) -> list:
     return [(list(b["id"]), b["frames"].clone(), b["labels"].clone()) for b in loader]
 
 
-def test_shards_stream_from_s3_exactly_as_from_disk(s3: str, tmp_path: Path) -> None:
-    """``data.train_shards`` / ``val_shards`` as an ``s3://`` prefix: the preflight, the class names and both loaders
-    read the bucket (no local copy) and give what the same shards on disk give, batch for batch."""
+def test_shards_stream_from_a_bucket_exactly_as_from_disk(bucket: str, tmp_path: Path) -> None:
+    """``data.train_shards`` / ``val_shards`` as an ``s3://`` / ``gs://`` prefix: the preflight, the class names and
+    both loaders read the bucket (no local copy) and give what the same shards on disk give, batch for batch."""
     from sofnet.data import make_eval_loader, make_train_loader
     from sofnet.evaluation import class_names
     from sofnet.preflight import check_shards
 
-    local, remote = _shards_on_s3(tmp_path, "shards/tiny")
+    local, remote = _shards_in(bucket, tmp_path, "shards/tiny")
     for subset in ("training", "validation"):
         assert check_shards(remote, subset, key="k", num_classes=3) == check_shards(str(local), subset, key="k",
                                                                                      num_classes=3)
@@ -149,14 +173,15 @@ def test_shards_stream_from_s3_exactly_as_from_disk(s3: str, tmp_path: Path) -> 
     assert nd == nr and [b[0] for b in _batches(ld)] == [b[0] for b in _batches(lr)]
 
 
-def test_bad_shards_on_s3_are_one_line(s3: str, tmp_path: Path) -> None:
+def test_bad_shards_in_a_bucket_are_one_line(bucket: str, tmp_path: Path) -> None:
     import pyarrow.fs as pafs
 
     from sofnet.preflight import PreflightError, check_shards
 
-    _, remote = _shards_on_s3(tmp_path, "shards/extra")
-    with pytest.raises(PreflightError, match=r"^k=s3://runs/nothing: s3://runs/nothing/manifest.json does not exist$"):
-        check_shards("s3://runs/nothing", "validation", key="k")
+    _, remote = _shards_in(bucket, tmp_path, "shards/extra")
+    nothing = re.escape(f"{bucket}/nothing")
+    with pytest.raises(PreflightError, match=rf"^k={nothing}: {nothing}/manifest.json does not exist$"):
+        check_shards(f"{bucket}/nothing", "validation", key="k")
     fs, root = pafs.FileSystem.from_uri(remote)
     with fs.open_output_stream(f"{root}/validation-000099.tar") as f:  # a stray shard of another run
         f.write(b"")
@@ -165,21 +190,22 @@ def test_bad_shards_on_s3_are_one_line(s3: str, tmp_path: Path) -> None:
         check_shards(remote, "validation", key="k")
 
 
-def test_best_checkpoint_in_s3_is_replaced_and_a_cut_upload_is_refused(s3: str, tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """``train.output_dir`` in a bucket: ``best/<stage>`` is written there (no rename in S3: file by file, the seal
-    deleted first and written last); a later best replaces it, and an upload cut part-way leaves no seal, so every
+def test_best_checkpoint_in_a_bucket_is_replaced_and_a_cut_upload_is_refused(bucket: str, tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """``train.output_dir`` in a bucket: ``best/<stage>`` is written there (no rename in a bucket: file by file, the
+    seal deleted first and written last); a later best replaces it, and an upload cut part-way leaves no seal, so every
     load refuses it instead of mixing two epochs' files."""
     from sofnet import checkpoint, storage
 
     a = tiny_model("sofnet", classes=3, segments=4, size=64, dtype=torch.float32, init_seed=1)
     b = tiny_model("sofnet", classes=3, segments=4, size=64, dtype=torch.float32, init_seed=2)
-    where = checkpoint.write_best("s3://runs/wb", "stage2", a, EE, {"stage": "stage2", "epoch": 0})
-    assert where == "s3://runs/wb/best/stage2" and not Path("s3:").exists()
-    assert _same(checkpoint.load_network("s3://runs/wb")[0], a)
-    checkpoint.write_best("s3://runs/wb", "stage2", b, EE, {"stage": "stage2", "epoch": 3})
-    model, spec = checkpoint.load_network("s3://runs/wb")
-    assert _same(model, b) and spec["meta"]["epoch"] == 3 and spec["path"] == "s3://runs/wb/best/stage2"
+    wb = f"{bucket}/wb"
+    where = checkpoint.write_best(wb, "stage2", a, EE, {"stage": "stage2", "epoch": 0})
+    assert where == f"{wb}/best/stage2" and not Path("s3:").exists() and not Path("gs:").exists()
+    assert _same(checkpoint.load_network(wb)[0], a)
+    checkpoint.write_best(wb, "stage2", b, EE, {"stage": "stage2", "epoch": 3})
+    model, spec = checkpoint.load_network(wb)
+    assert _same(model, b) and spec["meta"]["epoch"] == 3 and spec["path"] == f"{wb}/best/stage2"
     assert storage.list_names(where) == ["SEAL.rank0.json", "meta.json", "model.json", "weights.pt"]
 
     real_open = open
@@ -191,10 +217,10 @@ def test_best_checkpoint_in_s3_is_replaced_and_a_cut_upload_is_refused(s3: str, 
 
     monkeypatch.setattr(storage, "open", cut, raising=False)
     with pytest.raises(OSError, match="connection reset"):
-        checkpoint.write_best("s3://runs/wb", "stage2", a, EE, {"stage": "stage2", "epoch": 5})
+        checkpoint.write_best(wb, "stage2", a, EE, {"stage": "stage2", "epoch": 5})
     monkeypatch.undo()
     with pytest.raises(checkpoint.CheckpointError, match="not a sealed checkpoint"):
-        checkpoint.load_network("s3://runs/wb/best/stage2")
+        checkpoint.load_network(f"{wb}/best/stage2")
 
 
 def test_unwritable_bucket_is_one_line_before_ray(s3: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -232,7 +258,8 @@ def test_unwritable_bucket_is_one_line_before_ray(s3: str, tmp_path: Path, capsy
         with environ({"CLOUD_STORAGE_EMULATOR_ENDPOINT": f"http://127.0.0.1:{silent.getsockname()[1]}"}):
             with pytest.raises(storage.StorageError, match=r"^k=gs://runs/x: no answer within 2 s \(endpoint "
                                                            r"CLOUD_STORAGE_EMULATOR_ENDPOINT=http://127\.0\.0\.1:"
-                                                           r"\d+\)$"):
+                                                           r"\d+\); an emulator's URIs take no login: "
+                                                           r"gs://anonymous@runs/x$"):
                 storage.check_writable("gs://runs/x", "k", timeout_s=2)
             # ...and a command that met such an endpoint ends with its error: nothing of the check outlives it (a
             # thread left waiting once kept the process alive ~10 min after the error, the suite's too)
@@ -250,11 +277,48 @@ def test_unwritable_bucket_is_one_line_before_ray(s3: str, tmp_path: Path, capsy
         check_output_dir("s3://nobucket/runs")
 
 
-def test_data_prep_writes_shards_to_s3_and_resumes_there(s3: str, tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture) -> None:
-    """``--out s3://...``: the bucket gets the same shards as a disk (same manifest digest) from the same videos, with
-    the resume state, the manifest and the report beside them and nothing on this disk; the loader's preflight takes
-    the prefix; a rerun decodes nothing; an unwritable bucket is one line, exit 2, before any video is decoded."""
+def test_a_tree_written_object_by_object_lists_and_downloads_whole(bucket: str, tmp_path: Path) -> None:
+    """``upload_dir`` writes objects by name, which on GCS makes no directory markers: the sub-prefixes are still
+    listed and ``download_dir`` still brings the whole tree back (pyarrow's own listing and copy saw no folders
+    there, and the copy failed on the first nested file)."""
+    from sofnet import storage
+
+    tree = tmp_path / "tree"
+    (tree / "a" / "b").mkdir(parents=True)
+    files = {"d.txt": b"d", "a/c.txt": b"c", "a/b/e.bin": bytes(range(256)) * 4, "SEAL.json": b"{}"}
+    for rel, data in files.items():
+        (tree / rel).write_bytes(data)
+    storage.upload_dir(tree, f"{bucket}/tree", last="SEAL.json")
+    assert storage.list_names(f"{bucket}/tree", directories=True) == ["a"]
+    assert storage.list_names(f"{bucket}/tree/a", directories=True) == ["b"]
+    assert storage.list_names(f"{bucket}/tree") == ["SEAL.json", "d.txt"]
+    back = storage.download_dir(f"{bucket}/tree", tmp_path / "back")
+    assert {p.relative_to(back).as_posix(): p.read_bytes() for p in back.rglob("*") if p.is_file()} == files
+
+
+def test_gcs_bucket_missing_or_addressed_without_login_is_one_line(gcs: str) -> None:
+    """Against the GCS emulator: a bucket that does not exist is one line from the preflight, and a URI without
+    ``anonymous@`` (pyarrow's client then looks for Google credentials first, for minutes off the cloud) is a bounded
+    one-line error that says what to write instead."""
+    from sofnet import storage
+    from sofnet.preflight import PreflightError, check_output_dir
+
+    check_output_dir("gs://anonymous@runs/ok/runs")
+    assert storage.list_names("gs://anonymous@runs/ok/runs") == []  # the probe object is gone
+    with pytest.raises(PreflightError, match=r"^train.output_dir=gs://anonymous@nobucket/runs: cannot write there \("):
+        check_output_dir("gs://anonymous@nobucket/runs")
+    with pytest.raises(storage.StorageError, match=r"^k=gs://runs/x: no answer within 2 s \(endpoint "
+                                                   rf"CLOUD_STORAGE_EMULATOR_ENDPOINT={re.escape(gcs)}\); "
+                                                   r"an emulator's URIs take no login: gs://anonymous@runs/x$"):
+        storage.check_writable("gs://runs/x", "k", timeout_s=2)
+
+
+def test_data_prep_writes_shards_to_a_bucket_and_resumes_there(bucket: str, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    """``--out s3://...`` / ``gs://...``: the bucket gets the same shards as a disk (same manifest digest) from the same
+    videos, with the resume state, the manifest and the report beside them and nothing on this disk; the loader's
+    preflight takes the prefix; a rerun decodes nothing; an unwritable bucket is one line, exit 2, before any video is
+    decoded."""
     import json
 
     from data_prep.activitynet import main as activitynet
@@ -267,24 +331,25 @@ def test_data_prep_writes_shards_to_s3_and_resumes_there(s3: str, tmp_path: Path
     common = ["--annotations", str(tmp_path / "raw" / "activity_net.synthetic.json"), "--videos",
               str(tmp_path / "raw" / "videos"), "--short-side", "128", "--shard-size", "2", "--no-ray", "--no-progress"]
     assert activitynet(common + ["--out", str(tmp_path / "disk")]) == 0
-    assert activitynet(common + ["--out", "s3://runs/prep"]) == 0
+    prep = f"{bucket}/prep"
+    assert activitynet(common + ["--out", prep]) == 0
     capsys.readouterr()
     disk = json.loads((tmp_path / "disk" / "manifest.json").read_text())
-    bucket = json.loads(storage.read_text("s3://runs/prep/manifest.json"))
-    assert bucket["digest"] == disk["digest"] and bucket["subsets"] == disk["subsets"]
-    assert storage.list_names("s3://runs/prep") == sorted(p.name for p in (tmp_path / "disk").iterdir() if p.is_file())
+    there = json.loads(storage.read_text(f"{prep}/manifest.json"))
+    assert there["digest"] == disk["digest"] and there["subsets"] == disk["subsets"]
+    assert storage.list_names(prep) == sorted(p.name for p in (tmp_path / "disk").iterdir() if p.is_file())
     states = sorted(p.name for p in (tmp_path / "disk" / ".state").iterdir())
-    assert storage.list_names("s3://runs/prep/.state") == states
-    assert not list(tmp_path.glob("s3*")) and not Path("s3:").exists()
+    assert storage.list_names(f"{prep}/.state") == states
+    assert not list(tmp_path.glob("s3*")) and not list(tmp_path.glob("gs*")) and not Path(prep.split("/")[0]).exists()
     for subset in ("training", "validation"):
-        assert check_shards("s3://runs/prep", subset, key="k", num_classes=3) == check_shards(
+        assert check_shards(prep, subset, key="k", num_classes=3) == check_shards(
             str(tmp_path / "disk"), subset, key="k", num_classes=3)
-    assert activitynet(common + ["--out", "s3://runs/prep"]) == 0
+    assert activitynet(common + ["--out", prep]) == 0
     assert "0 videos decoded in this run" in capsys.readouterr().out
-    assert json.loads(storage.read_text("s3://runs/prep/manifest.json"))["digest"] == disk["digest"]
-    assert activitynet(common + ["--out", "s3://nobucket/prep"]) == 2
+    assert json.loads(storage.read_text(f"{prep}/manifest.json"))["digest"] == disk["digest"]
+    assert activitynet(common + ["--out", f"{_nobucket(bucket)}/prep"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: --out s3://nobucket/prep: cannot write there ("), err
+    assert len(err) == 1 and err[0].startswith(f"error: --out {_nobucket(bucket)}/prep: cannot write there ("), err
 
 
 def _members(shards: Path) -> dict[str, bytes]:
@@ -305,11 +370,11 @@ def _members(shards: Path) -> dict[str, bytes]:
     return out
 
 
-def test_data_prep_reads_videos_from_s3(s3: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """``--videos s3://...`` and ``--annotations s3://...``: the videos are listed in the bucket and copied one at a time
-    to the task's node, giving the same frames and records as the same files in a folder (only each record's
-    ``source`` differs); a prefix with nothing under it, a missing bucket and a missing annotation object are one
-    line, exit 2; an object gone since the listing is a reported video, not a crash."""
+def test_data_prep_reads_videos_from_a_bucket(bucket: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``--videos s3://...`` and ``--annotations s3://...`` (or ``gs://``): the videos are listed in the bucket and
+    copied one at a time to the task's node, giving the same frames and records as the same files in a folder (only each
+    record's ``source`` differs); a prefix with nothing under it, a missing bucket and a missing annotation object are
+    one line, exit 2; an object gone since the listing is a reported video, not a crash."""
     import json
 
     from data_prep.activitynet import main as activitynet
@@ -322,29 +387,30 @@ def test_data_prep_reads_videos_from_s3(s3: str, tmp_path: Path, capsys: pytest.
     raw = tmp_path / "raw"
     assert synthetic(["--out", str(raw), "--videos", "6", "--classes", "3", "--min-duration", "3",
                       "--max-duration", "4"]) == 0
-    _upload(raw / "videos", "s3://runs/videos")
-    storage.write_bytes("s3://runs/anno/activity_net.synthetic.json", (raw / "activity_net.synthetic.json").read_bytes())
+    _upload(raw / "videos", f"{bucket}/videos")
+    storage.write_bytes(f"{bucket}/anno/activity_net.synthetic.json",
+                        (raw / "activity_net.synthetic.json").read_bytes())
     common = ["--short-side", "96", "--shard-size", "2", "--no-ray", "--no-progress"]
     assert activitynet(common + ["--annotations", str(raw / "activity_net.synthetic.json"), "--videos",
                                  str(raw / "videos"), "--out", str(tmp_path / "disk")]) == 0
-    common += ["--annotations", "s3://runs/anno/activity_net.synthetic.json"]
-    assert activitynet(common + ["--videos", "s3://runs/videos", "--out", str(tmp_path / "bucket")]) == 0
+    common += ["--annotations", f"{bucket}/anno/activity_net.synthetic.json"]
+    assert activitynet(common + ["--videos", f"{bucket}/videos", "--out", str(tmp_path / "bucket")]) == 0
     capsys.readouterr()
-    disk, bucket = _members(tmp_path / "disk"), _members(tmp_path / "bucket")
-    assert disk == bucket and sum(k.endswith(".json") for k in disk) == 6
+    disk, there = _members(tmp_path / "disk"), _members(tmp_path / "bucket")
+    assert disk == there and sum(k.endswith(".json") for k in disk) == 6
     report = json.loads((tmp_path / "bucket" / "report.json").read_text())
     assert report["counts"]["written"] == 6 and report["counts"]["skipped"] == 0
-    for bad, why in (("s3://runs/none", "no objects there"), ("s3://nobucket/videos", "")):
+    for bad, why in ((f"{bucket}/none", "no objects there"), (f"{_nobucket(bucket)}/videos", "")):
         assert activitynet(common + ["--videos", bad, "--out", str(tmp_path / "x")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"error: --videos {bad}: ") and why in err[0], err
-    common[-1] = "s3://runs/anno/missing.json"
-    assert activitynet(common + ["--videos", "s3://runs/videos", "--out", str(tmp_path / "x")]) == 2
-    assert capsys.readouterr().err.strip() == "error: s3://runs/anno/missing.json: no such object"
+    common[-1] = f"{bucket}/anno/missing.json"
+    assert activitynet(common + ["--videos", f"{bucket}/videos", "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {bucket}/anno/missing.json: no such object"
     assert not (tmp_path / "x").exists()
-    index = VideoIndex("s3://runs/videos")
+    index = VideoIndex(f"{bucket}/videos")
     first = sorted(index.files)[0]
     assert index.find(Entry(id=first.rsplit("/", 1)[1].split(".")[0], subset="training")) == first
     with pytest.raises(VideoError, match="no such object"):
-        with local_video("s3://runs/videos/gone.mp4"):
+        with local_video(f"{bucket}/videos/gone.mp4"):
             pass
