@@ -65,6 +65,15 @@ def moto_server(host: str, log_dir: Path, buckets: Sequence[str] = ()) -> Iterat
         stop_process_group(proc, grace=10)
 
 
+_GCS_THREADED = """
+import sys
+from http import server
+server.HTTPServer = server.ThreadingHTTPServer
+from gcp_storage_emulator.__main__ import main
+main(sys.argv[1:])
+"""
+
+
 @contextlib.contextmanager
 def gcs_server(host: str, data_dir: Path, buckets: Sequence[str] = ()) -> Iterator[Dict[str, str]]:
     """A GCS emulator on ``host`` (a free port) keeping its objects in ``data_dir``, with ``buckets``; yields the
@@ -75,9 +84,11 @@ def gcs_server(host: str, data_dir: Path, buckets: Sequence[str] = ()) -> Iterat
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "gcs.log"
     # In memory: its disk store maps an object to a file, so a directory marker "a/" (pyarrow's create_dir writes
-    # them) and an object "a/b" cannot both exist there, and the request fails without an answer.
+    # them) and an object "a/b" cannot both exist there, and the request fails without an answer. Threaded: its
+    # HTTPServer answers one request at a time, and pyarrow's copy_files (Ray Train's checkpoint download) reads
+    # several objects at once, so the server sat writing one response while the client waited on another.
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([str(BIN / "gcp-storage-emulator"), "start", "-H", host, "--port", str(port),
+        proc = subprocess.Popen([sys.executable, "-c", _GCS_THREADED, "start", "-H", host, "--port", str(port),
                                  "--in-memory", "-q"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://{host}:{port}"
     try:

@@ -24,6 +24,7 @@ import torch
 from helpers import tiny_model
 from s3_helpers import environ, gcs_server, mlflow_server, moto_server
 
+REPO = Path(__file__).resolve().parents[1]
 EE = {"enabled": True, "rho": 0.99, "t_min": 2, "mode": "reached"}
 
 
@@ -414,3 +415,34 @@ def test_data_prep_reads_videos_from_a_bucket(bucket: str, tmp_path: Path, capsy
     with pytest.raises(VideoError, match="no such object"):
         with local_video(f"{bucket}/videos/gone.mp4"):
             pass
+
+
+@pytest.mark.slow
+def test_a_training_job_keeps_its_run_in_gcs(gcs: str, tmp_path: Path) -> None:
+    """``train.output_dir=gs://...``, the user's command on local Ray: Ray Train's storage (each epoch's checkpoint) and
+    ``best/<stage>`` are in the bucket and load from it, nothing of the run is on this disk; the same command again
+    resumes from the bucket's newest checkpoint (Ray Train downloads it) and trains no epoch again."""
+    from sofnet import checkpoint, storage
+    from sofnet.session import ensure_synthetic_shards
+
+    shards = ensure_synthetic_shards(tmp_path / "data", videos=12, classes=3)
+    out = "gs://anonymous@runs/e2e"
+    command = [sys.executable, "jobs/train_anet.py", "--config", "jobs/configs/demo.yaml", "--smoke-test",
+               f"data.train_shards={shards}", f"data.val_shards={shards}", "model.num_classes=3",
+               f"train.output_dir={out}", "name=gcs", "scaling.num_workers=1",
+               f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]
+    first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=480)
+    assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
+    run = f"{out}/gcs"
+    names = storage.list_names(run, directories=True)
+    assert "best" in names and any(n.startswith("checkpoint-stage2-epoch") for n in names), names
+    model, spec = checkpoint.load_network(run)
+    assert spec["path"] == f"{run}/best/stage2" and spec["meta"]["stage"] == "stage2"
+    assert checkpoint.read_meta(checkpoint.resolve(run, which="last"))["stage"] == "stage2"
+    assert not (REPO / "gs:").exists() and not list(tmp_path.glob("**/checkpoint-*"))
+    trained = re.findall(r"stage\d epoch \d+/\d+ done", first.stdout + first.stderr)
+    assert trained, (first.stdout + first.stderr)[-3000:]
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=480)
+    log = again.stdout + again.stderr
+    assert again.returncode == 0 and "resuming from gs://" in log, log[-3000:]
+    assert not re.findall(r"stage\d epoch \d+/\d+ done", log), log[-3000:]
