@@ -40,7 +40,7 @@ demo-easy: setup
 	$(DEMO_ENV) $(BIN)/python jobs/results_table.py --config jobs/configs/demo.yaml --out runs/demo-eval
 
 # The benchmark task (data_prep.bench_task: 512 training + 256 validation videos, 8 classes; ~3 min on 2 cores) and
-# the multi-seed study on it (jobs/study.py: 3 seeds of TSN + SoF-Net, ~15 min a seed on 2 cores; resumable).
+# the multi-seed study on it (jobs/study.py: 3 seeds of TSN + SoF-Net, ~10 min a seed on 2 cores; resumable).
 bench-data: setup
 	test -f data/bench/shards/manifest.json || $(BIN)/python -m data_prep.synthetic --task bench --out data/bench/raw \
 		--videos 768 --classes 8 --seed 0 --min-duration 6 --max-duration 12 --video-fps 8 --val-fraction 0.334 \
