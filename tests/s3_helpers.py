@@ -77,8 +77,8 @@ main(sys.argv[1:])
 @contextlib.contextmanager
 def gcs_server(host: str, data_dir: Path, buckets: Sequence[str] = ()) -> Iterator[Dict[str, str]]:
     """A GCS emulator on ``host`` (a free port), its objects in memory and its log in ``data_dir``, with ``buckets``;
-    yields the variable pyarrow's GCS client reads. Its URIs take ``anonymous@`` (``gs://anonymous@bucket/...``): without it the
-    client first looks for Google credentials, which a machine off the cloud waits on for minutes."""
+    yields the variable pyarrow's GCS client reads. Its URIs take ``anonymous@`` (``gs://anonymous@bucket/...``):
+    without it the client first looks for Google credentials, which a machine off the cloud waits on for minutes."""
     port = free_port(host)
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -220,10 +220,10 @@ def _endpoint(uri: str) -> str:
 def _hint(uri: str) -> str:
     """What a timeout may mean beside an endpoint that does not answer: an emulator addressed without ``anonymous@``
     (pyarrow's GCS client then first looks for Google credentials, which off the cloud it waits on for minutes)."""
-    bucket = uri.split("://", 1)[1].split("/", 1)[0]
-    if uri.startswith("gs://") and os.environ.get("CLOUD_STORAGE_EMULATOR_ENDPOINT") and "@" not in bucket:
-        return f"; an emulator's URIs take no login: gs://anonymous@{uri[5:]}"
-    return ""
+    if not uri.startswith("gs://") or not os.environ.get(_ENDPOINT_VARIABLES["gs://"]):
+        return ""
+    bucket = uri[len("gs://"):].split("/", 1)[0]
+    return "" if "@" in bucket else f"; an emulator's URIs take no login: gs://anonymous@{uri[len('gs://'):]}"
 
 
 # The bounded calls run in a child process that is killed at the deadline. A thread cannot be stopped: one left
