@@ -278,6 +278,22 @@ def test_bad_study_config_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "no-shards" in proc.stderr
 
 
+def test_a_rescoring_study_needs_another_studys_finished_runs(tmp_path: Path) -> None:
+    """``runs_from`` trains nothing: a study without the other study's finished runs is refused before anything runs
+    (the end-to-end test below rescores real runs)."""
+    from sofnet.config import ConfigError
+    from sofnet.study import load_study, run_study
+
+    path = _study(tmp_path, tmp_path / "shards")
+    for bad in (["runs_from=t"], ["runs_from=u", "stage1_from=u"]):
+        with pytest.raises(ConfigError, match=r"runs_from=.* must name another study than this one and stage1_from"):
+            load_study(path, bad)
+    study = load_study(path, ["runs_from=gone"])
+    with pytest.raises(ConfigError, match=r"runs_from=gone: \S*/runs/gone/gone-seed1 has not finished training; run "
+                                          r"study gone for it first \(a study with runs_from trains nothing\)$"):
+        run_study(study, train=lambda cfg: pytest.fail(f"{cfg.name} trained"))
+
+
 @pytest.mark.slow
 def test_study_two_seeds_end_to_end_and_resume(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
@@ -352,3 +368,39 @@ def test_study_two_seeds_end_to_end_and_resume(tmp_path: Path) -> None:
         refused = _run(tmp_path, tmp_path / "study_s1.yaml", "name=t3", bad)  # TSN's rows were scored otherwise
         assert refused.returncode == 2 and why in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, \
             refused.stderr
+    # runs_from: t's trained runs scored on other validation videos (a held-out set): nothing trains, every stage of
+    # every seed is scored here from t's weights; t2 (stage 1 from t) likewise, its stage 1 scored here from t's run
+    other = ensure_synthetic_shards(tmp_path / "other", videos=24, classes=3, seed=5)
+    rescore = OmegaConf.load(path)
+    rescore.name, rescore.runs_from = "t4", "t"
+    rescore.overrides = list(rescore.overrides) + [f"data.val_shards={other}"]
+    OmegaConf.save(rescore, tmp_path / "study_r.yaml")
+    fifth = _run(tmp_path, tmp_path / "study_r.yaml")
+    assert fifth.returncode == 0, fifth.stderr[-3000:]
+    assert "training " not in fifth.stderr and not list((tmp_path / "runs/t4").glob("t4-seed?/"))
+    assert "the trained runs of study t (nothing trained here)" in (tmp_path / "runs/t4/study_table.md").read_text()
+    rescored = json.loads((tmp_path / "runs/t4/study.json").read_text())["records"]
+    for seed, record in zip((1, 2), rescored):
+        before = json.loads((tmp_path / f"runs/t/t-seed{seed}-eval/seed.json").read_text())
+        assert record["run"] == before["run"] and set(record["reports"]) == set(before["reports"]) - {"arnet"}
+        for stage in ("stage1", "stage2"):  # the same weights (the runs' MLflow ids), other videos
+            assert record["reports"][stage]["runs"] == before["reports"][stage]["runs"]
+        ids = json.loads((tmp_path / f"runs/t4/t4-seed{seed}-eval/stage2/submission.json").read_text())["results"]
+        assert not set(ids) & set(scores[seed - 1]["results"]) and len(ids) == 6
+    both = OmegaConf.load(tmp_path / "study_s1.yaml")
+    both.name, both.runs_from = "t5", "t2"
+    both.overrides = list(both.overrides) + [f"data.val_shards={other}"]
+    OmegaConf.save(both, tmp_path / "study_r2.yaml")
+    sixth = _run(tmp_path, tmp_path / "study_r2.yaml")
+    assert sixth.returncode == 0 and "training " not in sixth.stderr, sixth.stderr[-3000:]
+    record = json.loads((tmp_path / "runs/t5/study.json").read_text())["records"][0]
+    assert record["stage1_run"].endswith("t/t-seed1") and record["run"].endswith("t2/t2-seed1")
+    assert record["reports"]["stage1"]["metrics"] == rescored[0]["reports"]["stage1"]["metrics"]  # t's, here
+    assert record["reports"]["stage2"]["runs"] == shared["reports"]["stage2"]["runs"]
+    # a rescored study whose recipe is not the runs' (a training setting changed): refused in one line, nothing run
+    rescore.name, rescore.overrides = "t6", list(rescore.overrides) + ["loss.beta=0.9"]
+    OmegaConf.save(rescore, tmp_path / "study_r3.yaml")
+    refused = _run(tmp_path, tmp_path / "study_r3.yaml")
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "runs_from=t: t-seed1 was trained with other settings (loss.beta: 0.5 -> 0.9)" in refused.stderr and \
+        "only scoring (data.val_shards, " in refused.stderr

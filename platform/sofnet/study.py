@@ -23,6 +23,11 @@ training stopped part-way resumes from its last checkpoint.
 study's stage-1 best epoch of the same seed (same output folder), and the TSN rows and grid are that study's
 evaluation of it (same evaluator, same videos: checked), so only the stage-2 settings differ between the two tables.
 
+``runs_from: <study>`` trains nothing: it scores that study's trained runs (every method, every seed; the same
+recipe, checked, but for the keys of scoring: ``data.val_shards``, ``early_exit.*``) on this study's validation shards
+or early exit, e.g. a held-out set larger than the one the runs were trained beside; with ``stage1_from`` (the same as
+the rescored study's) each seed's stage 1 is scored here too, from the run it lives in.
+
 MLflow: one parent run ``study <name>`` (the table as ``study_table.md``, every number as ``study.json``) and one
 child run per (method, seed) with that row's metrics and the training run's id as a tag. Seeds train one after
 another: a job's two workers take both cores of a 2-core machine (on a bigger cluster, raise ``scaling.num_workers``).
@@ -40,7 +45,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from sofnet.config import Config, ConfigError, load_config, parse_dotlist
+from sofnet.config import ConfigError, load_config, parse_dotlist
+from sofnet.study_recipe import (  # noqa: F401  (check_recipe, recipe_of, DIGESTS: re-exported, the study's API)
+    DIGESTS, SCORED_BY, check_recipe, check_source, recipe_of, shard_digests, study_dir,
+)
 from sofnet.study_table import METHODS, ROWS, Targets, row_metrics, study_table, summarize
 
 logger = logging.getLogger(__name__)
@@ -70,6 +78,7 @@ class StudyConfig:
     arnet_name: str = "arnet"  # AR-Net's job is <name>-<arnet_name>-seed<s>; another name, another AR-Net recipe
     seeds: List[int] = field(default_factory=lambda: [1, 2, 3])
     stage1_from: str = ""  # another study's name (same output_dir): its seeds' stage 1 is this study's (see above)
+    runs_from: str = ""  # another study's name (same output_dir): its trained runs, scored here; nothing trains
     output_dir: str = "runs/study"  # <output_dir>/<name>/: the seeds' runs, evaluations and the table
     mlflow: StudyMlflow = field(default_factory=StudyMlflow)
     et_grid: EtGrid = field(default_factory=EtGrid)
@@ -100,7 +109,9 @@ def load_study(path: str | Path, dotlist: Sequence[str] = ()) -> DictConfig:
         raise ConfigError(f"{path}: methods must be distinct values of {list(METHODS)} and include tsn (every GFLOPs "
                           f"ratio is against the seed's TSN); got {list(study.methods)}")
     base = seed_config(study, study.seeds[0])  # the base config and the overrides, checked before anything runs
-    if study.stage1_from:
+    if study.runs_from and study.runs_from in (study.name, study.stage1_from):
+        raise ConfigError(f"{path}: runs_from={study.runs_from} must name another study than this one and stage1_from")
+    if study.stage1_from and not study.runs_from:  # rescored: stage 1 is scored here, however the source scored it
         _check_stage1_source(study, path, base)
     if "arnet" in study.methods:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", study.arnet_name):
@@ -138,13 +149,6 @@ def _stage1_record(study: Any, seed: int) -> Path:
     return Path(study.output_dir) / study.stage1_from / f"{study.stage1_from}-seed{seed}-eval" / "seed.json"
 
 
-# The recipe's keys for what the shards hold (their paths are config keys; the same path can hold other data).
-DIGESTS = ("shards_digest.training", "shards_digest.validation")
-# What the source study's stage-1 rows depend on besides the weights: they must be this study's too.
-_SCORED_BY = ("data.val_shards", DIGESTS[1], "early_exit.enabled", "early_exit.rho", "early_exit.t_min",
-              "early_exit.mode")
-
-
 def _check_stage1_source(study: Any, path: str | Path, base: Any) -> None:
     """``stage1_from``: SoF-Net is studied, the source is another study that evaluated every seed's stage 1 on the
     same validation shards, with the same early-exit settings and grid."""
@@ -160,7 +164,7 @@ def _check_stage1_source(study: Any, path: str | Path, base: Any) -> None:
                               f"{seed}; run that study for this seed first")
         recipe = Path(study.output_dir) / study.stage1_from / f"{study.stage1_from}-seed{seed}.recipe.yaml"
         theirs = dict(OmegaConf.to_container(OmegaConf.load(recipe))) if recipe.is_file() else {}
-        differ = [f"{k}={theirs.get(k)}, not {ours.get(k)}" for k in _SCORED_BY if theirs.get(k) != ours.get(k)]
+        differ = [f"{k}={theirs.get(k)}, not {ours.get(k)}" for k in SCORED_BY if theirs.get(k) != ours.get(k)]
         if _points(record["grids"].get("stage1", [])) != grid:
             differ.append("another et_grid")
         if differ:
@@ -178,6 +182,25 @@ def _points(replayed: Sequence[Mapping[str, Any]]) -> List[List[float]]:
     return [[p["rho"], p["t_min"]] for p in replayed]
 
 
+def trained_run(study: Any, cfg: Any) -> Path:
+    """Where a job's weights are: its own run directory, or with ``runs_from`` that study's job of the same seed."""
+    from sofnet.train.worker import run_dir
+
+    if not study.runs_from:
+        return Path(run_dir(cfg))
+    return Path(study.output_dir) / study.runs_from / (study.runs_from + cfg.name[len(study.name):])
+
+
+def _scored(study: Any, seed: int) -> List[tuple[str, Path]]:
+    """``(stage, run)`` of each stage this study evaluates for the base job: its enabled stages, and stage 1 from
+    ``stage1_from``'s run when rescoring (``runs_from``), where the source's scores of it are of other videos."""
+    from sofnet.train.worker import enabled_stages
+
+    cfg = seed_config(study, seed)
+    own = [(stage, trained_run(study, cfg)) for stage in enabled_stages(cfg)]
+    return ([("stage1", _stage1_run(study, seed))] if study.stage1_from and study.runs_from else []) + own
+
+
 def arnet_config(study: Any, seed: int) -> DictConfig:
     """The AR-Net job of one seed: ``arnet_config``, ``arnet_overrides``, its name, seed and output folder."""
     return load_config(study.arnet_config, list(study.arnet_overrides) + [
@@ -185,92 +208,16 @@ def arnet_config(study: Any, seed: int) -> DictConfig:
         f"train.output_dir={study_dir(study)}"])
 
 
-def study_dir(study: Any) -> Path:
-    return Path(study.output_dir) / study.name
-
-
 def _seed_eval(study: Any, seed: int) -> Path:
     return study_dir(study) / f"{study.name}-seed{seed}-eval" / "seed.json"
-
-
-# Settings that do not change what a run computes (where it logs, how often, how often it may fail; stage 2 on or
-# off leaves stage 1 as it was: a study that adds sofnet to its methods trains stage 2 on the finished stage 1).
-_NOT_RECIPE = ("mlflow.", "train.output_dir", "train.log_every", "train.max_failures", "name", "train.stage2.enabled")
-
-
-def _flat(tree: Any, prefix: str = "") -> Dict[str, Any]:
-    if isinstance(tree, dict):
-        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: tree}
-
-
-def shard_digests(cfg: Any) -> Dict[str, str]:
-    """The manifest's digest of the training and the validation subset the config reads: equal digests mean
-    byte-identical shards (``data_prep.manifest``). "" where the shards are not a directory with a manifest (a
-    brace pattern, a list): then only their paths can be compared."""
-    from sofnet.shards import subset_digest
-
-    return {key: subset_digest(shards, subset) for key, shards, subset in zip(
-        DIGESTS, (cfg.data.train_shards, cfg.data.val_shards), (cfg.data.train_subset, cfg.data.val_subset))}
-
-
-def recipe_of(cfg: Any) -> Dict[str, Any]:
-    """What a run computes from: its resolved settings but where it logs (``_NOT_RECIPE``), and the digests of the
-    shards it reads."""
-    flat = _flat(OmegaConf.to_container(cfg, resolve=True))
-    return {**{k: v for k, v in flat.items() if not k.startswith(_NOT_RECIPE)}, **shard_digests(cfg)}
-
-
-def check_recipe(study: Any, cfg: Any) -> None:
-    """A study's runs are reused by name (resume), so a run must have been trained with the settings and on the data
-    the study now asks for: the first time a job is seen its recipe (:func:`recipe_of`) is kept as
-    ``<study dir>/<run name>.recipe.yaml``; a later call with other settings (a changed ``overrides`` or base file,
-    under the same study name) or with other shards at the same path (regenerated data) is refused.
-
-    Raises:
-        ConfigError: one line naming the run and the first differing keys, or the shards whose content changed.
-    """
-    path = study_dir(study) / f"{cfg.name}.recipe.yaml"
-    now = recipe_of(cfg)
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(OmegaConf.to_yaml(OmegaConf.create(now)))
-        return
-    before = dict(OmegaConf.to_container(OmegaConf.load(path)))
-    # make demo / make study cannot rename the study: removing its folder (the command's other way out) trains anew
-    again = ("its results would be reused as if they were {}: give the study another name"
-             + (" (or AR-Net another arnet_name)" if cfg.model.arch == "arnet" else "")
-             + f", or remove {study_dir(study)} to train it anew")
-    for key, shards in zip(DIGESTS, (cfg.data.train_shards, cfg.data.val_shards)):
-        subset = key.split(".")[1]
-        if key not in before:  # kept before the digests were: which data the run read is unknown
-            raise ConfigError(f"{path}: {cfg.name} was trained before the study recorded its shards' digests, so "
-                              f"whether it read the {subset} shards {shards} holds now ({now[key][:12] or 'no digest'})"
-                              f" cannot be checked; " + again.format("this data's"))
-        if before[key] != now[key]:
-            raise ConfigError(f"{path}: {cfg.name} was trained on other {subset} shards than {shards} holds now "
-                              f"(digest {before[key][:12] or 'none'} -> {now[key][:12] or 'none'}: regenerated or "
-                              "replaced data); " + again.format("this data's"))
-    # A setting added since the run was trained is absent from its recipe file; new settings default to what the
-    # code did before them, so an absent key counts as its default (a study from before the key stays reusable).
-    defaults = _flat(OmegaConf.to_container(OmegaConf.structured(Config), resolve=True))
-    keys = sorted(set(before) | set(now))
-    diff = [f"{k}: {before.get(k, defaults.get(k))} -> {now.get(k)}" for k in keys
-            if before.get(k, defaults.get(k)) != now.get(k)]
-    if diff:
-        more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
-        raise ConfigError(f"{path}: {cfg.name} was trained with other settings ({'; '.join(diff[:3])}{more}); "
-                          + again.format("this recipe's"))
 
 
 def _missing(study: Any, seed: int, record: Optional[Mapping[str, Any]]) -> List[str]:
     """What the seed still lacks: the evaluation of a job, ``base`` (TSN, SoF-Net) or ``arnet``; ``grids``, the
     early-exit grids replayed again from the caches when ``et_grid`` changed; TSN's ``action_frames`` diagnostic
     (scored from stage 1's early-exit cache: records from before it get it on resume)."""
-    from sofnet.train.worker import enabled_stages, run_dir
-
     have = (record or {}).get("reports", {})
-    stages = enabled_stages(seed_config(study, seed))
+    stages = [stage for stage, _ in _scored(study, seed)]
     out = [] if all(s in have for s in stages) else ["base"]
     grids = (record or {}).get("grids", {})
     if not out and any(s in grids and _points(grids[s]) != _grid(study) for s in stages):
@@ -280,7 +227,7 @@ def _missing(study: Any, seed: int, record: Optional[Mapping[str, Any]]) -> List
     if "arnet" not in study.methods:
         return out
     # the record's AR-Net row is another AR-Net job's (an earlier arnet_name): this one's is still to be evaluated
-    ours = str(run_dir(arnet_config(study, seed)))
+    ours = str(trained_run(study, arnet_config(study, seed)))
     return out + (["arnet"] if "arnet" not in have or record.get("arnet_run") != ours else [])
 
 
@@ -289,7 +236,7 @@ def evaluate_seed(study: Any, seed: int, record: Optional[Mapping[str, Any]] = N
     AR-Net run's final stage); written to seed.json."""
     from sofnet import checkpoint
     from sofnet.train.report import evaluate_run
-    from sofnet.train.worker import enabled_stages, run_dir
+    from sofnet.train.worker import enabled_stages
     from sofnet.tune.et_cache import ETBundle, action_frames_metrics, replay_metrics, write_cache
 
     record = json.loads(json.dumps(record)) if record else {"seed": seed, "reports": {}, "grids": {}}
@@ -297,37 +244,38 @@ def evaluate_seed(study: Any, seed: int, record: Optional[Mapping[str, Any]] = N
     missing = _missing(study, seed, record)
     if "base" in missing:
         cfg = seed_config(study, seed)
-        run, stages = run_dir(cfg), enabled_stages(cfg)
-        record["run"] = str(run)
-        if study.stage1_from:  # the source study's evaluation of the stage 1 this run started from
+        record["run"] = str(trained_run(study, cfg))
+        if study.stage1_from:
+            record["stage1_run"] = str(_stage1_run(study, seed))
+        if study.stage1_from and not study.runs_from:  # the source study's evaluation of the stage 1 it started from
             source = json.loads(_stage1_record(study, seed).read_text())
             record["reports"]["stage1"] = source["reports"]["stage1"]
             record["grids"]["stage1"] = source["grids"]["stage1"]
-            record["stage1_run"] = str(_stage1_run(study, seed))
-        for _, r in evaluate_run(cfg, run, out, stages=stages):
-            record["reports"][r["stage"]] = {"metrics": r["metrics"], "runs": r["runs"], "stage": r["stage"]}
-        for stage in stages:
+        for stage, run in _scored(study, seed):
+            (_, r), = evaluate_run(cfg, run, out, stages=[stage])
+            record["reports"][stage] = {"metrics": r["metrics"], "runs": r["runs"], "stage": stage}
             model, _ = checkpoint.load_network(run / checkpoint.BEST / stage)
             write_cache(model, cfg, out / stage / "et_cache", source=str(run))
     if "base" in missing or "grids" in missing:  # a changed et_grid is replayed from the caches, nothing re-run
-        for stage in enabled_stages(seed_config(study, seed)):
+        for stage, _ in _scored(study, seed):
             bundle = ETBundle.load(out / stage / "et_cache")
             record["grids"][stage] = [{"rho": rho, "t_min": t, **replay_metrics(bundle, rho, t)}
                                       for rho, t in _grid(study)]
     if "action_frames" in missing and "stage1" in record["grids"]:  # TSN's cache: a causal stage 1 was cached
-        source = study.stage1_from and json.loads(_stage1_record(study, seed).read_text())["reports"]
+        shared = study.stage1_from and not study.runs_from  # stage 1 scored by its own study, not here
+        source = shared and json.loads(_stage1_record(study, seed).read_text())["reports"]
         if source and "action_frames" in source:
             record["reports"]["action_frames"] = source["action_frames"]
         else:
-            where = (_stage1_record(study, seed).parent if study.stage1_from else out) / "stage1" / "et_cache"
+            where = (_stage1_record(study, seed).parent if shared else out) / "stage1" / "et_cache"
             record["reports"]["action_frames"] = {"metrics": action_frames_metrics(ETBundle.load(where)),
                                                   "runs": record["reports"]["stage1"]["runs"], "stage": "stage1"}
     if "arnet" in missing:
         acfg = arnet_config(study, seed)
         final = enabled_stages(acfg)[-1]
-        (_, r), = evaluate_run(acfg, run_dir(acfg), out / study.arnet_name, stages=[final])
+        (_, r), = evaluate_run(acfg, trained_run(study, acfg), out / study.arnet_name, stages=[final])
         record["reports"]["arnet"] = {"metrics": r["metrics"], "runs": r["runs"], "stage": final}
-        record["arnet_run"] = str(run_dir(acfg))
+        record["arnet_run"] = str(trained_run(study, acfg))
     tmp = _seed_eval(study, seed).with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(_seed_eval(study, seed))
@@ -342,7 +290,7 @@ def run_study(study: Any, *, train: Optional[Any] = None) -> Dict[str, Any]:
         train: ``train(cfg)`` of one seed's job (default: :func:`sofnet.train.ray_job.run_training`, Ray Train +
             DeepSpeed); raises or returns a result with ``error``.
     """
-    from sofnet.train.worker import run_dir
+    from sofnet import checkpoint
     from sofnet.tune.alpha_beta import finished_training
 
     if train is None:
@@ -350,9 +298,15 @@ def run_study(study: Any, *, train: Optional[Any] = None) -> Dict[str, Any]:
     records, started = [], time.time()
     study_dir(study).mkdir(parents=True, exist_ok=True)
     for seed in study.seeds:  # every seed's runs, before anything trains
-        check_recipe(study, seed_config(study, seed))
-        if "arnet" in study.methods:
-            check_recipe(study, arnet_config(study, seed))
+        jobs = [seed_config(study, seed)] + ([arnet_config(study, seed)] if "arnet" in study.methods else [])
+        for cfg in jobs:
+            check_recipe(study, cfg)
+            if study.runs_from:
+                check_source(study, cfg, trained_run(study, cfg))
+        missing = [run for stage, run in _scored(study, seed) if not (run / checkpoint.BEST / stage).is_dir()]
+        if study.runs_from and missing:
+            raise ConfigError(f"{study_dir(study)}: runs_from={study.runs_from}: {missing[0]} has no best/ epoch to "
+                              "score")
     for seed in study.seeds:
         done = _seed_eval(study, seed)
         record = json.loads(done.read_text()) if done.is_file() else None
@@ -363,9 +317,9 @@ def run_study(study: Any, *, train: Optional[Any] = None) -> Dict[str, Any]:
             continue
         for job in (j for j in missing if j in ("base", "arnet")):  # the jobs that may need training
             cfg = seed_config(study, seed) if job == "base" else arnet_config(study, seed)
-            if finished_training(run_dir(cfg), cfg) is None:
-                logger.info("seed %d: training %s (%d of %d)", seed, run_dir(cfg), study.seeds.index(seed) + 1,
-                            len(study.seeds))
+            if finished_training(trained_run(study, cfg), cfg) is None:  # with runs_from: finished (checked)
+                logger.info("seed %d: training %s (%d of %d)", seed, trained_run(study, cfg),
+                            study.seeds.index(seed) + 1, len(study.seeds))
                 result = train(cfg)
                 if getattr(result, "error", None) is not None:
                     raise RuntimeError(f"seed {seed}: training {cfg.name} failed: {result.error}")
@@ -376,6 +330,7 @@ def run_study(study: Any, *, train: Optional[Any] = None) -> Dict[str, Any]:
     arnet = (f", AR-Net ({study.arnet_name}) {study.arnet_config} {' '.join(study.arnet_overrides)}"
              if "arnet" in study.methods else "")
     shared = f", stage 1 from study {study.stage1_from}" if study.stage1_from else ""
+    shared += f", the trained runs of study {study.runs_from} (nothing trained here)" if study.runs_from else ""
     videos = int(records[0]["reports"]["stage1"]["metrics"]["val/videos"])
     seeds = f"{len(records)} seed{'s' if len(records) > 1 else ''} {list(study.seeds)}"
     digest = shard_digests(cfg0)[DIGESTS[1]][:12]  # every run's, checked by check_recipe
