@@ -254,6 +254,11 @@ def test_the_shipped_study_configs_load(monkeypatch: pytest.MonkeyPatch) -> None
     assert table_b.seeds == study.seeds and table_b.et_grid == study.et_grid
     # one epoch rule for every row: each stage's last epoch, AR-Net's stages too
     assert arnet_config(table_b, 1).train.val_every == seed_config(study, 1).train.val_every == 0
+    # make study-heldout rescores make study's runs (runs_from names the shipped study) on the held-out shards only
+    make = (REPO / "Makefile").read_text().split("study-heldout: bench-heldout")[1].split("\n\n")[0].split()
+    heldout = load_study(REPO / "jobs/configs/study.yaml", [a.strip('"') for a in make if "=" in a])
+    assert heldout.runs_from == study.name != heldout.name and list(heldout.overrides) == [
+        "data.val_shards=data/bench-heldout/shards"]
 
 
 def test_bad_study_config_is_one_line(tmp_path: Path) -> None:
