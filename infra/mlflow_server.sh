@@ -15,7 +15,9 @@
 # The store lives in <dir>/mlflow.db, artifacts in <dir>/artifacts (served through the server: clients need no
 # access to the folder), or with --artifacts in that URI (s3://bucket/prefix, gs://...): the server reads and writes
 # it with its own credentials (for S3 the standard AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_DEFAULT_REGION,
-# and AWS_ENDPOINT_URL for an S3-compatible store), clients upload and download through the server and need none.
+# and AWS_ENDPOINT_URL for an S3-compatible store; for GCS GOOGLE_APPLICATION_CREDENTIALS or the node's service
+# account, and STORAGE_EMULATOR_HOST for an emulator) and MLflow's client of the store (pip install '.[cloud]');
+# clients upload and download through the server and need none.
 # To browse the embedded default store of `make demo` without a server instead:
 #   .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db
 set -euo pipefail
@@ -31,7 +33,7 @@ while [[ $# -gt 0 ]]; do
     --host) host="$2"; shift 2 ;;
     --allowed-hosts) allowed="$2"; shift 2 ;;
     --artifacts) artifacts="$2"; shift 2 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (use --port N, --dir PATH, --host ADDR, --allowed-hosts LIST, --artifacts URI)" >&2
        exit 2 ;;
   esac
@@ -47,9 +49,16 @@ esac
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 mlflow_bin="${MLFLOW_BIN:-$here/.venv/bin/mlflow}"
 [[ -x "$mlflow_bin" ]] || mlflow_bin="$(command -v mlflow)"
+needs() {  # $1: the module MLflow's server uses for the store, $2: its package; both in the `cloud` extra
+  "$(dirname "$mlflow_bin")/python" -c "import $1" 2>/dev/null && return 0
+  echo "--artifacts $artifacts: the server's Python has no $2 (MLflow's client of that store): pip install" \
+       "'.[cloud]' (or $2) beside it" >&2
+  exit 2
+}
 case "$artifacts" in
   "") mkdir -p "$dir/artifacts" ;;
-  s3://?*|gs://?*) ;;
+  s3://?*) needs boto3 boto3 ;;
+  gs://?*) needs google.cloud.storage google-cloud-storage ;;
   *) echo "--artifacts $artifacts: give an s3://bucket/prefix or gs://bucket/prefix URI (default: <dir>/artifacts)" >&2
      exit 2 ;;
 esac

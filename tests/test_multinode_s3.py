@@ -11,6 +11,7 @@ the AWS ones for S3, ``CLOUD_STORAGE_EMULATOR_ENDPOINT`` and ``gs://anonymous@bu
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -116,29 +117,47 @@ def test_tampered_or_missing_checkpoint_in_a_bucket_is_one_line(bucket: str, tmp
         checkpoint.resolve(f"{bucket}/nothing")
 
 
-def test_mlflow_server_keeps_artifacts_on_s3(s3: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``infra/mlflow_server.sh --artifacts s3://...``: a client with no S3 credentials logs an artifact through the
-    server, the object lands in the bucket, and the client reads it back through the server."""
-    import boto3
+def test_mlflow_server_keeps_artifacts_in_a_bucket(bucket: str, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``infra/mlflow_server.sh --artifacts s3://...`` / ``gs://...``: a client with no access to the store logs an
+    artifact through the server, the object lands in the bucket, and the client reads it back through the server."""
     from mlflow.tracking import MlflowClient
 
-    with mlflow_server("127.0.0.1", tmp_path, artifacts="s3://runs/mlflow") as uri:  # the fixture's AWS_* variables
-        for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # the client has none
-            monkeypatch.delenv(key)
+    from sofnet import storage
+
+    gcs = bucket.startswith("gs://")  # the server's GCS client (google-cloud-storage) reads STORAGE_EMULATOR_HOST
+    server_env = {"STORAGE_EMULATOR_HOST": os.environ["CLOUD_STORAGE_EMULATOR_ENDPOINT"]} if gcs else {}
+    artifacts = ("gs://runs/mlflow" if gcs else "s3://runs/mlflow")  # MLflow's URI: no pyarrow login part
+    with mlflow_server("127.0.0.1", tmp_path, artifacts=artifacts, env=server_env) as uri:
+        for key in ("CLOUD_STORAGE_EMULATOR_ENDPOINT",) if gcs else ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                                                                       "AWS_SECRET_ACCESS_KEY"):
+            monkeypatch.delenv(key)  # the client has no access to the store
         client = MlflowClient(uri)
-        run = client.create_run(client.create_experiment("s3-artifacts")).info.run_id
+        run = client.create_run(client.create_experiment("bucket-artifacts")).info.run_id
         (tmp_path / "table.md").write_text("| method | mAP |\n")
         client.log_artifact(run, str(tmp_path / "table.md"))
         back = client.download_artifacts(run, "table.md", str(tmp_path / "back"))
         assert Path(back).read_text() == "| method | mAP |\n"
         monkeypatch.undo()
-        keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="runs", Prefix="mlflow/")["Contents"]]
-        assert any(k.endswith(f"{run}/artifacts/table.md") for k in keys), keys
+        files = storage.list_files(f"{bucket}/mlflow")
+        assert any(f.endswith(f"{run}/artifacts/table.md") for f in files), files
         assert not (tmp_path / "srv" / "artifacts").exists()  # nothing on the server's disk
     repo = Path(__file__).resolve().parents[1]
     bad = subprocess.run([str(repo / "infra/mlflow_server.sh"), "--artifacts", "/mnt/shared"], capture_output=True,
                          text=True, timeout=30)
     assert bad.returncode == 2 and bad.stderr.startswith("--artifacts /mnt/shared: give an s3://")
+    # a server whose Python lacks the store's client: one line before it starts, not an error on the first upload
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "python").write_text(f"#!/bin/sh\nexec {sys.executable} -S \"$@\"\n")  # -S: no site-packages
+    (bare / "python").chmod(0o755)
+    (bare / "mlflow").symlink_to(Path(sys.executable).parent / "mlflow")
+    missing = subprocess.run([str(repo / "infra/mlflow_server.sh"), "--artifacts", artifacts], capture_output=True,
+                             text=True, timeout=30, env={**os.environ, "MLFLOW_BIN": str(bare / "mlflow")})
+    package = "google-cloud-storage" if gcs else "boto3"
+    assert missing.returncode == 2 and missing.stderr.splitlines() == [
+        f"--artifacts {artifacts}: the server's Python has no {package} (MLflow's client of that store): pip install "
+        f"'.[cloud]' (or {package}) beside it"], missing.stderr
 
 
 def _shards_in(bucket: str, tmp: Path, prefix: str) -> tuple[Path, str]:
