@@ -8,6 +8,8 @@ Table A/B rows and the Table C grids as mean ± std over seeds, and whether the 
         "overrides=[loss.beta=0.8]"       # stage 2 only, from bench-study-v5's stage 1 of each seed (its TSN rows)
     python jobs/study.py --config jobs/configs/study.yaml name=bench-study-v4 \
         "overrides=[model.video_score=passed_mean]"                   # v4: the official video score
+    python jobs/study.py --config jobs/configs/study.yaml name=bench-study-v5-heldout runs_from=bench-study-v5 \
+        "overrides=[data.val_shards=data/bench-heldout/shards]"       # its runs scored on other videos, no training
 
 Resumable: rerun the same command and finished seeds are neither retrained nor re-evaluated. Writes
 <output_dir>/<name>/study_table.md and study.json; MLflow: a parent run with a child per (method, seed).

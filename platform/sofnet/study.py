@@ -303,10 +303,10 @@ def run_study(study: Any, *, train: Optional[Any] = None) -> Dict[str, Any]:
             check_recipe(study, cfg)
             if study.runs_from:
                 check_source(study, cfg, trained_run(study, cfg))
-        missing = [run for stage, run in _scored(study, seed) if not (run / checkpoint.BEST / stage).is_dir()]
-        if study.runs_from and missing:
-            raise ConfigError(f"{study_dir(study)}: runs_from={study.runs_from}: {missing[0]} has no best/ epoch to "
-                              "score")
+        unscored = [run / checkpoint.BEST / stage for stage, run in _scored(study, seed) if study.runs_from]
+        if any(not best.is_dir() for best in unscored):  # rescoring: every stage's best epoch is there, stage 1's too
+            raise ConfigError(f"{study_dir(study)}: runs_from={study.runs_from}: no "
+                              f"{next(b for b in unscored if not b.is_dir())} to score")
     for seed in study.seeds:
         done = _seed_eval(study, seed)
         record = json.loads(done.read_text()) if done.is_file() else None
