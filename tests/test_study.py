@@ -297,6 +297,7 @@ def test_a_rescoring_study_needs_another_studys_finished_runs(tmp_path: Path) ->
     with pytest.raises(ConfigError, match=r"runs_from=gone: \S*/runs/gone/gone-seed1 has not finished training; run "
                                           r"study gone for it first \(a study with runs_from trains nothing\)$"):
         run_study(study, train=lambda cfg: pytest.fail(f"{cfg.name} trained"))
+    assert not list((tmp_path / "runs").glob("*/*.recipe.yaml"))  # refused before this study kept a recipe
 
 
 @pytest.mark.slow
@@ -392,6 +393,12 @@ def test_study_two_seeds_end_to_end_and_resume(tmp_path: Path) -> None:
             assert record["reports"][stage]["runs"] == before["reports"][stage]["runs"]
         ids = json.loads((tmp_path / f"runs/t4/t4-seed{seed}-eval/stage2/submission.json").read_text())["results"]
         assert not set(ids) & set(scores[seed - 1]["results"]) and len(ids) == 6
+    rescore.overrides = list(rescore.overrides)[:-1]  # t4 again on t's own videos: its scores are of others, refused
+    OmegaConf.save(rescore, tmp_path / "study_r1.yaml")
+    again = _run(tmp_path, tmp_path / "study_r1.yaml")
+    assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1, again.stderr
+    assert f"t4-seed1 was scored with other settings (data.val_shards: {other} -> {shards}; shards_digest." in \
+        again.stderr and again.stderr.strip().endswith("to score it anew"), again.stderr
     both = OmegaConf.load(tmp_path / "study_s1.yaml")
     both.name, both.runs_from = "t5", "t2"
     both.overrides = list(both.overrides) + [f"data.val_shards={other}"]

@@ -300,9 +300,9 @@ def run_study(study: Any, *, train: Optional[Any] = None) -> Dict[str, Any]:
     for seed in study.seeds:  # every seed's runs, before anything trains
         jobs = [seed_config(study, seed)] + ([arnet_config(study, seed)] if "arnet" in study.methods else [])
         for cfg in jobs:
-            check_recipe(study, cfg)
-            if study.runs_from:
+            if study.runs_from:  # first: a refused source leaves no recipe of this study behind
                 check_source(study, cfg, trained_run(study, cfg))
+            check_recipe(study, cfg)
         unscored = [run / checkpoint.BEST / stage for stage, run in _scored(study, seed) if study.runs_from]
         if any(not best.is_dir() for best in unscored):  # rescoring: every stage's best epoch is there, stage 1's too
             raise ConfigError(f"{study_dir(study)}: runs_from={study.runs_from}: no "

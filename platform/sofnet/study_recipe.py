@@ -27,6 +27,7 @@ def study_dir(study: Any) -> Path:
 
 # The recipe's keys for what the shards hold (their paths are config keys; the same path can hold other data).
 DIGESTS = ("shards_digest.training", "shards_digest.validation")
+_SHARD_KEYS = ("data.train_shards", "data.val_shards")  # where the shards of each digest are
 # What the source study's stage-1 rows depend on besides the weights: they must be this study's too.
 # With ``runs_from`` these are the only keys that may differ from the trained runs' recipe: scoring, not training.
 SCORED_BY = ("data.val_shards", "data.val_subset", DIGESTS[1], "early_exit.enabled", "early_exit.rho",
@@ -77,23 +78,27 @@ def check_recipe(study: Any, cfg: Any) -> None:
         path.write_text(OmegaConf.to_yaml(OmegaConf.create(now)))
         return
     before = dict(OmegaConf.to_container(OmegaConf.load(path)))
+    # a rescoring study's runs are another study's: it only scored them
+    redo, done = ("score", "scored") if study.runs_from else ("train", "trained")
     # make demo / make study cannot rename the study: removing its folder (the command's other way out) trains anew
     again = ("its results would be reused as if they were {}: give the study another name"
              + (" (or AR-Net another arnet_name)" if cfg.model.arch == "arnet" else "")
-             + f", or remove {study_dir(study)} to train it anew")
-    for key, shards in zip(DIGESTS, (cfg.data.train_shards, cfg.data.val_shards)):
+             + f", or remove {study_dir(study)} to {redo} it anew")
+    for key, shards, where in zip(DIGESTS, (cfg.data.train_shards, cfg.data.val_shards), _SHARD_KEYS):
         subset = key.split(".")[1]
+        if before.get(where, now[where]) != now[where]:
+            continue  # other shards at another path: a changed setting, named below
         if key not in before:  # kept before the digests were: which data the run read is unknown
-            raise ConfigError(f"{path}: {cfg.name} was trained before the study recorded its shards' digests, so "
+            raise ConfigError(f"{path}: {cfg.name} was {done} before the study recorded its shards' digests, so "
                               f"whether it read the {subset} shards {shards} holds now ({now[key][:12] or 'no digest'})"
                               f" cannot be checked; " + again.format("this data's"))
         if before[key] != now[key]:
-            raise ConfigError(f"{path}: {cfg.name} was trained on other {subset} shards than {shards} holds now "
+            raise ConfigError(f"{path}: {cfg.name} was {done} on other {subset} shards than {shards} holds now "
                               f"(digest {before[key][:12] or 'none'} -> {now[key][:12] or 'none'}: regenerated or "
                               "replaced data); " + again.format("this data's"))
     diff = _differ(before, now)
     if diff:
-        raise ConfigError(f"{path}: {cfg.name} was trained with other settings ({_first(diff)}); "
+        raise ConfigError(f"{path}: {cfg.name} was {done} with other settings ({_first(diff)}); "
                           + again.format("this recipe's"))
 
 
