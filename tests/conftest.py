@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -61,3 +62,30 @@ def no_ray_session_in_the_test_process():
 def _remove_the_default_tracking_store():
     yield
     shutil.rmtree(_MLFLOW_DIR, ignore_errors=True)
+
+
+# The object stores of the bucket tests (tests/test_multinode_s3.py, test_data_prep_buckets.py): one server per
+# module, its variables (the standard ones a user sets) in os.environ while it runs.
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory) -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1 (own process group, torn down by it) with bucket ``runs``; yields its URL."""
+    from s3_helpers import environ, moto_server
+
+    with moto_server("127.0.0.1", tmp_path_factory.mktemp("moto"), buckets=["runs"]) as aws, environ(aws):
+        yield aws["AWS_ENDPOINT_URL"]
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory) -> Iterator[str]:
+    """A GCS emulator on 127.0.0.1 (own process group, torn down by it) with bucket ``runs``; yields its URL."""
+    from s3_helpers import environ, gcs_server
+
+    with gcs_server("127.0.0.1", tmp_path_factory.mktemp("gcs"), buckets=["runs"]) as env, environ(env):
+        yield env["CLOUD_STORAGE_EMULATOR_ENDPOINT"]
+
+
+@pytest.fixture(params=["s3", "gs"])
+def bucket(request: pytest.FixtureRequest) -> str:
+    """The bucket ``runs`` on each store, as the URI prefix a user writes: ``s3://runs`` or ``gs://anonymous@runs``."""
+    request.getfixturevalue("s3" if request.param == "s3" else "gcs")
+    return "s3://runs" if request.param == "s3" else "gs://anonymous@runs"

@@ -151,3 +151,16 @@ def environ(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def other_bucket(bucket: str) -> str:
+    """The same store's URI of a bucket that does not exist."""
+    return bucket.replace("runs", "nobucket")
+
+
+def upload_tree(local: Path, uri: str) -> None:
+    """Copy the folder ``local`` under ``uri`` (an ``s3://`` / ``gs://`` prefix), object by object."""
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(uri)
+    pafs.copy_files(str(local), root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)

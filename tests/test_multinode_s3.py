@@ -1,5 +1,6 @@
-"""Run directories, shards and data prep on object stores (no cluster): a real S3 API (``moto_server``) and a real
-GCS JSON API (``gcp-storage-emulator``) on loopback; the tests taking ``bucket`` run on both.
+"""Run directories, shards, MLflow's artifacts and a training job on object stores (no cluster): a real S3 API
+(``moto_server``) and a real GCS JSON API (``gcp-storage-emulator``) on loopback, the fixtures ``s3``, ``gcs`` and
+``bucket`` of ``conftest.py``; the tests taking ``bucket`` run on both (data prep: ``test_data_prep_buckets.py``).
 
 ``sofnet.checkpoint.resolve`` downloads the one checkpoint an ``s3://`` / ``gs://`` URI names to a temp dir, and the
 seals and the weights-only load run on that local copy, as they do on the copy Ray's ``Checkpoint.as_directory``
@@ -17,49 +18,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
 
 from helpers import tiny_model
-from s3_helpers import environ, gcs_server, mlflow_server, moto_server
+from s3_helpers import environ, mlflow_server, upload_tree
 
 REPO = Path(__file__).resolve().parents[1]
 EE = {"enabled": True, "rho": 0.99, "t_min": 2, "mode": "reached"}
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory) -> Iterator[str]:
-    """A moto S3 server on 127.0.0.1 (own process group, torn down by it) with bucket ``runs``; yields its URL."""
-    with moto_server("127.0.0.1", tmp_path_factory.mktemp("moto"), buckets=["runs"]) as aws, environ(aws):
-        yield aws["AWS_ENDPOINT_URL"]
-
-
-@pytest.fixture(scope="module")
-def gcs(tmp_path_factory) -> Iterator[str]:
-    """A GCS emulator on 127.0.0.1 (own process group, torn down by it) with bucket ``runs``; yields its URL."""
-    with gcs_server("127.0.0.1", tmp_path_factory.mktemp("gcs"), buckets=["runs"]) as env, environ(env):
-        yield env["CLOUD_STORAGE_EMULATOR_ENDPOINT"]
-
-
-@pytest.fixture(params=["s3", "gs"])
-def bucket(request: pytest.FixtureRequest) -> str:
-    """The bucket ``runs`` on each store, as the URI prefix a user writes: ``s3://runs`` or ``gs://anonymous@runs``."""
-    request.getfixturevalue("s3" if request.param == "s3" else "gcs")
-    return "s3://runs" if request.param == "s3" else "gs://anonymous@runs"
-
-
-def _nobucket(bucket: str) -> str:
-    """The same store's URI of a bucket that does not exist."""
-    return bucket.replace("runs", "nobucket")
-
-
-def _upload(local: Path, uri: str) -> None:
-    import pyarrow.fs as pafs
-
-    fs, root = pafs.FileSystem.from_uri(uri)
-    pafs.copy_files(str(local), root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
 
 
 def _run_dir(tmp: Path) -> tuple[Path, torch.nn.Module, torch.nn.Module]:
@@ -88,7 +55,7 @@ def test_checkpoints_resolve_and_load_from_a_bucket(bucket: str, tmp_path: Path)
     from sofnet import checkpoint
 
     run, s1, s2 = _run_dir(tmp_path)
-    _upload(run, f"{bucket}/demo")
+    upload_tree(run, f"{bucket}/demo")
     best, spec = checkpoint.load_network(f"{bucket}/demo")
     assert _same(best, s2) and spec["path"] != str(run / "best" / "stage2")  # a downloaded copy, verified
     last = checkpoint.resolve(f"{bucket}/demo", which="last")
@@ -104,7 +71,7 @@ def test_tampered_or_missing_checkpoint_in_a_bucket_is_one_line(bucket: str, tmp
     from sofnet import checkpoint
 
     run, _, _ = _run_dir(tmp_path)
-    _upload(run, f"{bucket}/tampered")
+    upload_tree(run, f"{bucket}/tampered")
     fs, root = pafs.FileSystem.from_uri(f"{bucket}/tampered/best/stage2/weights.pt")
     with fs.open_output_stream(root) as f:  # a planted file: same name, other bytes
         f.write(b"not the sealed weights")
@@ -164,7 +131,7 @@ def _shards_in(bucket: str, tmp: Path, prefix: str) -> tuple[Path, str]:
     from sofnet.session import ensure_synthetic_shards
 
     local = ensure_synthetic_shards(tmp / "data", videos=16, classes=3)
-    _upload(local, f"{bucket}/{prefix}")
+    upload_tree(local, f"{bucket}/{prefix}")
     return local, f"{bucket}/{prefix}"
 
 
@@ -331,109 +298,6 @@ def test_gcs_bucket_missing_or_addressed_without_login_is_one_line(gcs: str) -> 
                                                    rf"CLOUD_STORAGE_EMULATOR_ENDPOINT={re.escape(gcs)}\); "
                                                    r"an emulator's URIs take no login: gs://anonymous@runs/x$"):
         storage.check_writable("gs://runs/x", "k", timeout_s=2)
-
-
-def test_data_prep_writes_shards_to_a_bucket_and_resumes_there(bucket: str, tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture) -> None:
-    """``--out s3://...`` / ``gs://...``: the bucket gets the same shards as a disk (same manifest digest) from the same
-    videos, with the resume state, the manifest and the report beside them and nothing on this disk; the loader's
-    preflight takes the prefix; a rerun decodes nothing; an unwritable bucket is one line, exit 2, before any video is
-    decoded."""
-    import json
-
-    from data_prep.activitynet import main as activitynet
-    from data_prep.synthetic import main as synthetic
-    from sofnet import storage
-    from sofnet.preflight import check_shards
-
-    assert synthetic(["--out", str(tmp_path / "raw"), "--videos", "10", "--classes", "3", "--min-duration", "3",
-                      "--max-duration", "4"]) == 0
-    common = ["--annotations", str(tmp_path / "raw" / "activity_net.synthetic.json"), "--videos",
-              str(tmp_path / "raw" / "videos"), "--short-side", "128", "--shard-size", "2", "--no-ray", "--no-progress"]
-    assert activitynet(common + ["--out", str(tmp_path / "disk")]) == 0
-    prep = f"{bucket}/prep"
-    assert activitynet(common + ["--out", prep]) == 0
-    capsys.readouterr()
-    disk = json.loads((tmp_path / "disk" / "manifest.json").read_text())
-    there = json.loads(storage.read_text(f"{prep}/manifest.json"))
-    assert there["digest"] == disk["digest"] and there["subsets"] == disk["subsets"]
-    assert storage.list_names(prep) == sorted(p.name for p in (tmp_path / "disk").iterdir() if p.is_file())
-    states = sorted(p.name for p in (tmp_path / "disk" / ".state").iterdir())
-    assert storage.list_names(f"{prep}/.state") == states
-    assert not list(tmp_path.glob("s3*")) and not list(tmp_path.glob("gs*")) and not Path(prep.split("/")[0]).exists()
-    for subset in ("training", "validation"):
-        assert check_shards(prep, subset, key="k", num_classes=3) == check_shards(
-            str(tmp_path / "disk"), subset, key="k", num_classes=3)
-    assert activitynet(common + ["--out", prep]) == 0
-    assert "0 videos decoded in this run" in capsys.readouterr().out
-    assert json.loads(storage.read_text(f"{prep}/manifest.json"))["digest"] == disk["digest"]
-    assert activitynet(common + ["--out", f"{_nobucket(bucket)}/prep"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"error: --out {_nobucket(bucket)}/prep: cannot write there ("), err
-
-
-def _members(shards: Path) -> dict[str, bytes]:
-    """Every member of every shard, ``<shard>/<name>`` -> bytes, the ``source`` of each record left out."""
-    import json
-    import tarfile
-
-    out = {}
-    for tar_path in sorted(shards.glob("*.tar")):
-        with tarfile.open(tar_path) as tar:
-            for member in tar.getmembers():
-                data = tar.extractfile(member).read()
-                if member.name.endswith(".json"):
-                    record = json.loads(data)
-                    assert record.pop("source")
-                    data = json.dumps(record, sort_keys=True).encode()
-                out[f"{tar_path.name}/{member.name}"] = data
-    return out
-
-
-def test_data_prep_reads_videos_from_a_bucket(bucket: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """``--videos s3://...`` and ``--annotations s3://...`` (or ``gs://``): the videos are listed in the bucket and
-    copied one at a time to the task's node, giving the same frames and records as the same files in a folder (only each
-    record's ``source`` differs); a prefix with nothing under it, a missing bucket and a missing annotation object are
-    one line, exit 2; an object gone since the listing is a reported video, not a crash."""
-    import json
-
-    from data_prep.activitynet import main as activitynet
-    from data_prep.decode import VideoError
-    from data_prep.labels import Entry
-    from data_prep.sources import VideoIndex, local_video
-    from data_prep.synthetic import main as synthetic
-    from sofnet import storage
-
-    raw = tmp_path / "raw"
-    assert synthetic(["--out", str(raw), "--videos", "6", "--classes", "3", "--min-duration", "3",
-                      "--max-duration", "4"]) == 0
-    _upload(raw / "videos", f"{bucket}/videos")
-    storage.write_bytes(f"{bucket}/anno/activity_net.synthetic.json",
-                        (raw / "activity_net.synthetic.json").read_bytes())
-    common = ["--short-side", "96", "--shard-size", "2", "--no-ray", "--no-progress"]
-    assert activitynet(common + ["--annotations", str(raw / "activity_net.synthetic.json"), "--videos",
-                                 str(raw / "videos"), "--out", str(tmp_path / "disk")]) == 0
-    common += ["--annotations", f"{bucket}/anno/activity_net.synthetic.json"]
-    assert activitynet(common + ["--videos", f"{bucket}/videos", "--out", str(tmp_path / "bucket")]) == 0
-    capsys.readouterr()
-    disk, there = _members(tmp_path / "disk"), _members(tmp_path / "bucket")
-    assert disk == there and sum(k.endswith(".json") for k in disk) == 6
-    report = json.loads((tmp_path / "bucket" / "report.json").read_text())
-    assert report["counts"]["written"] == 6 and report["counts"]["skipped"] == 0
-    for bad, why in ((f"{bucket}/none", "no objects there"), (f"{_nobucket(bucket)}/videos", "")):
-        assert activitynet(common + ["--videos", bad, "--out", str(tmp_path / "x")]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith(f"error: --videos {bad}: ") and why in err[0], err
-    common[-1] = f"{bucket}/anno/missing.json"
-    assert activitynet(common + ["--videos", f"{bucket}/videos", "--out", str(tmp_path / "x")]) == 2
-    assert capsys.readouterr().err.strip() == f"error: {bucket}/anno/missing.json: no such object"
-    assert not (tmp_path / "x").exists()
-    index = VideoIndex(f"{bucket}/videos")
-    first = sorted(index.files)[0]
-    assert index.find(Entry(id=first.rsplit("/", 1)[1].split(".")[0], subset="training")) == first
-    with pytest.raises(VideoError, match="no such object"):
-        with local_video(f"{bucket}/videos/gone.mp4"):
-            pass
 
 
 @pytest.mark.slow
