@@ -46,7 +46,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from sofnet.config import ConfigError, load_config, parse_dotlist
-from sofnet.study_recipe import (  # noqa: F401  (check_recipe, recipe_of, DIGESTS: re-exported, the study's API)
+from sofnet.study_recipe import (
     DIGESTS, SCORED_BY, check_recipe, check_source, recipe_of, shard_digests, study_dir,
 )
 from sofnet.study_table import METHODS, ROWS, Targets, row_metrics, study_table, summarize
@@ -303,10 +303,11 @@ def run_study(study: Any, *, train: Optional[Any] = None) -> Dict[str, Any]:
             if study.runs_from:  # first: a refused source leaves no recipe of this study behind
                 check_source(study, cfg, trained_run(study, cfg))
             check_recipe(study, cfg)
-        unscored = [run / checkpoint.BEST / stage for stage, run in _scored(study, seed) if study.runs_from]
-        if any(not best.is_dir() for best in unscored):  # rescoring: every stage's best epoch is there, stage 1's too
-            raise ConfigError(f"{study_dir(study)}: runs_from={study.runs_from}: no "
-                              f"{next(b for b in unscored if not b.is_dir())} to score")
+        if study.runs_from:  # rescoring: every stage's best epoch is there, stage 1's too
+            bests = (run / checkpoint.BEST / stage for stage, run in _scored(study, seed))
+            absent = [best for best in bests if not best.is_dir()]
+            if absent:
+                raise ConfigError(f"{study_dir(study)}: runs_from={study.runs_from}: no {absent[0]} to score")
     for seed in study.seeds:
         done = _seed_eval(study, seed)
         record = json.loads(done.read_text()) if done.is_file() else None
