@@ -313,7 +313,8 @@ def run_study(study: Any, *, train: Optional[Any] = None) -> Dict[str, Any]:
         record = json.loads(done.read_text()) if done.is_file() else None
         missing = _missing(study, seed, record)
         if not missing:
-            logger.info("seed %d: evaluated before (%s), not retrained", seed, done)
+            logger.info("seed %d: evaluated before (%s), not %s", seed, done,
+                        "scored again" if study.runs_from else "retrained")
             records.append(record)
             continue
         for job in (j for j in missing if j in ("base", "arnet")):  # the jobs that may need training
