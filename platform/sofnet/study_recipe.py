@@ -24,7 +24,6 @@ def study_dir(study: Any) -> Path:
     return Path(study.output_dir) / study.name
 
 
-
 # The recipe's keys for what the shards hold (their paths are config keys; the same path can hold other data).
 DIGESTS = ("shards_digest.training", "shards_digest.validation")
 _SHARD_KEYS = ("data.train_shards", "data.val_shards")  # where the shards of each digest are
@@ -84,9 +83,9 @@ def check_recipe(study: Any, cfg: Any) -> None:
     again = ("its results would be reused as if they were {}: give the study another name"
              + (" (or AR-Net another arnet_name)" if cfg.model.arch == "arnet" else "")
              + f", or remove {study_dir(study)} to {redo} it anew")
-    for key, shards, where in zip(DIGESTS, (cfg.data.train_shards, cfg.data.val_shards), _SHARD_KEYS):
-        subset = key.split(".")[1]
-        if before.get(where, now[where]) != now[where]:
+    for key, where in zip(DIGESTS, _SHARD_KEYS):
+        subset, shards = key.split(".")[1], now[where]
+        if before.get(where, shards) != shards:
             continue  # other shards at another path: a changed setting, named below
         if key not in before:  # kept before the digests were: which data the run read is unknown
             raise ConfigError(f"{path}: {cfg.name} was {done} before the study recorded its shards' digests, so "
