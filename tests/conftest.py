@@ -12,9 +12,18 @@ import pytest
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Disk: one run of the suite writes ~6 GB (checkpoints of every epoch, shards, Ray sessions' logs), and a CI machine
+# may have a few GB free: a run filled one and failed 38 tests on "disk is full". So pytest keeps the files of failed
+# tests only (pyproject: tmp_path_retention_policy), a module's fixture files go when its tests have passed
+# (_module_files below), and what the tests' children write to the temporary directory goes here: Ray's sessions
+# ($TMPDIR/ray, not /tmp/ray), and the staging directories a SIGKILLed worker cannot remove (~180 MB each). The whole
+# folder is removed when the session ends. The pytest process itself keeps /tmp (tempfile caches it at first use).
+_SESSION_TMP = tempfile.mkdtemp(prefix="sofnet-tests-")
+os.environ["TMPDIR"] = _SESSION_TMP
 # A job a test runs without naming a tracking URI logs here, not into ./mlflow.db of the checkout (the user's runs)
-# nor to a server the user's shell points at; children inherit it. Removed when the session ends.
-_MLFLOW_DIR = tempfile.mkdtemp(prefix="sofnet-tests-mlflow-")
+# nor to a server the user's shell points at; children inherit it.
+_MLFLOW_DIR = os.path.join(_SESSION_TMP, "mlflow")
+os.makedirs(_MLFLOW_DIR)
 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_MLFLOW_DIR}/mlflow.db"
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,9 +68,23 @@ def no_ray_session_in_the_test_process():
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _remove_the_default_tracking_store():
+def _remove_the_session_tmp():
     yield
-    shutil.rmtree(_MLFLOW_DIR, ignore_errors=True)
+    shutil.rmtree(_SESSION_TMP, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_files(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Remove what this module's fixtures made under pytest's base temp (``tmp_path_factory.mktemp``: shards, a
+    cluster's state, a trained run; up to ~850 MB a module) once the module is done, unless one of its tests failed:
+    then they stay beside the failed test's ``tmp_path`` for a post-mortem. Autouse and module-scoped, it is set up
+    before the module's own fixtures and so torn down after them (servers stopped before their folders go)."""
+    base = tmp_path_factory.getbasetemp()
+    before, failed = set(os.listdir(base)), request.session.testsfailed
+    yield
+    if request.session.testsfailed == failed:
+        for name in set(os.listdir(base)) - before:
+            shutil.rmtree(base / name, ignore_errors=True)
 
 
 # The object stores of the bucket tests (tests/test_multinode_s3.py, test_data_prep_buckets.py): one server per

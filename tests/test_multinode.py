@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import shutil
 import signal
 from pathlib import Path
 
@@ -31,8 +32,14 @@ SUBNET = ipaddress.ip_network(f"{local_cluster.NET}.0/24")
 
 @pytest.fixture(scope="module")
 def cluster(request: pytest.FixtureRequest) -> list:
-    # also after a failed or interrupted `up`
-    request.addfinalizer(lambda: local_cluster.down(mn.STATE_DIR, grace=RAY_GRACE))
+    failed = request.session.testsfailed
+
+    def down() -> None:  # also after a failed or interrupted `up`; the nodes' Ray logs (~200 MB) kept for a failure
+        local_cluster.down(mn.STATE_DIR, grace=RAY_GRACE)
+        if request.session.testsfailed == failed:
+            shutil.rmtree(mn.STATE_DIR, ignore_errors=True)
+
+    request.addfinalizer(down)
     return mn.start_cluster(workers=3, cpus=[2, 1, 1])
 
 
