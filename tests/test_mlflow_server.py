@@ -68,7 +68,7 @@ def _model(cfg, seed: int) -> torch.nn.Module:
 
 
 @pytest.mark.slow
-def test_runs_registry_alias_and_pyfunc_predict(server: str) -> None:
+def test_runs_registry_alias_and_pyfunc_predict(server: str, tmp_path: Path) -> None:
     import mlflow
 
     from sofnet.train.tracking import RunTracker
@@ -97,7 +97,8 @@ def test_runs_registry_alias_and_pyfunc_predict(server: str) -> None:
     assert client.get_model_version_by_alias(NAME, "best").version == best.version
 
     mlflow.set_tracking_uri(server)
-    loaded = mlflow.pyfunc.load_model(f"models:/{NAME}@best")
+    (tmp_path / "loaded").mkdir()  # not MLflow's default: a temporary directory it never removes
+    loaded = mlflow.pyfunc.load_model(f"models:/{NAME}@best", dst_path=str(tmp_path / "loaded"))
     clip = torch.randn(2, 4, 3, 32, 32)
     probs = loaded.predict(clip.numpy())
     expected = _model(cfg, 1).infer(clip, rho=cfg.early_exit.rho, t_min=cfg.early_exit.t_min).logits.softmax(-1)
@@ -108,14 +109,15 @@ def test_runs_registry_alias_and_pyfunc_predict(server: str) -> None:
     single = loaded.predict(clip[:1].numpy())  # one clip
     np.testing.assert_allclose(single[0], probs[0], rtol=1e-4, atol=1e-6)
     # no pickled Python object in the model: code + model.json + a weights-only state dict
-    files = {Path(a).name for a in _walk(client, best.source)}
+    files = {Path(a).name for a in _walk(best.source, tmp_path / "walk")}
     assert "python_model.pkl" not in files and {"weights.pt", "model.json"} <= files
 
 
-def _walk(client, uri: str) -> list[str]:
+def _walk(uri: str, into: Path) -> list[str]:
     import mlflow
 
-    local = mlflow.artifacts.download_artifacts(artifact_uri=uri)
+    into.mkdir()
+    local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(into))
     return [str(p) for p in Path(local).rglob("*") if p.is_file()]
 
 

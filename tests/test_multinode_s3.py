@@ -2,8 +2,8 @@
 (``moto_server``) and a real GCS JSON API (``gcp-storage-emulator``) on loopback, the fixtures ``s3``, ``gcs`` and
 ``bucket`` of ``conftest.py``; the tests taking ``bucket`` run on both (data prep: ``test_data_prep_buckets.py``).
 
-``sofnet.checkpoint.resolve`` downloads the one checkpoint an ``s3://`` / ``gs://`` URI names to a temp dir, and the
-seals and the weights-only load run on that local copy, as they do on the copy Ray's ``Checkpoint.as_directory``
+``sofnet.checkpoint.local_copy`` downloads the one checkpoint an ``s3://`` / ``gs://`` URI names to a temp dir (removed
+after use), and the seals and the weights-only load run on that local copy, as they do on the copy Ray's ``Checkpoint.as_directory``
 makes. The endpoint and credentials are the standard variables (what a real user sets; pyarrow and boto3 read them):
 the AWS ones for S3, ``CLOUD_STORAGE_EMULATOR_ENDPOINT`` and ``gs://anonymous@bucket`` for the GCS emulator::
 
@@ -58,11 +58,15 @@ def test_checkpoints_resolve_and_load_from_a_bucket(bucket: str, tmp_path: Path)
     upload_tree(run, f"{bucket}/demo")
     best, spec = checkpoint.load_network(f"{bucket}/demo")
     assert _same(best, s2) and spec["path"] != str(run / "best" / "stage2")  # a downloaded copy, verified
-    last = checkpoint.resolve(f"{bucket}/demo", which="last")
-    assert {k: checkpoint.read_meta(last)[k] for k in ("stage", "epoch")} == {"stage": "stage2", "epoch": 0}
-    assert _same(checkpoint.build_network(checkpoint.read_spec(last), checkpoint.load_state(str(last))), s2)
-    assert _same(checkpoint.build_network(checkpoint.read_spec(last),
-                                          checkpoint.load_state(f"{bucket}/demo/best/stage1")), s1)
+    with checkpoint.local_copy(f"{bucket}/demo", which="last") as (last, name):
+        assert name.startswith(f"{bucket}/demo/checkpoint-")  # the object named in messages, not the copy
+        assert {k: checkpoint.read_meta(last)[k] for k in ("stage", "epoch")} == {"stage": "stage2", "epoch": 0}
+        assert _same(checkpoint.build_network(checkpoint.read_spec(last), checkpoint.load_state(str(last))), s2)
+        assert _same(checkpoint.build_network(checkpoint.read_spec(last),
+                                              checkpoint.load_state(f"{bucket}/demo/best/stage1")), s1)
+    assert not last.exists()  # the copy is gone with the block
+    with pytest.raises(ValueError, match="local_copy"):  # resolve names local directories only: nothing to leak
+        checkpoint.resolve(f"{bucket}/demo")
 
 
 def test_tampered_or_missing_checkpoint_in_a_bucket_is_one_line(bucket: str, tmp_path: Path) -> None:
@@ -81,7 +85,8 @@ def test_tampered_or_missing_checkpoint_in_a_bucket_is_one_line(bucket: str, tmp
     assert "\n" not in str(e.value)
     with pytest.raises(checkpoint.CheckpointError,
                        match=rf"^{re.escape(bucket)}/nothing: no such checkpoint or run directory$"):
-        checkpoint.resolve(f"{bucket}/nothing")
+        with checkpoint.local_copy(f"{bucket}/nothing"):
+            pass
 
 
 def test_mlflow_server_keeps_artifacts_in_a_bucket(bucket: str, tmp_path: Path,
@@ -321,7 +326,8 @@ def test_a_training_job_keeps_its_run_in_gcs(gcs: str, tmp_path: Path) -> None:
     assert "best" in names and any(n.startswith("checkpoint-stage2-epoch") for n in names), names
     model, spec = checkpoint.load_network(run)
     assert spec["path"] == f"{run}/best/stage2" and spec["meta"]["stage"] == "stage2"
-    assert checkpoint.read_meta(checkpoint.resolve(run, which="last"))["stage"] == "stage2"
+    with checkpoint.local_copy(run, which="last") as (last, _):
+        assert checkpoint.read_meta(last)["stage"] == "stage2"
     assert not (REPO / "gs:").exists() and not list(tmp_path.glob("**/checkpoint-*"))
     trained = re.findall(r"stage\d epoch \d+/\d+ done", first.stdout + first.stderr)
     assert trained, (first.stdout + first.stderr)[-3000:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,32 @@ def test_stage2_initializes_from_a_checkpoint_directory(tmp_path: Path) -> None:
     assert torch.equal(stage2.fc.weight, stage1.fc.weight)
     with pytest.raises(checkpoint.CheckpointError, match="no such checkpoint"):
         checkpoint.load_state(str(tmp_path / "missing"))
+
+
+def test_a_killed_workers_staging_directory_is_removed_by_the_next(monkeypatch: pytest.MonkeyPatch,
+                                                                    tmp_path: Path) -> None:
+    """A worker SIGKILLed while saving leaves its staging directory (a whole checkpoint); the next checkpoint staged
+    on that host removes it, and leaves alone those of processes still running (their save is under way)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from sofnet import checkpoint
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # reaped: its pid names no process now
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for pid in (dead.pid, live.pid):
+            (tmp_path / f"{checkpoint.STAGING}{pid}-abc" / "ds").mkdir(parents=True)
+            (tmp_path / f"{checkpoint.STAGING}{pid}-abc" / "ds" / "state.pt").write_bytes(b"x" * 1000)
+        (tmp_path / "other-dir").mkdir()
+        with checkpoint.staging_dir() as stage:
+            assert stage.is_dir() and stage.name.startswith(f"{checkpoint.STAGING}{os.getpid()}-")
+            left = sorted(p.name for p in tmp_path.iterdir())
+        assert left == sorted(["other-dir", f"{checkpoint.STAGING}{live.pid}-abc", stage.name])
+        assert not stage.exists()
+    finally:
+        live.kill()
+        live.wait()

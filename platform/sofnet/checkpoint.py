@@ -62,6 +62,34 @@ class CheckpointError(ValueError):
 
 # --- writing -----------------------------------------------------------------------------------------------------
 
+STAGING = "sofnet-staging-"
+
+
+@contextlib.contextmanager
+def staging_dir() -> Iterator[Path]:
+    """A new local directory to assemble a checkpoint in before it is copied to storage (Ray Train's report, an
+    upload of ``best/``), removed on exit. A worker SIGKILLed while saving (the OOM killer, a lost node) cannot remove
+    its own, and each holds a whole checkpoint with the engine's state (~180 MB for the tests' tiny ResNet, GBs for
+    ResNet-50), so each new one first removes those left by processes of this host that no longer run (the pid is
+    in the name; a live pid, even a reused one, is left alone). Hosts whose containers share one temporary directory
+    but not one PID namespace should give each its own ``TMPDIR``."""
+    for old in Path(tempfile.gettempdir()).glob(f"{STAGING}*-*"):
+        pid = old.name[len(STAGING):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=f"{STAGING}{os.getpid()}-") as tmp:
+        yield Path(tmp)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        pass
+    return True
+
 
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -115,7 +143,7 @@ def write_best(run_dir: str | Path, stage: str, model: torch.nn.Module, early_ex
     new one); in an object store (no rename there) file by file with the seal deleted first and written last, so a
     crash part-way leaves a directory every load refuses, never a mix that passes."""
     if storage.is_remote(run_dir):
-        with tempfile.TemporaryDirectory(prefix="sofnet-best-") as tmp:
+        with staging_dir() as tmp:
             write_model(tmp, model, early_exit)
             write_meta(tmp, meta)
             seal(tmp, 0)
@@ -268,13 +296,6 @@ def remote_choice(uri: str, which: str = "best") -> str:
         raise CheckpointError(f"{uri}: cannot read it ({' '.join(str(e).split())[:200]})") from None
 
 
-def fetch_remote(uri: str, which: str = "best") -> Path:
-    """Download the one checkpoint directory an object-store URI names (:func:`remote_choice`) to a new temporary
-    directory, left for the caller, and return it; its seals are then verified on that local copy like any other.
-    Only the chosen checkpoint is copied, not the run's other epochs."""
-    return _download(remote_choice(uri, which), Path(tempfile.mkdtemp(prefix="sofnet-ckpt-")) / "checkpoint")
-
-
 def _download(chosen: str, local: Path) -> Path:
     try:
         storage.download_dir(chosen, local)
@@ -302,18 +323,20 @@ def local_copy(path: str | Path, which: str = "best") -> Iterator[Tuple[Path, st
 
 
 def resolve(path: str | Path, which: str = "best") -> Path:
-    """The checkpoint directory ``path`` names (an object-store URI is downloaded first: :func:`fetch_remote`).
+    """The local checkpoint directory ``path`` names (for an object-store URI: :func:`local_copy`, whose download is
+    removed after use; this function would have to leave it behind).
 
     Args:
-        path: A checkpoint directory (holds ``weights.pt``), or a run directory; local or ``s3://``/``gs://``.
+        path: A checkpoint directory (holds ``weights.pt``), or a run directory.
         which: For a run directory: ``best`` (the final stage's best epoch; the official test script loads
             ``ckpt.best``) or ``last`` (its latest epoch checkpoint).
 
     Raises:
         CheckpointError: nothing usable there, said in one line.
+        ValueError: an object-store URI (a caller's mistake: use :func:`local_copy`).
     """
     if storage.is_remote(path):
-        return fetch_remote(str(path), which)
+        raise ValueError(f"{path}: resolve() names local directories; read an object store's with local_copy()")
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{p}: no such checkpoint or run directory")

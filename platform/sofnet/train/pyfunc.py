@@ -117,5 +117,9 @@ def log_pyfunc(model: torch.nn.Module, name: str = "model", et: Optional[Dict[st
 
 
 def load_network(model_uri: str) -> torch.nn.Module:
-    """The torch network of a logged pyfunc (``runs:/...``, ``models:/<name>@<alias>``), in eval mode."""
-    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().model
+    """The torch network of a logged pyfunc (``runs:/...``, ``models:/<name>@<alias>``), in eval mode.
+
+    Downloaded into a temporary directory removed once the weights are in memory: MLflow's own download directory
+    is never removed, a model's size left in /tmp at every load."""
+    with tempfile.TemporaryDirectory(prefix="sofnet-model-") as tmp:
+        return mlflow.pyfunc.load_model(model_uri, dst_path=tmp).unwrap_python_model().model

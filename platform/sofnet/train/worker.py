@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -292,13 +291,13 @@ def _run_stage(cfg: Any, stage: Stage, engine: Any, start_epoch: int, ctx: Any, 
                                   step=best.get("epoch", epoch) + 1, best=best)
         meta = {"stage": stage.name, "epoch": epoch, "epochs": stage.epochs, "world": ctx.world, "runs": runs,
                 "best": best}
-        with tempfile.TemporaryDirectory(prefix="sofnet-ckpt-") as tmp:
-            engine.save_checkpoint(tmp, tag=checkpoint.DS_TAG)
+        with checkpoint.staging_dir() as tmp:
+            engine.save_checkpoint(str(tmp), tag=checkpoint.DS_TAG)
             if ctx.rank == 0:
                 checkpoint.write_model(tmp, model, et.as_dict())
                 checkpoint.write_meta(tmp, meta)
             checkpoint.seal(tmp, ctx.rank)
-            ctx.report({"stage": STAGES.index(stage.name) + 1, "epoch": epoch, **metrics}, Path(tmp),
+            ctx.report({"stage": STAGES.index(stage.name) + 1, "epoch": epoch, **metrics}, tmp,
                        f"checkpoint-{stage.name}-epoch{epoch:03d}")
 
 

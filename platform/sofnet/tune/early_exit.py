@@ -62,7 +62,8 @@ def cached_model(sweep: Any, tracking_uri: Optional[str] = None, src: str = "<sw
         model = load_model(sweep.checkpoint, tracking_uri)
         return model, int(model.hparams()["num_segments"])
     try:
-        return None, int(ckpt.read_spec(ckpt.resolve(sweep.checkpoint))["model"]["num_segments"])
+        with ckpt.local_copy(sweep.checkpoint) as (d, _):  # an object store's copy is removed after reading
+            return None, int(ckpt.read_spec(d)["model"]["num_segments"])
     except (ckpt.CheckpointError, KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"{src}: checkpoint={sweep.checkpoint}: {e}") from None
 
