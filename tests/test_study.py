@@ -17,7 +17,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from sofnet.study import StudyConfig
-from sofnet.study_table import Targets, criteria, study_table, summarize
+from sofnet.study_table import Targets, criteria, machines_line, study_table, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -106,6 +106,23 @@ def test_criteria_miss_when_gates_add_nothing() -> None:
                    "SoF-Net: seed std of mAP (points)": False, "SoF-Net: seed std of GFLOPs vs TSN (points)": False,
                    "SoF-Net + ET: seed std of mAP (points)": True,
                    "SoF-Net + ET: seed std of GFLOPs vs TSN (points)": True}
+
+
+def test_the_header_says_which_kernels_trained_and_scored_each_seed() -> None:
+    from sofnet.machine import kernel_level
+
+    native = kernel_level({"machine.cpu_model": "Xeon", "machine.aten_capability": "AVX512", "machine.threads": "2"})
+    avx2 = kernel_level({"machine.cpu_model": "Xeon", "machine.aten_capability": "AVX2", "machine.threads": "2",
+                         "machine.env.ONEDNN_MAX_CPU_ISA": "AVX2", "machine.env.ATEN_CPU_CAPABILITY": "avx2"})
+    assert (native, avx2) == ("Xeon, AVX512, 2 threads", "Xeon, AVX2, ONEDNN_MAX_CPU_ISA=AVX2, 2 threads")
+    same = [{"seed": s, "machines": {"trained": [native], "scored": [native]}} for s in (1, 2)]
+    assert machines_line(same) == "trained and scored on Xeon, AVX512, 2 threads"
+    rescored = [{**r, "machines": {"trained": [native], "scored": [avx2]}} for r in same]
+    assert machines_line(rescored) == f"trained on {native}; scored on {avx2}"
+    mixed = same[:1] + [{"seed": 2, "machines": {"trained": [avx2], "scored": [native]}},
+                        {"seed": 3, "machines": {"trained": [native]}}]  # seed 3: evaluated before they were kept
+    assert machines_line(mixed) == (f"trained on {native} (seeds 1, 3); {avx2} (seed 2); "
+                                    f"scored on {native} (seeds 1, 2); not recorded (seed 3)")
 
 
 ARNET_TINY = ["model.arch=arnet", "model.arnet_backbones=[resnet18,resnet18]", "model.arnet_sizes=[64,32]",
@@ -316,6 +333,11 @@ def test_study_two_seeds_end_to_end_and_resume(tmp_path: Path) -> None:
     assert "| TSN on action frames |" in table  # scored from stage 1's early-exit cache and the annotations
     saved = json.loads((tmp_path / "runs/t/study.json").read_text())
     assert [r["seed"] for r in saved["records"]] == [1, 2]
+    # where the rows were computed: the training runs' machine tags and the scoring process's, in the header too
+    for record in saved["records"]:
+        trained, scored = record["machines"]["trained"], record["machines"]["scored"]
+        assert len(scored) == 1 and trained and all(level.count(", ") >= 2 for level in trained + scored), record
+    assert machines_line(saved["records"]) in table.splitlines()[0]
     # the two seeds really differ (each trained from its own seed), and each seed evaluated the same videos; the
     # class scores, not the summary metrics: those of a model this small on 6 videos can coincide between seeds
     m = [r["reports"]["stage2"]["metrics"] for r in saved["records"]]

@@ -6,6 +6,7 @@ Usage::
     fingerprint()   # {"machine.cpu_model": "AMD EPYC", "machine.aten_capability": "AVX512", "machine.threads": "2",
                     #  ...}
     rank_tags([fingerprint_rank0, fingerprint_rank1])   # {"machine.ranks_differ": "none"} or what differs, per rank
+    kernel_level(fingerprint())  # "AMD EPYC, AVX512, 2 threads": what a study's table says its rows ran on
 
 One machine with one seed and one thread count repeats a run bitwise (``tests/test_determinism.py``). Another CPU
 runs other kernels (AVX-512 vs AVX2 vs plain C++ in ATen, another oneDNN ISA), whose float rounding differs; a
@@ -75,6 +76,16 @@ def fingerprint() -> Dict[str, str]:
         if os.environ.get(name):
             tags[f"machine.env.{name}"] = os.environ[name]
     return {k: v[:500] for k, v in tags.items()}
+
+
+def kernel_level(tags: Mapping[str, str]) -> str:
+    """What picked a run's CPU kernels, in one phrase for a table, from its ``machine.*`` tags: the CPU model, the
+    ATen capability that ran, oneDNN's cap if one was set, the threads; e.g. ``Intel(R) Xeon(R) Processor, AVX512,
+    2 threads`` or ``..., AVX2, ONEDNN_MAX_CPU_ISA=AVX2, 2 threads`` (how the README's cross-CPU rows were made)."""
+    parts = [tags.get("machine.cpu_model", "?"), tags.get("machine.aten_capability", "?")]
+    if tags.get("machine.env.ONEDNN_MAX_CPU_ISA"):
+        parts.append(f"ONEDNN_MAX_CPU_ISA={tags['machine.env.ONEDNN_MAX_CPU_ISA']}")
+    return ", ".join(parts + [f"{tags.get('machine.threads', '?')} threads"])
 
 
 def rank_tags(prints: Sequence[Mapping[str, str]]) -> Dict[str, str]:

@@ -49,7 +49,8 @@ from sofnet.config import ConfigError, load_config, parse_dotlist
 from sofnet.study_recipe import (
     DIGESTS, SCORED_BY, check_recipe, check_source, recipe_of, shard_digests, study_dir,
 )
-from sofnet.study_table import METHODS, ROWS, Targets, row_metrics, study_table, summarize
+from sofnet.machine import fingerprint, kernel_level
+from sofnet.study_table import METHODS, ROWS, Targets, machines_line, row_metrics, study_table, summarize
 
 logger = logging.getLogger(__name__)
 
@@ -276,10 +277,34 @@ def evaluate_seed(study: Any, seed: int, record: Optional[Mapping[str, Any]] = N
         (_, r), = evaluate_run(acfg, trained_run(study, acfg), out / study.arnet_name, stages=[final])
         record["reports"]["arnet"] = {"metrics": r["metrics"], "runs": r["runs"], "stage": final}
         record["arnet_run"] = str(trained_run(study, acfg))
+    machines = record.setdefault("machines", {})
+    machines["trained"] = _trained_on(seed_config(study, seed), record)
+    if "base" in missing or "arnet" in missing:  # scored here and now (a grid is replayed from what was scored)
+        machines["scored"] = sorted(set(machines.get("scored", [])) | {kernel_level(fingerprint())})
     tmp = _seed_eval(study, seed).with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(_seed_eval(study, seed))
     return record
+
+
+def _trained_on(cfg: Any, record: Mapping[str, Any]) -> List[str]:
+    """The kernel levels of the training runs behind the record's rows, from their ``machine.*`` MLflow tags (each
+    stage run has them; a run the store no longer has, or one from before the tags, counts as unknown)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from sofnet.train.tracking import resolve_tracking_uri
+
+    client = MlflowClient(tracking_uri=resolve_tracking_uri(cfg.mlflow.tracking_uri))
+    levels = set()
+    for run_id in {i for report in record["reports"].values() for k, i in report.get("runs", {}).items() if k != "job"}:
+        try:
+            tags = client.get_run(run_id).data.tags
+        except MlflowException:
+            continue
+        if "machine.aten_capability" in tags:
+            levels.add(kernel_level(tags))
+    return sorted(levels)
 
 
 def run_study(study: Any, *, train: Optional[Any] = None) -> Dict[str, Any]:
@@ -315,6 +340,8 @@ def run_study(study: Any, *, train: Optional[Any] = None) -> Dict[str, Any]:
         if not missing:
             logger.info("seed %d: evaluated before (%s), not %s", seed, done,
                         "scored again" if study.runs_from else "retrained")
+            if "machines" not in record:  # evaluated before the record kept them: what trained it is in MLflow
+                record = {**record, "machines": {"trained": _trained_on(seed_config(study, seed), record)}}
             records.append(record)
             continue
         for job in (j for j in missing if j in ("base", "arnet")):  # the jobs that may need training
@@ -338,7 +365,7 @@ def run_study(study: Any, *, train: Optional[Any] = None) -> Dict[str, Any]:
     digest = shard_digests(cfg0)[DIGESTS[1]][:12]  # every run's, checked by check_recipe
     header = (f"study {study.name}: {seeds}, base {study.base_config} {' '.join(study.overrides)}{shared}{arnet}; "
               f"{videos} validation videos of {cfg0.data.val_shards}{f' (digest {digest})' if digest else ''}; "
-              f"ET in rows: rho={cfg0.early_exit.rho} t_min={cfg0.early_exit.t_min}")
+              f"ET in rows: rho={cfg0.early_exit.rho} t_min={cfg0.early_exit.t_min}; {machines_line(records)}")
     table = study_table(summary, header)
     (study_dir(study) / "study_table.md").write_text(table + "\n")
     (study_dir(study) / "study.json").write_text(json.dumps({"summary": summary, "records": records}, indent=1))

@@ -6,6 +6,7 @@ Usage::
     from sofnet.study_table import Targets, study_table, summarize
     summary = summarize(records, Targets(), methods=["tsn", "sofnet"])   # records: each seed's seed.json
     text = study_table(summary, "study x: 3 seeds")                     # rows, Table C grids, criteria met / MISSED
+    machines_line(records)   # "trained and scored on Intel(R) Xeon(R) Processor, AVX512, 2 threads"
 
 Means and sample standard deviations (ddof 1) are over seeds; every GFLOPs ratio is against the same seed's TSN;
 the criteria are checked on the means.
@@ -122,6 +123,23 @@ def criteria(rows: Mapping[str, Any], tsn_grid: Sequence[Mapping[str, Any]], t: 
             check(f"{label}: seed std of GFLOPs vs TSN (points)", 100 * row["gflops_ratio"][1], f"<= {t.std_ratio:g}",
                   100 * row["gflops_ratio"][1] <= t.std_ratio)
     return out
+
+
+def machines_line(records: Sequence[Mapping[str, Any]]) -> str:
+    """Where the rows were computed (each seed's ``machines``: the kernel levels its training runs and its scoring
+    ran at, :func:`sofnet.machine.kernel_level`): one phrase when every seed agrees, else each level with its seeds,
+    so a mean over seeds trained on other CPUs (or scored on another than trained) says so in its header."""
+    def levels(key: str) -> str:
+        seeds: Dict[str, List[int]] = {}
+        for r in records:
+            seeds.setdefault(" + ".join(r.get("machines", {}).get(key, [])) or "not recorded", []).append(r["seed"])
+        if len(seeds) == 1:
+            return next(iter(seeds))
+        return "; ".join(f"{level} (seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))})"
+                         for level, s in seeds.items())
+
+    trained, scored = levels("trained"), levels("scored")
+    return f"trained and scored on {trained}" if trained == scored else f"trained on {trained}; scored on {scored}"
 
 
 def _pm(value: tuple[float, float], scale: float = 100.0, digits: int = 1, spread: bool = True) -> str:
