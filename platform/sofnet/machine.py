@@ -85,7 +85,8 @@ def kernel_level(tags: Mapping[str, str]) -> str:
     parts = [tags.get("machine.cpu_model", "?"), tags.get("machine.aten_capability", "?")]
     if tags.get("machine.env.ONEDNN_MAX_CPU_ISA"):
         parts.append(f"ONEDNN_MAX_CPU_ISA={tags['machine.env.ONEDNN_MAX_CPU_ISA']}")
-    return ", ".join(parts + [f"{tags.get('machine.threads', '?')} threads"])
+    threads = tags.get("machine.threads", "?")
+    return ", ".join(parts + [f"{threads} thread{'' if threads == '1' else 's'}"])
 
 
 def rank_tags(prints: Sequence[Mapping[str, str]]) -> Dict[str, str]:
