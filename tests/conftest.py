@@ -76,7 +76,7 @@ def _remove_the_session_tmp():
 @pytest.fixture(scope="module", autouse=True)
 def _module_files(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Remove what this module's fixtures made under pytest's base temp (``tmp_path_factory.mktemp``: shards, a
-    cluster's state, a trained run; up to ~850 MB a module) once the module is done, unless one of its tests failed:
+    server's store, trained runs; up to ~850 MB a module) once the module is done, unless one of its tests failed:
     then they stay beside the failed test's ``tmp_path`` for a post-mortem. Autouse and module-scoped, it is set up
     before the module's own fixtures and so torn down after them (servers stopped before their folders go)."""
     base = tmp_path_factory.getbasetemp()
