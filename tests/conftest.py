@@ -79,7 +79,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if free < MIN_FREE_GB:
         shutil.rmtree(_SESSION_TMP, ignore_errors=True)
         raise pytest.UsageError(f"{where}: {free:.1f} GB free; the suite writes up to ~2.1 GB there and asks for "
-                                f"{MIN_FREE_GB:g} GB: free some, or point TMPDIR at a disk with room")
+                                f"{MIN_FREE_GB:g} GB: free some, point TMPDIR at a disk with room, or lower "
+                                "SOFNET_TESTS_MIN_FREE_GB to run a few tests")
 
 
 @pytest.fixture(scope="session", autouse=True)
