@@ -122,6 +122,26 @@ def description(cfg: Any, stages: Sequence[Any]) -> str:
             + f"; loss alpha={cfg.loss.alpha} beta={cfg.loss.beta}")
 
 
+def log_input(dataset: Any, tags: Dict[str, str], context: str, attempts: int = 3) -> None:
+    """``mlflow.log_input`` on the active run, again if another job logged the same dataset at the same moment.
+
+    Jobs that start together (a study's seeds, a sweep's trials) log the same shards into one experiment, and MLflow's
+    SQL store looks the dataset up before it inserts it: the second of two inserts fails the table's unique key and,
+    unhandled, fails that job's first attempt (seen with two seeds started at once). Then the row exists, and logging
+    again links it to this run.
+    """
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            mlflow.log_input(dataset, context=context, tags=tags)
+            return
+        except MlflowException as e:
+            text = str(e).lower()  # SQLite's "UNIQUE constraint failed", PostgreSQL's "violates unique constraint"
+            if "unique constraint" not in text or "dataset" not in text or attempt + 1 == attempts:
+                raise
+
+
 def shard_dataset(shards: str, subset: str) -> tuple:
     """An MLflow dataset for shards (name, source, digest) and the tags logged with it (videos, shards, how many of
     the annotation's videos are present, fps, short side: what makes two runs' data differ)."""
@@ -210,8 +230,7 @@ class RunTracker:
             d = self.cfg.data
             for context, shards, subset in (("training", d.train_shards, d.train_subset),
                                              ("validation", d.val_shards, d.val_subset)):
-                dataset, tags = shard_dataset(shards, subset)
-                mlflow.log_input(dataset, context=context, tags=tags)
+                log_input(*shard_dataset(shards, subset), context)
             logger.info("MLflow: run %s (%s)", run.info.run_id, run.info.run_name)
         self.run_id = run.info.run_id
         return self.run_id
