@@ -29,8 +29,12 @@ or early exit, e.g. a held-out set larger than the one the runs were trained bes
 the rescored study's) each seed's stage 1 is scored here too, from the run it lives in.
 
 MLflow: one parent run ``study <name>`` (the table as ``study_table.md``, every number as ``study.json``) and one
-child run per (method, seed) with that row's metrics and the training run's id as a tag. Seeds train one after
-another: a job's two workers take both cores of a 2-core machine (on a bigger cluster, raise ``scaling.num_workers``).
+child run per (method, seed) with that row's metrics and the training run's id as a tag.
+
+The jobs of every seed train side by side, as many at once as the Ray cluster's CPUs hold
+(:func:`sofnet.train.ray_job.run_trainings`; ``max_concurrent`` caps it): the benchmark's two-worker jobs one after
+another on 2 cores, three seeds (six jobs with AR-Net) at once on a node with 6 (12) CPUs, each with the same recipe
+(per-worker batch, threads) it has alone; then every seed is evaluated here, one after another.
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ class StudyConfig:
     stage1_from: str = ""  # another study's name (same output_dir): its seeds' stage 1 is this study's (see above)
     runs_from: str = ""  # another study's name (same output_dir): its trained runs, scored here; nothing trains
     output_dir: str = "runs/study"  # <output_dir>/<name>/: the seeds' runs, evaluations and the table
+    max_concurrent: int = 0  # training jobs at once; 0 = as many as the Ray cluster's CPUs hold (the docstring)
     mlflow: StudyMlflow = field(default_factory=StudyMlflow)
     et_grid: EtGrid = field(default_factory=EtGrid)
     targets: Targets = field(default_factory=Targets)
@@ -312,15 +317,20 @@ def run_study(study: Any, *, train: Optional[Any] = None) -> Dict[str, Any]:
 
     Args:
         study: From :func:`load_study`.
-        train: ``train(cfg)`` of one seed's job (default: :func:`sofnet.train.ray_job.run_training`, Ray Train +
-            DeepSpeed); raises or returns a result with ``error``.
+        train: ``train(cfgs)`` trains the unfinished jobs of every seed and returns each one's error or ``None``
+            (default: :func:`sofnet.train.ray_job.run_trainings`, Ray Train + DeepSpeed, as many jobs at once as
+            the cluster holds, at most ``max_concurrent``).
     """
     from sofnet import checkpoint
     from sofnet.tune.alpha_beta import finished_training
 
     if train is None:
-        from sofnet.train.ray_job import run_training as train
-    records, started = [], time.time()
+        from sofnet.train.ray_job import run_trainings
+
+        def train(cfgs: List[Any]) -> List[Optional[str]]:
+            return run_trainings(cfgs, max_concurrent=study.max_concurrent)
+    records: Dict[int, Any] = {}
+    started = time.time()
     study_dir(study).mkdir(parents=True, exist_ok=True)
     for seed in study.seeds:  # every seed's runs, before anything trains
         jobs = [seed_config(study, seed)] + ([arnet_config(study, seed)] if "arnet" in study.methods else [])
@@ -333,27 +343,33 @@ def run_study(study: Any, *, train: Optional[Any] = None) -> Dict[str, Any]:
             absent = [best for best in bests if not best.is_dir()]
             if absent:
                 raise ConfigError(f"{study_dir(study)}: runs_from={study.runs_from}: no {absent[0]} to score")
+    to_train: List[Any] = []  # every seed's unfinished jobs, trained side by side where the cluster has room
     for seed in study.seeds:
         done = _seed_eval(study, seed)
-        record = json.loads(done.read_text()) if done.is_file() else None
-        missing = _missing(study, seed, record)
+        records[seed] = json.loads(done.read_text()) if done.is_file() else None
+        missing = _missing(study, seed, records[seed])
         if not missing:
             logger.info("seed %d: evaluated before (%s), not %s", seed, done,
                         "scored again" if study.runs_from else "retrained")
-            if "machines" not in record:  # evaluated before the record kept them: what trained it is in MLflow
-                record = {**record, "machines": {"trained": _trained_on(seed_config(study, seed), record)}}
-            records.append(record)
             continue
         for job in (j for j in missing if j in ("base", "arnet")):  # the jobs that may need training
             cfg = seed_config(study, seed) if job == "base" else arnet_config(study, seed)
             if finished_training(trained_run(study, cfg), cfg) is None:  # with runs_from: finished (checked)
-                logger.info("seed %d: training %s (%d of %d)", seed, trained_run(study, cfg),
-                            study.seeds.index(seed) + 1, len(study.seeds))
-                result = train(cfg)
-                if getattr(result, "error", None) is not None:
-                    raise RuntimeError(f"seed {seed}: training {cfg.name} failed: {result.error}")
+                logger.info("seed %d: training %s", seed, trained_run(study, cfg))
+                to_train.append(cfg)
+    failed = [f"{cfg.name}: {error}" for cfg, error in zip(to_train, train(to_train) if to_train else []) if error]
+    if failed:
+        raise RuntimeError(f"training failed ({len(failed)} of {len(to_train)}; a rerun resumes them): "
+                           + "; ".join(failed))
+    for seed, record in list(records.items()):
+        missing = _missing(study, seed, record)
+        if not missing:
+            if "machines" not in record:  # evaluated before the record kept them: what trained it is in MLflow
+                records[seed] = {**record, "machines": {"trained": _trained_on(seed_config(study, seed), record)}}
+            continue
         logger.info("seed %d: evaluating the best epochs (%s)", seed, ", ".join(missing))
-        records.append(evaluate_seed(study, seed, record))
+        records[seed] = evaluate_seed(study, seed, record)
+    records = [records[seed] for seed in study.seeds]
     summary = summarize(records, study.targets, study.methods)
     cfg0 = seed_config(study, study.seeds[0])
     arnet = (f", AR-Net ({study.arnet_name}) {study.arnet_config} {' '.join(study.arnet_overrides)}"

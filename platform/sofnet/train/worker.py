@@ -265,7 +265,7 @@ def _run_stage(cfg: Any, stage: Stage, engine: Any, start_epoch: int, ctx: Any, 
         set_lr(engine.optimizer, lr_at(stage.optim, epoch, global_batch=global_batch))
         loader.dataset.set_epoch(epoch)
         metrics = train_one_epoch(engine, loader, loss_fn=loss_fn, steps=steps, epoch=epoch, epochs=stage.epochs,
-                                  stage=stage.name, device=device, dtype=dtype, log_every=cfg.train.log_every,
+                                  stage=_label(cfg, stage), device=device, dtype=dtype, log_every=cfg.train.log_every,
                                   is_logger=ctx.rank == 0, world_size=ctx.world)
         metrics["train/tau"] = tau
         average_bn_statistics(model)  # one model from here on: validation, best checkpoint, evaluator agree
@@ -301,10 +301,16 @@ def _run_stage(cfg: Any, stage: Stage, engine: Any, start_epoch: int, ctx: Any, 
                        f"checkpoint-{stage.name}-epoch{epoch:03d}")
 
 
+def _label(cfg: Any, stage: Stage) -> str:
+    """What the progress lines call the stage: ``<name>/stage1``, as its MLflow run, so that the lines of jobs trained
+    side by side (a study's seeds) tell which job they are."""
+    return f"{cfg.name}/{stage.name}" if cfg.name else stage.name
+
+
 def _log_epoch(cfg: Any, stage: Stage, epoch: int, metrics: Dict[str, float], key: str, tracker: Any, result: Any,
                names: list[str]) -> None:
     shown = ("train/loss", key, "val/gflops_per_video", "val/et/" + key.split("/")[1], "val/et/gflops_per_video")
-    logger.info("%s epoch %d/%d done in %.1fs: %s", stage.name, epoch + 1, stage.epochs, metrics["time/epoch_s"],
+    logger.info("%s epoch %d/%d done in %.1fs: %s", _label(cfg, stage), epoch + 1, stage.epochs, metrics["time/epoch_s"],
                 "  ".join(f"{k}={metrics[k]:.4f}" for k in shown if k in metrics))
     if not tracker.first_logged(epoch + 1):
         return
