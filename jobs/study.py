@@ -11,6 +11,7 @@ Table A/B rows and the Table C grids as mean ± std over seeds, and whether the 
     python jobs/study.py --config jobs/configs/study.yaml name=bench-study-v5-heldout runs_from=bench-study-v5 \
         "overrides=[data.val_shards=data/bench-heldout/shards]"       # its runs scored on other videos, no training
 
+The seeds' jobs train side by side where the Ray cluster's CPUs hold several whole (max_concurrent=N caps it).
 Resumable: rerun the same command and finished seeds are neither retrained nor re-evaluated. Writes
 <output_dir>/<name>/study_table.md and study.json; MLflow: a parent run with a child per (method, seed).
 Exit status: 0 done (targets met or not: the table says which), 1 a training failed, 2 bad input (one line).

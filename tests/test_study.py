@@ -374,6 +374,12 @@ def test_study_two_seeds_end_to_end_and_resume(tmp_path: Path) -> None:
     assert "| TSN on action frames |" in table  # scored from stage 1's early-exit cache and the annotations
     saved = json.loads((tmp_path / "runs/t/study.json").read_text())
     assert [r["seed"] for r in saved["records"]] == [1, 2]
+    # early exit alone vs the gates by where the action starts: its "all videos" row is the table's own rows
+    assert "Early exit alone vs the gates, by where the action starts" in table and "| all videos | 6 |" in table
+    every, rows = saved["summary"]["by_action_start"][-1], saved["summary"]["rows"]
+    assert every["tsn"]["mAP"] == pytest.approx(rows["TSN"]["mAP"][0], abs=1e-9)
+    assert every["sofnet_et"]["mAP"] == pytest.approx(rows["SoF-Net + ET"]["mAP"][0], abs=1e-9)
+    assert every["sofnet_et"]["gflops"] == pytest.approx(rows["SoF-Net + ET"]["gflops_per_video"][0], rel=1e-9)
     # where the rows were computed: the training runs' machine tags and the scoring process's, in the header too
     for record in saved["records"]:
         trained, scored = record["machines"]["trained"], record["machines"]["scored"]

@@ -28,8 +28,11 @@ recipe, checked, but for the keys of scoring: ``data.val_shards``, ``early_exit.
 or early exit, e.g. a held-out set larger than the one the runs were trained beside; with ``stage1_from`` (the same as
 the rescored study's) each seed's stage 1 is scored here too, from the run it lives in.
 
-MLflow: one parent run ``study <name>`` (the table as ``study_table.md``, every number as ``study.json``) and one
-child run per (method, seed) with that row's metrics and the training run's id as a tag.
+MLflow (:mod:`sofnet.study_mlflow`): one parent run ``study <name>`` (the table as ``study_table.md``, every number
+as ``study.json``) and one child run per (method, seed) with that row's metrics and the training run's id as a tag.
+
+Below the criteria, :mod:`sofnet.study_start` splits the criterion "early exit alone vs the gates" by where each
+video's action starts (replayed from the caches; also in ``study.json`` as ``summary.by_action_start``).
 
 The jobs of every seed train side by side, as many at once as the Ray cluster's CPUs hold
 (:func:`sofnet.train.ray_job.run_trainings`; ``max_concurrent`` caps it): the benchmark's two-worker jobs one after
@@ -54,7 +57,9 @@ from sofnet.study_recipe import (
     DIGESTS, SCORED_BY, check_recipe, check_source, recipe_of, shard_digests, study_dir,
 )
 from sofnet.machine import fingerprint, kernel_level
-from sofnet.study_table import METHODS, ROWS, Targets, machines_line, row_metrics, study_table, summarize
+from sofnet.study_mlflow import log_study
+from sofnet.study_start import start_table
+from sofnet.study_table import METHODS, Targets, machines_line, study_table, summarize
 
 logger = logging.getLogger(__name__)
 
@@ -273,8 +278,8 @@ def evaluate_seed(study: Any, seed: int, record: Optional[Mapping[str, Any]] = N
         if source and "action_frames" in source:
             record["reports"]["action_frames"] = source["action_frames"]
         else:
-            where = (_stage1_record(study, seed).parent if shared else out) / "stage1" / "et_cache"
-            record["reports"]["action_frames"] = {"metrics": action_frames_metrics(ETBundle.load(where)),
+            tsn = ETBundle.load(_cache(study, seed, "stage1"))
+            record["reports"]["action_frames"] = {"metrics": action_frames_metrics(tsn),
                                                   "runs": record["reports"]["stage1"]["runs"], "stage": "stage1"}
     if "arnet" in missing:
         acfg = arnet_config(study, seed)
@@ -290,6 +295,29 @@ def evaluate_seed(study: Any, seed: int, record: Optional[Mapping[str, Any]] = N
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(_seed_eval(study, seed))
     return record
+
+
+def _cache(study: Any, seed: int, stage: str) -> Path:
+    """A seed's early-exit cache of ``stage``: this study's evaluation, or for a stage 1 taken from another study
+    (``stage1_from`` without ``runs_from``) that study's."""
+    shared = stage == "stage1" and study.stage1_from and not study.runs_from
+    return (_stage1_record(study, seed) if shared else _seed_eval(study, seed)).parent / stage / "et_cache"
+
+
+def by_action_start(study: Any, et: Any) -> List[Dict[str, Any]]:
+    """The criterion of early exit alone vs the gates per action-start bucket (:mod:`sofnet.study_start`), replayed
+    from every seed's caches of both stages; ``[]`` without SoF-Net or where a cache lacks the annotations."""
+    from sofnet.study_start import by_action_start as buckets, start_summary
+    from sofnet.tune.et_cache import ETBundle
+
+    if "sofnet" not in study.methods:
+        return []
+    try:
+        per_seed = [buckets(ETBundle.load(_cache(study, s, "stage1")), ETBundle.load(_cache(study, s, "stage2")),
+                            _grid(study), et.rho, et.t_min, et.mode) for s in study.seeds]
+    except FileNotFoundError:  # an evaluation folder removed by hand: the rows stand without this section
+        return []
+    return start_summary(per_seed, study.targets.map_drop)
 
 
 def _trained_on(cfg: Any, record: Mapping[str, Any]) -> List[str]:
@@ -382,38 +410,11 @@ def run_study(study: Any, *, train: Optional[Any] = None) -> Dict[str, Any]:
     header = (f"study {study.name}: {seeds}, base {study.base_config} {' '.join(study.overrides)}{shared}{arnet}; "
               f"{videos} validation videos of {cfg0.data.val_shards}{f' (digest {digest})' if digest else ''}; "
               f"ET in rows: rho={cfg0.early_exit.rho} t_min={cfg0.early_exit.t_min}; {machines_line(records)}")
-    table = study_table(summary, header)
+    summary["by_action_start"] = by_action_start(study, cfg0.early_exit)
+    start = start_table(summary["by_action_start"], study.targets.map_drop, study.targets.gates_over_et,
+                        cfg0.early_exit.rho, cfg0.early_exit.t_min)
+    table = study_table(summary, header) + (f"\n\n{start}" if start else "")
     (study_dir(study) / "study_table.md").write_text(table + "\n")
     (study_dir(study) / "study.json").write_text(json.dumps({"summary": summary, "records": records}, indent=1))
     run_id = log_study(study, cfg0, summary, records, table)
     return {"table": table, "summary": summary, "run_id": run_id, "seconds": time.time() - started}
-
-
-def log_study(study: Any, cfg: Any, summary: Mapping[str, Any], records: Sequence[Mapping[str, Any]],
-              table: str) -> str:
-    """The parent run (reopened on a resumed study) and one child per (method, seed); returns the parent's id."""
-    from sofnet.train.tracking import resolve_tracking_uri
-    from sofnet.tune.report import SweepRun, log_metrics
-
-    uri = resolve_tracking_uri(study.mlflow.tracking_uri or cfg.mlflow.tracking_uri)
-    parent = SweepRun.open(study, uri, study_dir(study))
-    report_of = {name: report for name, _, report, _ in ROWS}
-    for record in records:
-        for method, row in row_metrics(record, study.methods).items():
-            report = record["reports"][report_of[method]]
-            stage = report.get("stage", report_of[method])
-            stage1_run = record.get("stage1_run", record["run"])
-            run = {"arnet": record.get("arnet_run", ""), "stage1": stage1_run, "action_frames": stage1_run}.get(
-                report_of[method], record["run"])
-            # another AR-Net job (arnet_name) is another child: a child's params (its run_dir) are written once
-            label = f"{method} {study.arnet_name}" if method == "AR-Net" and study.arnet_name != "arnet" else method
-            child = parent.child(f"{label}|seed{record['seed']}", f"{label} seed {record['seed']}",
-                                 {"method": method, "seed": record["seed"], "run_dir": run})
-            parent.client.set_tag(child, "training_run", report["runs"].get(stage, ""))
-            log_metrics(parent.client, child, {f"study/{k}": v for k, v in row.items()})
-            parent.client.set_terminated(child)
-    means = {f"study/{method}/{c}": v[0] for method, r in summary["rows"].items() for c, v in r.items()}
-    log_metrics(parent.client, parent.run_id, {k.replace(" + ", "_").replace(" ", "_"): v for k, v in means.items()})
-    parent.finish({"study_table.md": table})
-    parent.client.log_dict(parent.run_id, {"summary": summary}, "study.json")
-    return parent.run_id
