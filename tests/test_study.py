@@ -341,6 +341,16 @@ def test_bad_study_config_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "no-shards" in proc.stderr
 
 
+def test_a_bad_study_file_is_refused_before_torch_loads() -> None:
+    """``jobs/study.py`` reads the study file before anything heavy: importing ``sofnet.study`` must not load torch
+    (1.5 s, and ~6 s with the replay modules: the refusals of the test above took 39 s instead of 13 s once)."""
+    code = ("import sys; import sofnet.study, sofnet.study_mlflow; "
+            "sys.exit(sorted(m for m in ('torch', 'mlflow', 'ray') if m in sys.modules) or 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": f"{REPO / 'platform'}:{REPO}"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_a_rescoring_study_needs_another_studys_finished_runs(tmp_path: Path) -> None:
     """``runs_from`` trains nothing: a study without the other study's finished runs is refused before anything runs
     (the end-to-end test below rescores real runs)."""

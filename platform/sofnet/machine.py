@@ -24,8 +24,6 @@ import sys
 from pathlib import Path
 from typing import Dict, Mapping, Sequence
 
-import torch
-
 # The environment variables that change which CPU kernels run (asked-for levels; the capability tag says what ran).
 KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -44,6 +42,8 @@ def _cpu() -> tuple[str, str]:
 
 
 def _onednn() -> str:
+    import torch
+
     found = re.search(r"(?:oneDNN|MKL-DNN) (v[\d.]+)", torch.__config__.show())
     return found.group(1) if found else "none"
 
@@ -52,6 +52,7 @@ def fingerprint() -> Dict[str, str]:
     """``machine.*`` tags: CPU model and vector extensions, torch / torchvision / oneDNN versions, the ATen CPU
     capability in use, threads, deterministic-algorithms mode, Python, and the kernel-level variables if set.
     No host name or user: runs are shared."""
+    import torch  # here, not at import: a study's bad config is refused before torch loads (~1.5 s)
     import torchvision
 
     model, vector = _cpu()

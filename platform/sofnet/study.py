@@ -58,7 +58,6 @@ from sofnet.study_recipe import (
 )
 from sofnet.machine import fingerprint, kernel_level
 from sofnet.study_mlflow import log_study
-from sofnet.study_start import start_table
 from sofnet.study_table import METHODS, Targets, machines_line, study_table, summarize
 
 logger = logging.getLogger(__name__)
@@ -410,6 +409,8 @@ def run_study(study: Any, *, train: Optional[Any] = None) -> Dict[str, Any]:
     header = (f"study {study.name}: {seeds}, base {study.base_config} {' '.join(study.overrides)}{shared}{arnet}; "
               f"{videos} validation videos of {cfg0.data.val_shards}{f' (digest {digest})' if digest else ''}; "
               f"ET in rows: rho={cfg0.early_exit.rho} t_min={cfg0.early_exit.t_min}; {machines_line(records)}")
+    from sofnet.study_start import start_table  # torch: not before a bad study file is refused (jobs/study.py)
+
     summary["by_action_start"] = by_action_start(study, cfg0.early_exit)
     start = start_table(summary["by_action_start"], study.targets.map_drop, study.targets.gates_over_et,
                         cfg0.early_exit.rho, cfg0.early_exit.t_min)
