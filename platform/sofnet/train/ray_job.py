@@ -185,7 +185,7 @@ def jobs_at_once(cfgs: Sequence[Any], cluster: Mapping[str, float], max_concurre
 
 def train_job(cfg: Dict[str, Any], tracking_uri: str, tags: Dict[str, str], verbose: bool = False,
               in_task: bool = False) -> Optional[str]:
-    """One training job of :func:`run_trainings` (``in_task``: as a Ray task); returns its error (``None``: finished)."""
+    """One job of :func:`run_trainings` (``in_task``: run as a Ray task); returns its error (``None``: finished)."""
     from sofnet.console import setup
 
     if in_task:  # a Ray task's own process: its logging is not set up yet

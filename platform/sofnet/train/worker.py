@@ -310,8 +310,8 @@ def _label(cfg: Any, stage: Stage) -> str:
 def _log_epoch(cfg: Any, stage: Stage, epoch: int, metrics: Dict[str, float], key: str, tracker: Any, result: Any,
                names: list[str]) -> None:
     shown = ("train/loss", key, "val/gflops_per_video", "val/et/" + key.split("/")[1], "val/et/gflops_per_video")
-    logger.info("%s epoch %d/%d done in %.1fs: %s", _label(cfg, stage), epoch + 1, stage.epochs, metrics["time/epoch_s"],
-                "  ".join(f"{k}={metrics[k]:.4f}" for k in shown if k in metrics))
+    logger.info("%s epoch %d/%d done in %.1fs: %s", _label(cfg, stage), epoch + 1, stage.epochs,
+                metrics["time/epoch_s"], "  ".join(f"{k}={metrics[k]:.4f}" for k in shown if k in metrics))
     if not tracker.first_logged(epoch + 1):
         return
     # MLflow's x-axis is "step": the step is the 1-based epoch, and the metric "epoch" lets charts use it by name
