@@ -6,6 +6,7 @@ Usage (what ``jobs/train_anet.py`` does)::
     from sofnet.train.ray_job import run_training
     cfg = load_config("jobs/configs/anet_sofnet.yaml", ["scaling.num_workers=8", "scaling.use_gpu=true"])
     result = run_training(cfg)   # Ray: scaling.ray_address, $RAY_ADDRESS (`ray job submit`) or a new local one
+    errors = run_trainings([cfg_a, cfg_b])   # several jobs side by side where the cluster holds them (a study)
 
 The run lives in ``<train.output_dir>/<name>`` (Ray Train's storage: checkpoints, retention ``keep_checkpoints``).
 Running the same config again with the same name and output directory resumes from the latest checkpoint, after
