@@ -1,9 +1,9 @@
 """Submit the two-stage training to Ray Train: ``TorchTrainer`` + DeepSpeed workers, checkpoints, retries.
 
-Usage (what ``jobs/train_anet.py`` does)::
+Usage (``jobs/train_anet.py``; a study, several jobs)::
 
     from sofnet.config import load_config
-    from sofnet.train.ray_job import run_training
+    from sofnet.train.ray_job import run_training, run_trainings
     cfg = load_config("jobs/configs/anet_sofnet.yaml", ["scaling.num_workers=8", "scaling.use_gpu=true"])
     result = run_training(cfg)   # Ray: scaling.ray_address, $RAY_ADDRESS (`ray job submit`) or a new local one
     errors = run_trainings([cfg_a, cfg_b])   # several jobs side by side where the cluster holds them (a study)
