@@ -13,7 +13,7 @@ Usage::
     from sofnet.study_start import by_action_start, start_summary, start_table
     per_seed = [by_action_start(tsn_bundle, sofnet_bundle, grid=[[0.5, 1], [0.9, 2]], rho=0.99, t_min=3), ...]
     rows = start_summary(per_seed, map_drop=1.0)          # [] if a seed's caches lack the annotations
-    print(start_table(rows, map_drop=1.0, gates_over_et=1.3, rho=0.99, t_min=3))
+    text = start_table(rows, map_drop=1.0, gates_over_et=1.3, rho=0.99, t_min=3)   # markdown
 """
 
 from __future__ import annotations
