@@ -303,19 +303,20 @@ def _cache(study: Any, seed: int, stage: str) -> Path:
     return (_stage1_record(study, seed) if shared else _seed_eval(study, seed)).parent / stage / "et_cache"
 
 
-def by_action_start(study: Any, et: Any) -> List[Dict[str, Any]]:
+def _start_rows(study: Any, et: Any) -> List[Dict[str, Any]]:
     """The criterion of early exit alone vs the gates per action-start bucket (:mod:`sofnet.study_start`), replayed
     from every seed's caches of both stages; ``[]`` without SoF-Net or where a cache lacks the annotations."""
-    from sofnet.study_start import by_action_start as buckets, start_summary
+    from sofnet.study_start import by_action_start, start_summary
     from sofnet.tune.et_cache import ETBundle
 
     if "sofnet" not in study.methods:
         return []
     try:
-        per_seed = [buckets(ETBundle.load(_cache(study, s, "stage1")), ETBundle.load(_cache(study, s, "stage2")),
-                            _grid(study), et.rho, et.t_min, et.mode) for s in study.seeds]
+        caches = [(ETBundle.load(_cache(study, s, "stage1")), ETBundle.load(_cache(study, s, "stage2")))
+                  for s in study.seeds]
     except FileNotFoundError:  # an evaluation folder removed by hand: the rows stand without this section
         return []
+    per_seed = [by_action_start(tsn, sof, _grid(study), et.rho, et.t_min, et.mode) for tsn, sof in caches]
     return start_summary(per_seed, study.targets.map_drop)
 
 
@@ -411,7 +412,7 @@ def run_study(study: Any, *, train: Optional[Any] = None) -> Dict[str, Any]:
               f"ET in rows: rho={cfg0.early_exit.rho} t_min={cfg0.early_exit.t_min}; {machines_line(records)}")
     from sofnet.study_start import start_table  # torch: not before a bad study file is refused (jobs/study.py)
 
-    summary["by_action_start"] = by_action_start(study, cfg0.early_exit)
+    summary["by_action_start"] = _start_rows(study, cfg0.early_exit)
     start = start_table(summary["by_action_start"], study.targets.map_drop, study.targets.gates_over_et,
                         cfg0.early_exit.rho, cfg0.early_exit.t_min)
     table = study_table(summary, header) + (f"\n\n{start}" if start else "")

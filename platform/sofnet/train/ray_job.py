@@ -131,6 +131,16 @@ def _job_tags(cfg: Any) -> Dict[str, str]:
             "mlflow.source.type": "JOB", "ray_job_id": ray_job_id(), "ray_run_name": run_name(cfg)}
 
 
+def _announce(cfg: Any, tracking_uri: str, job: str = "") -> None:
+    logger.info("training %s: stages to %s/%s, MLflow %s (experiment %s)%s", run_name(cfg), cfg.train.output_dir,
+                run_name(cfg), tracking_uri, cfg.mlflow.experiment, job)
+
+
+def _shown(result: Any) -> Dict[str, Any]:
+    """What the log says of a finished job: its last stage, epoch, mAP and top-1."""
+    return {k: v for k, v in (result.metrics or {}).items() if k in ("stage", "epoch", "val/mAP", "val/top1")}
+
+
 def run_training(cfg: Any, *, pid_dir: str = "", verbose: bool = False) -> Any:
     """Check MLflow, connect to (or start) Ray, train both stages; returns Ray Train's ``Result``.
 
@@ -149,12 +159,9 @@ def run_training(cfg: Any, *, pid_dir: str = "", verbose: bool = False) -> Any:
     init_ray(cfg)
     check_storage_for_nodes(cfg.train.output_dir, cluster_nodes(), cfg.train.shared_storage)
     tags = _job_tags(cfg)
-    logger.info("training %s: stages to %s/%s, MLflow %s (experiment %s), Ray job %s", run_name(cfg),
-                cfg.train.output_dir, run_name(cfg), tracking_uri, cfg.mlflow.experiment, tags["ray_job_id"])
+    _announce(cfg, tracking_uri, f", Ray job {tags['ray_job_id']}")
     result = make_trainer(cfg, tracking_uri, tags, pid_dir, verbose).fit()
-    logger.info("done: %s, last checkpoint %s", {k: v for k, v in (result.metrics or {}).items()
-                                                  if k in ("stage", "epoch", "val/mAP", "val/top1")},
-                result.checkpoint)
+    logger.info("done: %s, last checkpoint %s", _shown(result), result.checkpoint)
     return result
 
 
@@ -196,14 +203,10 @@ def train_job(cfg: Dict[str, Any], tracking_uri: str, tags: Dict[str, str], verb
         result = make_trainer(cfg, tracking_uri, tags, "", verbose).fit()
     except Exception as e:  # Ray Train raises the workers' error; the caller reports it beside the other jobs'
         return f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
-    logger.info("%s done: %s", run_name(cfg), {k: v for k, v in (result.metrics or {}).items()
-                                               if k in ("stage", "epoch", "val/mAP", "val/top1")})
+    logger.info("%s done: %s", run_name(cfg), _shown(result))
     return None if result.error is None else str(result.error)
 
 
-def _announce(cfg: Any, tracking_uri: str) -> None:
-    logger.info("training %s: stages to %s/%s, MLflow %s (experiment %s)", run_name(cfg), cfg.train.output_dir,
-                run_name(cfg), tracking_uri, cfg.mlflow.experiment)
 
 
 def run_trainings(cfgs: Sequence[Any], *, max_concurrent: int = 0, verbose: bool = False) -> List[Optional[str]]:
