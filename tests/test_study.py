@@ -356,6 +356,10 @@ def test_study_two_seeds_end_to_end_and_resume(tmp_path: Path) -> None:
     # the two seeds' one-worker jobs trained side by side on 2 CPUs: their MLflow job runs overlap in time
     assert "2 training jobs, 2 at a time" in first.stderr and "t-seed1/stage2 epoch 1/1 done" in first.stderr
     assert "Error in training function" not in first.stderr, first.stderr[-3000:]  # none retried (MLflow's datasets)
+    # the quiet console (sofnet.console) in a log file: no colour codes around the workers' lines, none of the
+    # per-epoch library lines it silences
+    for noise in ("\x1b[", "Reporting training result", "Checkpoint successfully created", "Successfully registered"):
+        assert noise not in first.stderr, (noise, first.stderr[-3000:])
     jobs = client.search_runs([client.get_experiment_by_name("sofnet-demo").experiment_id],
                               "tags.ray_run_name LIKE 't-seed%'")
     spans = {r.data.tags["ray_run_name"]: (r.info.start_time, r.info.end_time) for r in jobs

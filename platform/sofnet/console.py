@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -37,6 +38,10 @@ def setup(verbose: bool = False, rank: int = 0) -> None:
     logging.getLogger("sofnet").setLevel(logging.INFO if rank == 0 or verbose else logging.WARNING)
     logging.getLogger("data_prep").setLevel(logging.INFO)
     _quiet = not verbose
+    # Ray's driver wraps every worker line in colour codes even when the console is a file (CI's log, `> run.log`),
+    # where they show as `[36m(RayTrainWorker pid=...)[0m`; its own switch, read at each print, turns them off.
+    if not sys.stderr.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     if verbose:
         return
     quiet_libraries()

@@ -111,9 +111,31 @@ def log_pyfunc(model: torch.nn.Module, name: str = "model", et: Optional[Dict[st
         # MLflow warns on every call that no input example was given; the docstring says why there is none.
         warnings.filterwarnings("ignore", message=".*An input example was not provided")
         artifacts = write_artifacts(model, tmp, et)
-        return mlflow.pyfunc.log_model(name=name, python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
+        info = mlflow.pyfunc.log_model(name=name, python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
                                        artifacts=artifacts, signature=signature(model), step=step,
-                                       pip_requirements=_requirements(), registered_model_name=registered_model_name)
+                                       pip_requirements=_requirements())
+    if registered_model_name:
+        info.registered_model_version = _register(info, registered_model_name)
+    return info
+
+
+def _register(info: Any, name: str) -> int:
+    """Register the logged model ``info`` as a new version of ``name`` (created if missing); returns the version.
+
+    What ``log_model(registered_model_name=...)`` does for a logged model (its source ``models:/<model_id>``), through
+    the client, which prints nothing: MLflow's own path prints two lines straight to stderr ("Successfully registered
+    model", "Created version"), past the logging levels, that the tracker's one line already says."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    try:
+        client.create_registered_model(name)
+    except MlflowException as e:  # another job (or an earlier stage) created it: a new version of it, as MLflow does
+        if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    version = client.create_model_version(name, source=info.model_uri, run_id=info.run_id, model_id=info.model_id)
+    return int(version.version)
 
 
 def load_network(model_uri: str) -> torch.nn.Module:
