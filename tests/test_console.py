@@ -9,14 +9,36 @@ import sys
 import pytest
 
 SHOW = "from sofnet.console import setup; setup(); import os; print(os.environ.get('RAY_COLOR_PREFIX'))"
+# a real local Ray started by a driver: its "Started a local Ray instance" line and a worker's printed line
+RAY = """
+from sofnet.console import setup
+setup()
+import ray
+ray.init(num_cpus=1)
+ray.get(ray.remote(lambda: print("from a worker"))._remote(num_cpus=0))
+ray.shutdown()
+"""
+
+
+def _env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_COLOR_PREFIX"}
+    env.update(RAY_AUTH_MODE="disabled", **extra)
+    return env
 
 
 @pytest.mark.parametrize("user, want", [(None, "0"), ("1", "1")])
 def test_ray_colour_codes_are_off_when_the_console_is_a_file(user: str, want: str) -> None:
     """Ray's driver wraps each worker line in colour codes unless ``RAY_COLOR_PREFIX=0``; a user's own choice stays."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_COLOR_PREFIX"}
-    if user is not None:
-        env["RAY_COLOR_PREFIX"] = user
-    done = subprocess.run([sys.executable, "-c", SHOW], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", SHOW], env=_env(**({"RAY_COLOR_PREFIX": user} if user else {})),
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == want
+
+
+def test_a_driver_logging_to_a_file_shows_ray_without_colour_codes(tmp_path) -> None:
+    done = subprocess.run([sys.executable, "-c", RAY], env=_env(), capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    assert "Started a local Ray instance" in out and "from a worker" in out, out[-3000:]
+    assert "\x1b[" not in out, out[-3000:]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import warnings
 
@@ -42,6 +43,7 @@ def setup(verbose: bool = False, rank: int = 0) -> None:
     # where they show as `[36m(RayTrainWorker pid=...)[0m`; its own switch, read at each print, turns them off.
     if not sys.stderr.isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+        _plain_ray_records()
     if verbose:
         return
     quiet_libraries()
@@ -52,6 +54,31 @@ def setup(verbose: bool = False, rank: int = 0) -> None:
     warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
     # MLflow's progress bars for artifact downloads (it downloads every logged model back to validate it).
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _plain_ray_records() -> None:
+    """Drop the colour codes Ray puts into its own log messages (the dashboard address of "Started a local Ray
+    instance" is bold green), whichever handler Ray installed: a record factory sees every record before them."""
+    base = logging.getLogRecordFactory()
+    if getattr(base, "sofnet_plain", False):
+        return
+
+    def factory(*args, **kwargs) -> logging.LogRecord:
+        record = base(*args, **kwargs)
+        if record.name.startswith("ray") and ("\x1b[" in str(record.msg) or record.args):
+            try:
+                message = record.getMessage()
+            except (TypeError, ValueError):  # a malformed message: the handler reports it as it would
+                return record
+            if "\x1b[" in message:
+                record.msg, record.args = _ANSI.sub("", message), None
+        return record
+
+    factory.sofnet_plain = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
 
 
 def quiet_libraries() -> None:
