@@ -15,7 +15,7 @@ from sofnet.console import setup
 setup()
 import ray
 ray.init(num_cpus=1)
-ray.get(ray.remote(lambda: print("from a worker"))._remote(num_cpus=0))
+ray.get(ray.remote(lambda: print("from a worker")).options(num_cpus=0).remote())
 ray.shutdown()
 """
 
@@ -36,6 +36,7 @@ def test_ray_colour_codes_are_off_when_the_console_is_a_file(user: str, want: st
 
 
 def test_a_driver_logging_to_a_file_shows_ray_without_colour_codes(tmp_path) -> None:
+    """What a user reads in `python jobs/... > run.log`: Ray's own start line and a worker's output, both plain."""
     done = subprocess.run([sys.executable, "-c", RAY], env=_env(), capture_output=True, text=True, timeout=300,
                           cwd=tmp_path)
     out = done.stdout + done.stderr
