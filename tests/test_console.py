@@ -16,6 +16,16 @@ setup()
 import ray
 ray.init(num_cpus=1)
 ray.get(ray.remote(lambda: print("from a worker")).options(num_cpus=0).remote())
+
+
+@ray.remote(num_cpus=0)
+class Job:
+    def say(self, seed):
+        print(f"t-seed{seed}/stage1 epoch 1/1 done")
+
+
+jobs = [Job.remote() for _ in range(3)]  # three processes printing lines that differ only in a number
+ray.get([job.say.remote(seed) for seed, job in enumerate(jobs, 1)])
 ray.shutdown()
 """
 
@@ -36,10 +46,13 @@ def test_ray_colour_codes_are_off_when_the_console_is_a_file(user: str, want: st
 
 
 def test_a_driver_logging_to_a_file_shows_ray_without_colour_codes(tmp_path) -> None:
-    """What a user reads in `python jobs/... > run.log`: Ray's own start line and a worker's output, both plain."""
+    """What a user reads in `python jobs/... > run.log`: Ray's own start line and the workers' output, plain, and each
+    job's line though three processes print it within a second (Ray would collapse them)."""
     done = subprocess.run([sys.executable, "-c", RAY], env=_env(), capture_output=True, text=True, timeout=300,
                           cwd=tmp_path)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-3000:]
     assert "Started a local Ray instance" in out and "from a worker" in out, out[-3000:]
     assert "\x1b[" not in out, out[-3000:]
+    for seed in (1, 2, 3):  # Ray's deduplication would print one of them and collapse or drop the others
+        assert f"t-seed{seed}/stage1 epoch 1/1 done" in out, out[-3000:]

@@ -39,6 +39,12 @@ def setup(verbose: bool = False, rank: int = 0) -> None:
     logging.getLogger("sofnet").setLevel(logging.INFO if rank == 0 or verbose else logging.WARNING)
     logging.getLogger("data_prep").setLevel(logging.INFO)
     _quiet = not verbose
+    # Ray's driver collapses lines that differ only in their numbers when several processes print them within 5 s,
+    # and drops a line repeated once without a trace: two jobs side by side lost one job's progress lines and its
+    # worker placement. Our lines come from rank 0 of each job, one per interval, so nothing is collapsed; the cost,
+    # a library warning printed by every rank shows once per rank (the quiet levels below silence the known ones).
+    # Read when Ray is imported: entry points call setup() first.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # Ray's driver wraps every worker line in colour codes even when the console is a file (CI's log, `> run.log`),
     # where they show as `[36m(RayTrainWorker pid=...)[0m`; its own switch, read at each print, turns them off.
     if not sys.stderr.isatty():
