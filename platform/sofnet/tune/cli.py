@@ -48,6 +48,11 @@ def main(kind: str, argv: Optional[Sequence[str]] = None) -> int:
         cfg = preflight(sweep, src=args.sweep, smoke=args.smoke_test, resume=args.resume)
     except ConfigError as e:
         return _refuse(e)
+    from sofnet.console import setup
+
+    # Every library's INFO as before (verbose), with the console's Ray defaults, set before Ray is imported: its
+    # deduplication would drop or collapse the progress lines of trials that train side by side.
+    setup(verbose=True)
     from sofnet.train.tracking import TrackingError
 
     if kind == "alpha_beta":
