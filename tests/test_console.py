@@ -11,6 +11,9 @@ import pytest
 SHOW = "from sofnet.console import setup; setup(); import os; print(os.environ.get('RAY_COLOR_PREFIX'))"
 # a real local Ray started by a driver: its "Started a local Ray instance" line and a worker's printed line
 RAY = """
+import sys
+import time
+
 from sofnet.console import setup
 setup()
 import ray
@@ -24,8 +27,26 @@ class Job:
         print(f"t-seed{seed}/stage1 epoch 1/1 done")
 
 
+class Seen:  # the driver's stdout, remembered: Ray streams workers' lines a moment after they print
+    def __init__(self, sink):
+        self.sink, self.text = sink, ""
+
+    def write(self, text):
+        self.text += text
+        return self.sink.write(text)
+
+    def flush(self):
+        self.sink.flush()
+
+
+sys.stdout = seen = Seen(sys.stdout)
 jobs = [Job.remote() for _ in range(3)]  # three processes printing lines that differ only in a number
 ray.get([job.say.remote(seed) for seed, job in enumerate(jobs, 1)])
+# wait (at most 20 s) for the three lines before shutting down, which would cut the stream; a dropped line never comes
+for _ in range(200):
+    if all(f"t-seed{seed}/" in seen.text for seed in (1, 2, 3)):
+        break
+    time.sleep(0.1)
 ray.shutdown()
 """
 
