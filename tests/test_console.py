@@ -42,9 +42,9 @@ class Seen:  # the driver's stdout, remembered: Ray streams workers' lines a mom
 sys.stdout = seen = Seen(sys.stdout)
 jobs = [Job.remote() for _ in range(3)]  # three processes printing lines that differ only in a number
 ray.get([job.say.remote(seed) for seed, job in enumerate(jobs, 1)])
-# wait (at most 20 s) for the three lines before shutting down, which would cut the stream; a dropped line never comes
+# wait (at most 20 s) for the workers' lines before shutting down (it would cut the stream); a dropped line never comes
 for _ in range(200):
-    if all(f"t-seed{seed}/" in seen.text for seed in (1, 2, 3)):
+    if all(line in seen.text for line in ("from a worker", "t-seed1/", "t-seed2/", "t-seed3/")):
         break
     time.sleep(0.1)
 ray.shutdown()
