@@ -14,18 +14,6 @@ RAY = """
 import sys
 import time
 
-from sofnet.console import setup
-setup()
-import ray
-ray.init(num_cpus=1)
-ray.get(ray.remote(lambda: print("from a worker")).options(num_cpus=0).remote())
-
-
-@ray.remote(num_cpus=0)
-class Job:
-    def say(self, seed):
-        print(f"t-seed{seed}/stage1 epoch 1/1 done")
-
 
 class Seen:  # the driver's stdout, remembered: Ray streams workers' lines a moment after they print
     def __init__(self, sink):
@@ -40,6 +28,20 @@ class Seen:  # the driver's stdout, remembered: Ray streams workers' lines a mom
 
 
 sys.stdout = seen = Seen(sys.stdout)
+
+from sofnet.console import setup
+setup()
+import ray
+ray.init(num_cpus=1)
+ray.get(ray.remote(lambda: print("from a worker")).options(num_cpus=0).remote())
+
+
+@ray.remote(num_cpus=0)
+class Job:
+    def say(self, seed):
+        print(f"t-seed{seed}/stage1 epoch 1/1 done")
+
+
 jobs = [Job.remote() for _ in range(3)]  # three processes printing lines that differ only in a number
 ray.get([job.say.remote(seed) for seed, job in enumerate(jobs, 1)])
 # wait (at most 20 s) for the workers' lines before shutting down (it would cut the stream); a dropped line never comes
