@@ -3,8 +3,9 @@
 ``bucket`` of ``conftest.py``; the tests taking ``bucket`` run on both (data prep: ``test_data_prep_buckets.py``).
 
 ``sofnet.checkpoint.local_copy`` downloads the one checkpoint an ``s3://`` / ``gs://`` URI names to a temp dir (removed
-after use), and the seals and the weights-only load run on that local copy, as they do on the copy Ray's ``Checkpoint.as_directory``
-makes. The endpoint and credentials are the standard variables (what a real user sets; pyarrow and boto3 read them):
+after use), and the seals and the weights-only load run on that local copy, as they do on the copy Ray's
+``Checkpoint.as_directory`` makes. The endpoint and credentials are the standard variables (what a real user sets;
+pyarrow and boto3 read them):
 the AWS ones for S3, ``CLOUD_STORAGE_EMULATOR_ENDPOINT`` and ``gs://anonymous@bucket`` for the GCS emulator::
 
     DS_ACCELERATOR=cpu .venv/bin/pytest tests/test_multinode_s3.py -q -p no:cacheprovider

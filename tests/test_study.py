@@ -138,8 +138,9 @@ def test_runs_on_other_data_at_the_same_path_are_refused(tmp_path: Path) -> None
     check_recipe(study, seed_config(study, 1))  # the same data: reused
     shutil.rmtree(tmp_path / "data")
     ensure_synthetic_shards(tmp_path / "data", videos=8, classes=3, seed=1)  # other videos, the same path
+    digest = recipe[DIGESTS[0]][:12]
     with pytest.raises(ConfigError, match=r"t-seed1.recipe.yaml: t-seed1 was trained on other training shards than "
-                                          rf"{shards} holds now \(digest {recipe[DIGESTS[0]][:12]} -> .*give the study"):
+                                          rf"{shards} holds now \(digest {digest} -> .*give the study"):
         check_recipe(study, seed_config(study, 1))
     kept.write_text("\n".join(line for line in kept.read_text().splitlines() if "shards_digest" not in line) + "\n")
     with pytest.raises(ConfigError, match=r"t-seed1 was trained before the study recorded its shards' digests"):

@@ -1,5 +1,6 @@
 """The study's table (``sofnet.study_table``): mean ± std over seeds, the criteria on the means, Table B's rows and
-the header naming the kernels each seed ran on; from records made here, nothing trained (``tests/test_study.py`` trains).
+the header naming the kernels each seed ran on; from records made here, nothing trained (``tests/test_study.py``
+trains).
 """
 
 from __future__ import annotations
