@@ -18,7 +18,16 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # (_module_files below), and what the tests' children write to the temporary directory goes here: Ray's sessions
 # ($TMPDIR/ray, not /tmp/ray), and the staging directories a SIGKILLed worker cannot remove (~180 MB each). The whole
 # folder is removed when the session ends. The pytest process itself keeps /tmp (tempfile caches it at first use).
-_SESSION_TMP = tempfile.mkdtemp(prefix="sofnet-tests-")
+# A pytest-xdist worker (`make test TEST_WORKERS=2`) inherits the controller's folder as TMPDIR and takes a subfolder
+# named for itself, short: Ray's socket paths under it may not exceed 107 bytes (a second `sofnet-tests-xxxxxxxx` level
+# broke that). The whole folder is then the controller's, removed at its end with whatever a crashed worker left.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+_INHERITED = os.environ.get("TMPDIR", "")
+if _WORKER and os.path.basename(_INHERITED).startswith("sofnet-tests-"):
+    _SESSION_TMP = os.path.join(_INHERITED, _WORKER)
+    os.makedirs(_SESSION_TMP)
+else:
+    _SESSION_TMP = tempfile.mkdtemp(prefix="sofnet-tests-")
 os.environ["TMPDIR"] = _SESSION_TMP
 # A job a test runs without naming a tracking URI logs here, not into ./mlflow.db of the checkout (the user's runs)
 # nor to a server the user's shell points at; children inherit it.
@@ -68,6 +77,7 @@ def no_ray_session_in_the_test_process():
 
 
 # The suite's peak in the temporary directory, measured (README "Two commands"): 2.1 GB; asked for with a margin.
+# Two workers (`make test TEST_WORKERS=2`) peaked at 2.9 GB: give them SOFNET_TESTS_MIN_FREE_GB=4.
 MIN_FREE_GB = float(os.environ.get("SOFNET_TESTS_MIN_FREE_GB", "3"))
 
 
@@ -83,9 +93,28 @@ def pytest_configure(config: pytest.Config) -> None:
                                 "SOFNET_TESTS_MIN_FREE_GB to run a few tests")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _remove_the_session_tmp():
-    yield
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Modules with end-to-end (``slow``) tests first, each module's tests kept together and in file order.
+
+    ``make test TEST_WORKERS=N`` runs N pytest workers (pytest-xdist, ``--dist loadfile``: a module on one worker,
+    its module-scoped cluster or server started once) that take the next module as they finish one: the longest
+    ones handed out first, the short ones fill in at the end, so no worker is left alone with a 5-minute module at
+    the end. A serial run is the same tests in that order."""
+    def module(item: pytest.Item) -> str:
+        return item.nodeid.split("::")[0]
+
+    first_at: dict = {}
+    slow: set = set()
+    for i, item in enumerate(items):
+        first_at.setdefault(module(item), i)
+        if item.get_closest_marker("slow"):
+            slow.add(module(item))
+    items.sort(key=lambda it: (module(it) not in slow, first_at[module(it)]))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The session folder goes at the very end, in every process: a worker's own, and the controller's with whatever
+    a crashed worker left in it (a session fixture would never run in the controller, nor with --collect-only)."""
     shutil.rmtree(_SESSION_TMP, ignore_errors=True)
 
 

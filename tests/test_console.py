@@ -32,7 +32,7 @@ sys.stdout = seen = Seen(sys.stdout)
 from sofnet.console import setup
 setup()
 import ray
-ray.init(num_cpus=1)
+ray.init(address="local", num_cpus=1)  # a new Ray: never a head an earlier test left a ray_current_cluster of
 ray.get(ray.remote(lambda: print("from a worker")).options(num_cpus=0).remote())
 
 

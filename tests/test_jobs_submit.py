@@ -37,13 +37,14 @@ def _env() -> dict:
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory: pytest.TempPathFactory):
-    gcs, dash, agent, grpc, metrics, rt_env = free_ports(6)
+    gcs, dash, agent, grpc, metrics, rt_env, client = free_ports(7)  # none at a default: another module's head may run
     log = open(tmp_path_factory.mktemp("head") / "head.log", "w")
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--port", str(gcs), "--node-ip-address", "127.0.0.1",
          "--num-cpus", "3", "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port",
          str(dash), "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(grpc),
-         "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(rt_env), "--disable-usage-stats"],
+         "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(rt_env), "--ray-client-server-port",
+         str(client), "--disable-usage-stats"],
         env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
     try:

@@ -14,7 +14,7 @@ from process_helpers import RAY_GRACE, stop_process_group
 from sofnet import checkpoint as checkpoints  # not `checkpoint`: the helper below has that name
 from sofnet.config import load_config
 from sofnet.data import make_eval_loader
-from sofnet.session import free_port
+from sofnet.session import free_ports
 from sofnet.train.cli import ensure_synthetic_shards
 from sofnet.train.pyfunc import write_artifacts
 
@@ -52,10 +52,15 @@ def checkpoint(shard_dir: Path, out: Path, arch: str = "sofnet") -> Path:
 def ray_head(temp_dir: Path, cpus: int = 2) -> Iterator[Dict[str, str]]:
     """A Ray head of our own (``ray start --block``, its own temp dir: no other session's ``ray.init()`` finds it);
     yields the environment for job subprocesses and stops its process group afterwards."""
-    port = free_port()
+    # Every port it would otherwise take at a fixed default (client server 10001, dashboard 8265, agent 52365) is a
+    # free one: `make test TEST_WORKERS=2` runs two test modules at once, and two heads on one port make `ray start
+    # --block` exit.
+    port, client, dash, agent = free_ports(4)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1"}
     log = open(temp_dir.with_suffix(".log"), "w")
     proc = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", f"--port={port}",
+                             f"--ray-client-server-port={client}", f"--dashboard-port={dash}",
+                             f"--dashboard-agent-listen-port={agent}",
                              f"--num-cpus={cpus}", f"--temp-dir={temp_dir}", "--disable-usage-stats", "--block"],
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
