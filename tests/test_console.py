@@ -32,7 +32,7 @@ sys.stdout = seen = Seen(sys.stdout)
 from sofnet.console import setup
 setup()
 import ray
-ray.init(address="local", num_cpus=1)  # a new Ray: never a head an earlier test left a ray_current_cluster of
+ray.init(address="local", num_cpus=1)  # a new Ray, never one Ray finds by itself (an earlier test's address)
 ray.get(ray.remote(lambda: print("from a worker")).options(num_cpus=0).remote())
 
 
