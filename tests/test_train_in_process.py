@@ -161,15 +161,18 @@ def test_resume_continues_from_the_last_checkpoint(trained, tmp_path: Path) -> N
     assert checkpoint.epoch_checkpoints(run_dir(cfg3))[-1].name == "checkpoint-stage2-epoch002"
 
 
+def _copy_of_run(trained, tmp_path: Path) -> tuple:
+    """(the trained job's config, the config of a copy of its run directory and MLflow store, the copy's store URI)."""
+    cfg, shards, db, _ = trained
+    shutil.copytree(run_dir(cfg).parent, tmp_path / "runs")
+    shutil.copy(db, tmp_path / "mlflow.db")
+    return cfg, _cfg(shards, tmp_path / "runs", tmp_path / "mlflow.db"), f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
 def test_an_epoch_trained_again_after_a_lost_attempt_is_logged_once(trained, tmp_path: Path) -> None:
     """An attempt lost after logging an epoch but before its checkpoint was registered: the resumed attempt trains
     that epoch again, and MLflow keeps one value per epoch (the first), the run tagged with the epoch."""
-    cfg, shards, db, _ = trained
-    out = tmp_path / "runs"
-    shutil.copytree(run_dir(cfg).parent, out)
-    shutil.copy(db, tmp_path / "mlflow.db")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg2 = _cfg(shards, out, tmp_path / "mlflow.db")
+    cfg, cfg2, uri = _copy_of_run(trained, tmp_path)
     newest = checkpoint.epoch_checkpoints(run_dir(cfg2))[-1]
     assert newest.name == "checkpoint-stage2-epoch001"
     shutil.rmtree(newest)  # lost: its metrics are in MLflow, its checkpoint never registered
@@ -182,6 +185,35 @@ def test_an_epoch_trained_again_after_a_lost_attempt_is_logged_once(trained, tmp
         steps = [m.step for m in client.get_metric_history(stage2, key)]
         assert sorted(steps) == sorted(set(steps)) and {1, 2} <= set(steps), (key, steps)
     assert client.get_run(stage2).data.tags["epochs_logged_by_lost_attempt"] == "2"
+
+
+def test_a_best_cut_by_a_lost_attempt_is_restored_and_its_score_stands(trained, tmp_path: Path) -> None:
+    """The attempt lost in stage 2's last epoch had moved the old ``best/stage2`` aside and not yet renamed its new
+    one in (cut between ``sofnet.best.write``'s two renames), and its checkpoint was never registered. The resumed
+    job puts the newer copy back, keeps its score as the one to beat (a record no retrained epoch beats here), trains
+    the epoch again and registers that copy, its tags naming its epoch and score. Before the repair, the end of the
+    stage failed on the missing best."""
+    from sofnet import best
+
+    cfg, cfg2, uri = _copy_of_run(trained, tmp_path)
+    rd = run_dir(cfg2)
+    lost = checkpoint.epoch_checkpoints(rd)[-1]
+    network, spec = checkpoint.load_network(lost)  # the lost attempt's last epoch
+    record = {"value": 2.0, "epoch": 1, "metric": cfg.train.best_metric or "val/mAP"}
+    copy = best.write(tmp_path / "lost", "stage2", network, spec["early_exit"],
+                      {"stage": "stage2", "epoch": 1, "best": record, "runs": spec["meta"]["runs"]})
+    shutil.rmtree(lost)
+    (rd / "best" / "stage2").replace(rd / "best" / ".stage2.old4242")  # the swap's first rename done ...
+    Path(copy).replace(rd / "best" / ".stage2.k3x9q1")  # ... its second not
+    ctx = LocalContext(rd)
+    run_job(cfg2, ctx, tracking_uri=uri)
+    assert [(r["stage"], r["epoch"]) for r in ctx.reports] == [(2, 1)]
+    assert sorted(p.name for p in (rd / "best").iterdir()) == ["stage1", "stage2"]  # no hidden copy left
+    assert checkpoint.verify(rd / "best" / "stage2")["best"] == record
+    kept = checkpoint.load_state(str(rd / "best" / "stage2"))
+    assert all(torch.equal(v, kept[k]) for k, v in network.state_dict().items())
+    version = MlflowClient(tracking_uri=uri).get_model_version_by_alias(cfg.mlflow.registered_model, "best")
+    assert (version.tags["best_epoch"], float(version.tags["val_score"])) == ("2", 2.0)
 
 
 @pytest.mark.parametrize("make, message", [

@@ -9,11 +9,11 @@ A run directory (``<train.output_dir>/<name>``, Ray Train's storage) holds::
         ds/...                          DeepSpeed's engine state (every rank its part): used only to resume
         SEAL.rank<r>.json               sha256 and size of every file rank r wrote, written last
     best/<stage>/                       the stage's best epoch by the primary metric: weights.pt, model.json,
-                                        meta.json, SEAL.rank0.json (replaced atomically when a later epoch beats it)
+                                        meta.json, SEAL.rank0.json (written by :mod:`sofnet.best`, which leaves a
+                                        whole copy wherever a write is cut and restores it on resume)
 
 The run directory may be an object-store prefix (``s3://bucket/runs/<name>``, :mod:`sofnet.storage`): a load
-downloads the one checkpoint it needs to a temporary directory and verifies that copy; ``best/<stage>`` is uploaded
-file by file with its seal deleted first and written last (no rename in an object store).
+downloads the one checkpoint it needs to a temporary directory and verifies that copy.
 
 Every load verifies the seals first (a missing, changed, truncated or unlisted file is refused with one line),
 and every ``.pt`` is read with ``torch.load(weights_only=True)``: DeepSpeed's own loader unpickles with
@@ -137,33 +137,6 @@ def seal(directory: str | Path, rank: int = 0, files: Optional[Iterable[Path]] =
     return path
 
 
-def write_best(run_dir: str | Path, stage: str, model: torch.nn.Module, early_exit: Mapping[str, Any],
-               meta: Mapping[str, Any]) -> str | Path:
-    """Replace ``<run_dir>/best/<stage>`` with ``model``: atomically on a local disk (a crash leaves the old or the
-    new one); in an object store (no rename there) file by file with the seal deleted first and written last, so a
-    crash part-way leaves a directory every load refuses, never a mix that passes."""
-    if storage.is_remote(run_dir):
-        with staging_dir() as tmp:
-            write_model(tmp, model, early_exit)
-            write_meta(tmp, meta)
-            seal(tmp, 0)
-            final = storage.join(run_dir, BEST, stage)
-            storage.upload_dir(tmp, str(final), last=f"{SEAL_PREFIX}0.json")
-        return final
-    final = Path(run_dir) / BEST / stage
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{stage}.", dir=final.parent))
-    write_model(tmp, model, early_exit)
-    write_meta(tmp, meta)
-    seal(tmp, 0)
-    old = final.with_name(f".{stage}.old{os.getpid()}")
-    if final.exists():
-        final.replace(old)
-    tmp.replace(final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
 # --- reading -----------------------------------------------------------------------------------------------------
 
 
@@ -266,10 +239,10 @@ def epoch_checkpoints(run_dir: Path) -> list[Path]:
     """The ``checkpoint-*`` directories of a run directory, oldest (stage, epoch) first."""
     found = [p for p in run_dir.glob("checkpoint-*") if (p / META).is_file()]
 
-    return sorted(found, key=lambda p: _order_key(_read_json(p / META)))
+    return sorted(found, key=lambda p: order_key(_read_json(p / META)))
 
 
-def _order_key(meta: Mapping[str, Any]) -> Tuple[int, int]:
+def order_key(meta: Mapping[str, Any]) -> Tuple[int, int]:
     return (STAGE_ORDER.index(meta["stage"]) if meta.get("stage") in STAGE_ORDER else -1, int(meta.get("epoch", -1)))
 
 
@@ -289,7 +262,7 @@ def remote_choice(uri: str, which: str = "best") -> str:
         if not epochs:
             raise CheckpointError(f"{uri}: no checkpoint here (expected a run directory with best/ or checkpoint-*/, "
                                   f"or a checkpoint directory with {WEIGHTS})")
-        return max(epochs, key=lambda e: _order_key(json.loads(storage.read_text(f"{e}/{META}"))))
+        return max(epochs, key=lambda e: order_key(json.loads(storage.read_text(f"{e}/{META}"))))
     except (OSError, ValueError) as e:
         if isinstance(e, CheckpointError):
             raise

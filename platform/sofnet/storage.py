@@ -173,6 +173,20 @@ def delete(uri: str) -> None:
         pass
 
 
+def delete_dir(uri: str, first: str = "") -> None:
+    """Delete every object under the prefix ``uri``, the one named ``first`` (a checkpoint's seal) before the others,
+    so that a deletion cut part-way leaves a copy every load refuses, not one that passes with files missing."""
+    import pyarrow.fs as pafs
+
+    if first:
+        delete(f"{uri.rstrip('/')}/{first}")
+    for rel in list_files(uri):
+        delete(f"{uri.rstrip('/')}/{rel}")
+    fs, root = filesystem(uri)  # pyarrow's S3 client leaves a marker object for the emptied "directory": removed
+    if fs.get_file_info(root.rstrip("/")).type == pafs.FileType.Directory:
+        fs.delete_dir(root.rstrip("/"))
+
+
 def download_dir(uri: str, local: PathLike) -> Path:
     """Copy every object under ``uri`` into the local directory ``local`` (created); returns it.
 

@@ -10,8 +10,9 @@
 Per stage (a :class:`Stage` value: stage 1 = the backbone as TSN/TSM, stage 2 = SoF-Net from stage 1's best epoch or
 ``train.stage2.init_from``; for AR-Net the authors' three phases: backbone warm-up, joint, fine-tuning = stage 3):
 build the model and a DeepSpeed engine, train, evaluate with the skipping path, log (rank 0, MLflow), keep the
-stage's best epoch in ``<run>/best/<stage>`` and checkpoint every epoch (see :mod:`sofnet.checkpoint` for the format).
-The final stage's best epoch is the registered model.
+stage's best epoch in ``<run>/best/<stage>`` (:mod:`sofnet.best`) and checkpoint every epoch (see
+:mod:`sofnet.checkpoint` for the format). The final stage's best epoch is the registered model. A resumed job first
+makes the bests whole again (:func:`_recover_bests`): the attempt it replaces may have been cut while writing one.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from omegaconf import OmegaConf
 
+from sofnet import best as best_copy
 from sofnet import checkpoint, storage
 from sofnet.config import from_container
 from sofnet.data import make_eval_loader, make_train_loader
@@ -183,6 +185,8 @@ def _run_stages(cfg: Any, ctx: Any, stages: List[Stage], meta: Optional[Dict[str
                 runs: Dict[str, str], tracker: Any, *, device: torch.device, dtype: torch.dtype,
                 precision: str) -> None:
     names = [s.name for s in stages]
+    if meta:
+        _recover_bests(cfg, ctx, names[: names.index(meta["stage"]) + 1], meta)
     for i, stage in enumerate(stages):
         if meta and names.index(meta["stage"]) > i:
             continue  # finished before the restart; its best epoch is in <run>/best/<stage>
@@ -204,6 +208,25 @@ def _run_stages(cfg: Any, ctx: Any, stages: List[Stage], meta: Optional[Dict[str
         if tracker is not None:
             tracker.end()
         del engine
+
+
+def _recover_bests(cfg: Any, ctx: Any, names: List[str], meta: Dict[str, Any]) -> None:
+    """Before a resumed job reads or writes a best: rank 0 restores each stage's ``best/<stage>`` that the lost attempt
+    cut part-way (:func:`sofnet.best.recover`), and the other ranks wait for it (stage 2 starts from stage 1's).
+
+    The best of the stage being resumed may be newer than the checkpoint resumed from: the lost attempt wrote it,
+    then was lost before its epoch's checkpoint was registered. Its score then becomes the one to beat (``meta``'s
+    ``best``, which only rank 0 uses), as that epoch's first metrics stand in MLflow (``RunTracker.first_logged``):
+    the record, the copy and the history name one epoch."""
+    if ctx.rank == 0:
+        for name in names:
+            found = best_copy.recover(run_dir(cfg), name)
+            if name == meta["stage"] and found and found.get("best") and int(found.get("epoch", -1)) > meta["epoch"]:
+                logger.info("%s: best epoch %d was written by the lost attempt; it is the score to beat", name,
+                            int(found["epoch"]) + 1)
+                meta["best"] = dict(found["best"])
+    if ctx.world > 1 and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 def _initialize(model: torch.nn.Module, stage: Stage, cfg: Any, previous: Optional[str]) -> None:
@@ -283,8 +306,8 @@ def _run_stage(cfg: Any, stage: Stage, engine: Any, start_epoch: int, ctx: Any, 
         if ctx.rank == 0:
             _log_epoch(cfg, stage, epoch, metrics, key, tracker, result, names)
             if improved:
-                checkpoint.write_best(run_dir(cfg), stage.name, model, et.as_dict(),
-                                      {"stage": stage.name, "epoch": epoch, "best": best, "runs": runs})
+                best_copy.write(run_dir(cfg), stage.name, model, et.as_dict(),
+                                {"stage": stage.name, "epoch": epoch, "best": best, "runs": runs})
             if last:
                 best_model, _ = checkpoint.load_network(storage.join(run_dir(cfg), checkpoint.BEST, stage.name))
                 tracker.log_model(best_model, register=final, score=best.get("value"),
