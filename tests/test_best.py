@@ -89,7 +89,8 @@ def test_a_best_on_disk_survives_its_writer_killed_at_any_rename(tmp_path: Path,
             best.write(run, "stage2", new, EE, _meta(3))
         try:
             checkpoint.load_state(str(run / "best" / "stage2"))
-        except checkpoint.CheckpointError:
+        except checkpoint.CheckpointError as e:
+            assert str(e) == f"{run}/best/stage2: no such checkpoint or run directory ({checkpoint.CUT_BEST})"
             refused += 1  # cut between the two renames: no best/stage2 until recover
         seen.add(_check(run, old, new))
         assert sorted(p.name for p in (run / "best").iterdir()) == ["stage2"]  # no hidden copy left
@@ -121,7 +122,8 @@ def test_a_best_in_a_bucket_survives_its_writer_killed_at_any_upload_or_delete(
         try:
             checkpoint.load_state(f"{run}/best/stage2")
         except checkpoint.CheckpointError as e:
-            assert "not a sealed checkpoint" in str(e) or "no checkpoint here" in str(e), e
+            assert str(e).startswith(f"{run}/best/stage2: not a sealed checkpoint") and "resuming its job restores" \
+                in str(e), e
             refused += 1  # cut while best/stage2 itself was rewritten
         seen.add(_check(run, old, new))
         assert storage.list_names(f"{run}/best", directories=True) == ["stage2"]  # the pending copy is gone

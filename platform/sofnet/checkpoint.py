@@ -53,6 +53,7 @@ logger = logging.getLogger(__name__)
 FORMAT = 1
 WEIGHTS, MODEL, META, DS_TAG, BEST = "weights.pt", "model.json", "meta.json", "ds", "best"
 SEAL_PREFIX = "SEAL.rank"
+CUT_BEST = "a best epoch whose write was cut part-way: resuming its job restores it, see sofnet.best"
 STAGE_ORDER = STAGE_NAMES  # stage3: AR-Net's fine-tuning
 
 
@@ -149,8 +150,8 @@ def verify(directory: str | Path) -> Dict[str, Any]:
     d = Path(directory)
     seals = sorted(d.glob(f"{SEAL_PREFIX}*.json"))
     if not seals:
-        raise CheckpointError(f"{d}: not a sealed checkpoint (no {SEAL_PREFIX}<r>.json; written by another version "
-                              "or not by training)")
+        why = CUT_BEST if d.parent.name == BEST else "written by another version or not by training"
+        raise CheckpointError(f"{d}: not a sealed checkpoint (no {SEAL_PREFIX}<r>.json; {why})")
     listed: Dict[str, Dict[str, Any]] = {}
     for s in seals:
         listed.update(_read_json(s).get("files", {}))
@@ -288,7 +289,8 @@ def local_copy(path: str | Path, which: str = "best") -> Iterator[Tuple[Path, st
         return
     chosen = remote_choice(str(path), which)
     with tempfile.TemporaryDirectory(prefix="sofnet-ckpt-") as tmp:
-        local = _download(chosen, Path(tmp) / "checkpoint")
+        *_, parent, name = ["", "", *chosen.split("/")]  # the copy ends as the object does: best/<stage> tells verify
+        local = _download(chosen, Path(tmp) / parent / name)
         try:
             yield local, chosen
         except CheckpointError as e:  # name the object, not the temporary copy that is gone after this line
@@ -312,7 +314,9 @@ def resolve(path: str | Path, which: str = "best") -> Path:
         raise ValueError(f"{path}: resolve() names local directories; read an object store's with local_copy()")
     p = Path(path)
     if not p.exists():
-        raise CheckpointError(f"{p}: no such checkpoint or run directory")
+        cut = p.parent.name == BEST and any(p.parent.glob(f".{p.name}.*"))  # sofnet.best's copies of a cut write
+        raise CheckpointError(f"{p}: no such checkpoint or run directory" + (
+            f" ({CUT_BEST})" if cut else ""))
     if p.is_file():
         raise CheckpointError(f"{p}: a file; give its checkpoint directory (the folder with {WEIGHTS} and {MODEL})")
     if (p / WEIGHTS).is_file() or (p / MODEL).is_file():
