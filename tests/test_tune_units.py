@@ -42,6 +42,20 @@ def test_sweep_files_hold_the_seed_grids():
     assert smoke_et["early_exit.t_min"]["grid_search"] == [2, 3, 4]  # the smoke model's 4 frames
 
 
+def test_the_asha_sweep_is_the_seed_grid_stopped_early():
+    """``alpha_beta_asha.yaml`` (what ``infra/asha_check.sh`` runs): Table D's grid under ASHA; its smoke run has a rung
+    after every one of its 4 epochs and two trials at a time, so that ASHA stops some and the next ones need CPUs."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    sweep = load_sweep(TUNE / "alpha_beta_asha.yaml")
+    assert [(p["loss.alpha"], p["loss.beta"]) for p in sweep.search.points] == SEED_AB
+    assert (sweep.scheduler.type, sweep.scheduler.grace_period) == ("asha", 2) and isinstance(scheduler(sweep),
+                                                                                               ASHAScheduler)
+    smoke = load_sweep(TUNE / "alpha_beta_asha.yaml", smoke=True)
+    assert (smoke.scheduler.type, smoke.scheduler.grace_period, smoke.max_concurrent_trials) == ("asha", 1, 2)
+    assert len(smoke.search.points) == 6 and "train.stage2.epochs=4" in smoke.overrides
+
+
 def test_random_search_space_scheduler_and_errors(tmp_path):
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.sample import Categorical, Float

@@ -219,7 +219,22 @@ def register_run_model(tracking_uri: str, run_id: str, name: str, alias: str, ar
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
-    version = mlflow.register_model(f"runs:/{run_id}/{artifact}", name)
-    MlflowClient(tracking_uri=tracking_uri).set_registered_model_alias(name, alias, version.version)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    version = mlflow.register_model(_logged_model_uri(client, run_id, artifact), name)
+    client.set_registered_model_alias(name, alias, version.version)
     logger.info("MLflow: registered %s version %s (run %s) as %s@%s", name, version.version, run_id, name, alias)
     return str(version.version)
+
+
+def _logged_model_uri(client: MlflowClient, run_id: str, artifact: str) -> str:
+    """``models:/<id>`` of the model the run logged as ``artifact``, the one at the largest step where a resumed attempt
+    logged it again. MLflow 3 keeps a logged model apart from the run's artifacts: ``runs:/<id>/model`` still
+    registers it, after a warning on every call that the run has no artifacts there. ``runs:/`` for a model logged
+    the MLflow 2 way (under the run's artifacts)."""
+    run = client.get_run(run_id)
+    found = client.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                        filter_string=f"name = '{artifact}' AND source_run_id = '{run_id}'")
+    if not found:
+        return f"runs:/{run_id}/{artifact}"
+    steps = {o.model_id: o.step for o in (run.outputs.model_outputs if run.outputs else [])}
+    return f"models:/{max(found, key=lambda m: (steps.get(m.model_id, -1), m.creation_timestamp)).model_id}"
