@@ -34,7 +34,7 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 
 from sofnet import storage
-from sofnet.checkpoint import (BEST, SEAL_PREFIX, CheckpointError, order_key, seal, staging_dir, verify,
+from sofnet.checkpoint import (BEST, SEAL_PREFIX, CheckpointError, download, order_key, seal, staging_dir, verify,
                                write_meta, write_model)
 
 logger = logging.getLogger(__name__)
@@ -134,10 +134,7 @@ def _whole(uri: str, local: Path) -> tuple[Optional[Dict[str, Any]], str]:
     the one line saying why it is not whole ('' if absent)."""
     if not storage.list_files(uri):
         return None, ""
-    try:
-        storage.download_dir(uri, local)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{uri}: cannot read it ({' '.join(str(e).split())[:200]})") from None
+    download(uri, local)
     try:
         return verify(local), ""
     except CheckpointError as e:

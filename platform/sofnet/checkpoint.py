@@ -270,7 +270,9 @@ def remote_choice(uri: str, which: str = "best") -> str:
         raise CheckpointError(f"{uri}: cannot read it ({' '.join(str(e).split())[:200]})") from None
 
 
-def _download(chosen: str, local: Path) -> Path:
+def download(chosen: str, local: Path) -> Path:
+    """Copy the object-store checkpoint directory ``chosen`` to ``local``; an unreadable one is one
+    :class:`CheckpointError` line."""
     try:
         storage.download_dir(chosen, local)
     except (OSError, ValueError) as e:
@@ -290,7 +292,7 @@ def local_copy(path: str | Path, which: str = "best") -> Iterator[Tuple[Path, st
     chosen = remote_choice(str(path), which)
     with tempfile.TemporaryDirectory(prefix="sofnet-ckpt-") as tmp:
         *_, parent, name = ["", "", *chosen.split("/")]  # the copy ends as the object does: best/<stage> tells verify
-        local = _download(chosen, Path(tmp) / parent / name)
+        local = download(chosen, Path(tmp) / parent / name)
         try:
             yield local, chosen
         except CheckpointError as e:  # name the object, not the temporary copy that is gone after this line
