@@ -34,8 +34,8 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 
 from sofnet import storage
-from sofnet.checkpoint import (BEST, SEAL_PREFIX, CheckpointError, download, order_key, seal, staging_dir, verify,
-                               write_meta, write_model)
+from sofnet.checkpoint import (BEST, SEAL_PREFIX, CheckpointError, download, hidden_copies, order_key, seal,
+                               staging_dir, verify, write_meta, write_model)
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def recover(run_dir: str | Path, stage: str) -> Optional[Dict[str, Any]]:
 
 
 def _recover_local(final: Path) -> Optional[Dict[str, Any]]:
-    spares = sorted(p for p in final.parent.glob(f".{final.name}.*") if p.is_dir()) if final.parent.is_dir() else []
+    spares = hidden_copies(final)
     meta: Optional[Dict[str, Any]] = None
     if final.exists():
         meta = verify(final)  # nothing here cuts it: a failing seal is a change by hand, refused as such

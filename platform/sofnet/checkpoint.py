@@ -299,6 +299,12 @@ def local_copy(path: str | Path, which: str = "best") -> Iterator[Tuple[Path, st
             raise CheckpointError(str(e).replace(str(local), chosen)) from None
 
 
+def hidden_copies(final: Path) -> list[Path]:
+    """The folders ``.<stage>.*`` beside a local ``best/<stage>``: copies :mod:`sofnet.best` assembles or sets aside
+    while it swaps a best in (a write cut between its renames leaves them, and no ``best/<stage>``)."""
+    return sorted(p for p in final.parent.glob(f".{final.name}.*") if p.is_dir()) if final.parent.is_dir() else []
+
+
 def resolve(path: str | Path, which: str = "best") -> Path:
     """The local checkpoint directory ``path`` names (for an object-store URI: :func:`local_copy`, whose download is
     removed after use; this function would have to leave it behind).
@@ -316,9 +322,8 @@ def resolve(path: str | Path, which: str = "best") -> Path:
         raise ValueError(f"{path}: resolve() names local directories; read an object store's with local_copy()")
     p = Path(path)
     if not p.exists():
-        cut = p.parent.name == BEST and any(p.parent.glob(f".{p.name}.*"))  # sofnet.best's copies of a cut write
-        raise CheckpointError(f"{p}: no such checkpoint or run directory" + (
-            f" ({CUT_BEST})" if cut else ""))
+        cut = p.parent.name == BEST and bool(hidden_copies(p))
+        raise CheckpointError(f"{p}: no such checkpoint or run directory" + (f" ({CUT_BEST})" if cut else ""))
     if p.is_file():
         raise CheckpointError(f"{p}: a file; give its checkpoint directory (the folder with {WEIGHTS} and {MODEL})")
     if (p / WEIGHTS).is_file() or (p / MODEL).is_file():
