@@ -2,6 +2,7 @@
 
     result = run_module("data_prep.activitynet", "--annotations", ..., "--no-ray")   # CompletedProcess, text
     metas = shard_metas(out)                                                          # {video id: {key}.json}
+    times, frames = decoded_frames(video)                                             # every frame, RGB, and its time
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import webdataset as wds
 
 
@@ -30,3 +32,12 @@ def shard_metas(out: Path) -> dict[str, dict]:
             meta = json.loads(sample["json"])
             metas[meta["id"]] = meta
     return metas
+
+
+def decoded_frames(path: Path) -> tuple[list[float], list[np.ndarray]]:
+    """Every frame of an encoded video as an RGB ``uint8`` array [H, W, 3], with its time in seconds."""
+    import av
+
+    with av.open(str(path)) as container:
+        frames = list(container.decode(video=0))
+    return [float(f.time) for f in frames], [f.to_ndarray(format="rgb24") for f in frames]

@@ -8,13 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
 from data_prep import bench_task
 from data_prep.labels import load_activitynet_json, read_classes
 from data_prep.synthetic import generate, make_shards
+from data_prep_helpers import decoded_frames
 
 KW = {"videos": 16, "classes": 8, "duration": (6.0, 9.0), "size": (96, 72), "fps": 8, "task": "bench"}
 
@@ -22,12 +22,6 @@ KW = {"videos": 16, "classes": 8, "duration": (6.0, 9.0), "size": (96, 72), "fps
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate(tmp_path_factory.mktemp("bench") / "a", seed=3, **KW)
-
-
-def frames_of(path: Path) -> tuple[list[float], list[np.ndarray]]:
-    with av.open(str(path)) as container:
-        frames = list(container.decode(video=0))
-    return [float(f.time) for f in frames], [f.to_ndarray(format="rgb24").astype(float) for f in frames]
 
 
 def stripes(rgb: np.ndarray) -> float:
@@ -54,14 +48,14 @@ def test_actor_only_inside_segments(dataset: Path) -> None:
     data = json.loads(dataset.read_text())["database"]
     inside, outside = [], []
     for vid, video in data.items():
-        times, frames = frames_of(dataset.parent / "videos" / f"v_{vid}.mp4")
+        times, frames = decoded_frames(dataset.parent / "videos" / f"v_{vid}.mp4")
         spans = [a["segment"] for a in video["annotations"]]
         for t, frame in zip(times, frames):
             near = any(s - 0.2 <= t <= e + 0.2 for s, e in spans)
             if any(s + 0.2 <= t <= e - 0.2 for s, e in spans):
-                inside.append(stripes(frame))
+                inside.append(stripes(frame.astype(float)))
             elif not near:
-                outside.append(stripes(frame))
+                outside.append(stripes(frame.astype(float)))
     assert inside and outside
     # every action frame shows the striped actor; background frames almost never look like one
     assert np.percentile(inside, 5) > 3 * np.percentile(outside, 95), (np.percentile(inside, 5),

@@ -16,6 +16,7 @@ import pytest
 
 from data_prep.labels import load_activitynet_json, read_classes
 from data_prep.synthetic import class_names, generate, make_shards
+from data_prep_helpers import decoded_frames
 
 KW = {"videos": 8, "classes": 4, "duration": (5.0, 7.0), "size": (96, 72), "fps": 8}
 
@@ -23,12 +24,6 @@ KW = {"videos": 8, "classes": 4, "duration": (5.0, 7.0), "size": (96, 72), "fps"
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate(tmp_path_factory.mktemp("syn") / "a", seed=1, **KW)
-
-
-def decode(path: Path) -> tuple[list[float], list[np.ndarray]]:
-    with av.open(str(path)) as container:
-        frames = list(container.decode(video=0))
-    return [float(f.time) for f in frames], [f.to_ndarray(format="rgb24") for f in frames]
 
 
 def saturated(rgb: np.ndarray) -> np.ndarray:
@@ -68,8 +63,8 @@ def test_seeded(dataset: Path, tmp_path: Path) -> None:
     again = generate(tmp_path / "b", seed=1, **KW)
     assert again.read_text() == dataset.read_text()
     for vid in list(json.loads(dataset.read_text())["database"])[:3]:
-        first = decode(dataset.parent / "videos" / f"v_{vid}.mp4")[1]
-        second = decode(again.parent / "videos" / f"v_{vid}.mp4")[1]
+        first = decoded_frames(dataset.parent / "videos" / f"v_{vid}.mp4")[1]
+        second = decoded_frames(again.parent / "videos" / f"v_{vid}.mp4")[1]
         assert len(first) == len(second)
         assert max(np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(first, second, strict=True)) < 3
     other = generate(tmp_path / "c", seed=2, **{**KW, "videos": 2})
@@ -83,7 +78,7 @@ def test_class_colour_only_inside_segments(dataset: Path) -> None:
     for vid, video in database.items():
         segments = [a["segment"] for a in video["annotations"]]
         label = video["annotations"][0]["label"]
-        times, frames = decode(dataset.parent / "videos" / f"v_{vid}.mp4")
+        times, frames = decoded_frames(dataset.parent / "videos" / f"v_{vid}.mp4")
         for t, rgb in zip(times, frames, strict=True):
             mask = saturated(rgb)
             margin = any(abs(t - edge) < 0.2 for segment in segments for edge in segment)
