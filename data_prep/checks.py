@@ -19,6 +19,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from sofnet import storage
 
@@ -47,9 +48,13 @@ def check_number(
         raise InputError(f"{flag}: must be <= {high:g}, got {value:g}")
 
 
-def _storage_error(error: storage.StorageError, flag: str) -> InputError:
-    """``--flag=s3://...: problem`` as ``--flag s3://...: problem``, the wording of every other flag here."""
-    return InputError(str(error).replace(f"{flag}=", f"{flag} ", 1))
+def _check_remote(check: Callable[..., None], path: str | Path, flag: str) -> None:
+    """``check`` (a :mod:`sofnet.storage` probe, bounded in time) on an object-store ``path``; its ``--flag=s3://...:
+    problem`` raised as ``--flag s3://...: problem``, the wording of every other flag here."""
+    try:
+        check(os.fspath(path), key=flag)
+    except storage.StorageError as error:
+        raise InputError(str(error).replace(f"{flag}=", f"{flag} ", 1)) from None
 
 
 def check_videos_dir(path: str | Path, flag: str = "--videos") -> None:
@@ -59,10 +64,7 @@ def check_videos_dir(path: str | Path, flag: str = "--videos") -> None:
         InputError: ``--videos DIR: ...``.
     """
     if storage.is_remote(path):
-        try:
-            storage.check_readable(os.fspath(path), key=flag)
-        except storage.StorageError as error:
-            raise _storage_error(error, flag) from None
+        _check_remote(storage.check_readable, path, flag)
         return
     folder = Path(path)
     if not folder.exists():
@@ -84,10 +86,7 @@ def check_out_dir(path: str | Path, flag: str = "--out") -> None:
         InputError: ``--out DIR: ...``.
     """
     if storage.is_remote(path):  # one small object written and deleted there, bounded in time
-        try:
-            storage.check_writable(os.fspath(path), key=flag)
-        except storage.StorageError as error:
-            raise _storage_error(error, flag) from None
+        _check_remote(storage.check_writable, path, flag)
         return
     target = Path(path)
     existing = target
