@@ -186,6 +186,9 @@ def test_bad_study_config_is_one_line(tmp_path: Path) -> None:
         "error: command line: overrides=[a=[1],b]: while parsing a flow sequence"], proc.stderr
     proc = _run(tmp_path, path, "et_grid.rho=[1.5]")
     assert proc.returncode == 2 and "et_grid.rho must be in (0, 1)" in proc.stderr
+    proc = _run(tmp_path, path, "draws=-1")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"error: {path}: draws must be >= 0 (0: no intervals), not -1"], proc.stderr
     proc = _run(tmp_path, path, "methods=[sofnet,arnet]")
     assert proc.returncode == 2 and "methods must be distinct values of ['tsn', 'sofnet', 'arnet'] and include tsn" \
         in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
@@ -237,6 +240,11 @@ def test_study_two_seeds_end_to_end_and_resume(tmp_path: Path) -> None:
     assert every["tsn"]["mAP"] == pytest.approx(rows["TSN"]["mAP"][0], abs=1e-9)
     assert every["sofnet_et"]["mAP"] == pytest.approx(rows["SoF-Net + ET"]["mAP"][0], abs=1e-9)
     assert every["sofnet_et"]["gflops"] == pytest.approx(rows["SoF-Net + ET"]["gflops_per_video"][0], rel=1e-9)
+    # each mAP/GFLOPs criterion with its interval over draws of the 6 videos, around the measured value
+    drawn = {c["name"]: c for c in saved["summary"]["criteria"] if "interval" in c}
+    assert len(drawn) == 5 and "| 90 % interval over draws of the videos (met in) |" in table, table
+    gflops = drawn["SoF-Net: GFLOPs vs TSN (%)"]
+    assert gflops["interval"][0] <= gflops["value"] <= gflops["interval"][1] and 0 <= gflops["met"] <= 1
     # where the rows were computed: the training runs' machine tags and the scoring process's, in the header too
     for record in saved["records"]:
         trained, scored = record["machines"]["trained"], record["machines"]["scored"]

@@ -32,7 +32,9 @@ MLflow (:mod:`sofnet.study_mlflow`): one parent run ``study <name>`` (the table 
 as ``study.json``) and one child run per (method, seed) with that row's metrics and the training run's id as a tag.
 
 Below the criteria, :mod:`sofnet.study_start` splits the criterion "early exit alone vs the gates" by where each
-video's action starts (replayed from the caches; also in ``study.json`` as ``summary.by_action_start``).
+video's action starts (replayed from the caches; also in ``study.json`` as ``summary.by_action_start``), and each
+criterion shows its 90 % interval over ``draws`` draws of the validation videos (:mod:`sofnet.study_interval`: how
+much of the verdict is the videos drawn).
 
 The jobs of every seed train side by side, as many at once as the Ray cluster's CPUs hold
 (:func:`sofnet.train.ray_job.run_trainings`; ``max_concurrent`` caps it): the benchmark's two-worker jobs one after
@@ -89,6 +91,7 @@ class StudyConfig:
     stage1_from: str = ""  # another study's name (same output_dir): its seeds' stage 1 is this study's (see above)
     runs_from: str = ""  # another study's name (same output_dir): its trained runs, scored here; nothing trains
     output_dir: str = "runs/study"  # <output_dir>/<name>/: the seeds' runs, evaluations and the table
+    draws: int = 200  # draws of the validation videos behind each criterion's 90 % interval (study_interval); 0: none
     max_concurrent: int = 0  # training jobs at once; 0 = as many as the Ray cluster's CPUs hold (the docstring)
     mlflow: StudyMlflow = field(default_factory=StudyMlflow)
     et_grid: EtGrid = field(default_factory=EtGrid)
@@ -110,6 +113,8 @@ def load_study(path: str | Path, dotlist: Sequence[str] = ()) -> DictConfig:
         raise ConfigError(f"{path}: {str(e).splitlines()[0]}") from None
     if not study.seeds or len(set(study.seeds)) != len(study.seeds):
         raise ConfigError(f"{path}: seeds must be a non-empty list of distinct integers")
+    if study.draws < 0:
+        raise ConfigError(f"{path}: draws must be >= 0 (0: no intervals), not {study.draws}")
     if not study.et_grid.rho or not study.et_grid.t_min:
         raise ConfigError(f"{path}: et_grid needs rho and t_min values")
     if any(not 0 < r < 1 for r in study.et_grid.rho) or any(t < 1 for t in study.et_grid.t_min):
@@ -303,21 +308,29 @@ def _cache(study: Any, seed: int, stage: str) -> Path:
     return (_stage1_record(study, seed) if shared else _seed_eval(study, seed)).parent / stage / "et_cache"
 
 
-def _start_rows(study: Any, et: Any) -> List[Dict[str, Any]]:
-    """The criterion of early exit alone vs the gates per action-start bucket (:mod:`sofnet.study_start`), replayed
-    from every seed's caches of both stages; ``[]`` without SoF-Net or where a cache lacks the annotations."""
+def _replayed_sections(study: Any, summary: Dict[str, Any], et: Any) -> None:
+    """What is replayed from every seed's caches of both stages into ``summary``: the criterion of early exit alone
+    vs the gates per action-start bucket (``by_action_start``, :mod:`sofnet.study_start`; ``[]`` where a cache lacks
+    the annotations) and each criterion's interval over draws of the videos (:mod:`sofnet.study_interval`). Neither
+    without SoF-Net or where an evaluation folder was removed by hand (the rows stand without them)."""
+    from sofnet.study_interval import criterion_intervals, seed_outputs
     from sofnet.study_start import by_action_start, start_summary
     from sofnet.tune.et_cache import ETBundle
 
+    summary["by_action_start"] = []
     if "sofnet" not in study.methods:
-        return []
+        return
     try:
         caches = [(ETBundle.load(_cache(study, s, "stage1")), ETBundle.load(_cache(study, s, "stage2")))
                   for s in study.seeds]
-    except FileNotFoundError:  # an evaluation folder removed by hand: the rows stand without this section
-        return []
+    except FileNotFoundError:
+        return
     per_seed = [by_action_start(tsn, sof, _grid(study), et.rho, et.t_min, et.mode) for tsn, sof in caches]
-    return start_summary(per_seed, study.targets.map_drop)
+    summary["by_action_start"] = start_summary(per_seed, study.targets.map_drop)
+    outputs = [seed_outputs(tsn, sof, _grid(study), et.rho, et.t_min, et.mode) for tsn, sof in caches]
+    intervals = criterion_intervals(outputs, study.targets, study.draws)
+    for c in summary["criteria"]:
+        c.update(intervals.get(c["name"], {}))
 
 
 def _trained_on(cfg: Any, record: Mapping[str, Any]) -> List[str]:
@@ -412,7 +425,7 @@ def run_study(study: Any, *, train: Optional[Any] = None) -> Dict[str, Any]:
               f"ET in rows: rho={cfg0.early_exit.rho} t_min={cfg0.early_exit.t_min}; {machines_line(records)}")
     from sofnet.study_start import start_table  # torch: not before a bad study file is refused (jobs/study.py)
 
-    summary["by_action_start"] = _start_rows(study, cfg0.early_exit)
+    _replayed_sections(study, summary, cfg0.early_exit)
     start = start_table(summary["by_action_start"], study.targets.map_drop, study.targets.gates_over_et,
                         cfg0.early_exit.rho, cfg0.early_exit.t_min)
     table = study_table(summary, header) + (f"\n\n{start}" if start else "")

@@ -15,7 +15,7 @@ the criteria are checked on the means.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
@@ -85,6 +85,37 @@ def summarize(records: Sequence[Mapping[str, Any]], targets: Any,
             "criteria": criteria(rows, grids["TSN + ET"], targets, len(records)) if "SoF-Net" in rows else []}
 
 
+def criterion_values(tsn_map: Any, rows: Mapping[str, Tuple[Any, Any]], grid: Sequence[Tuple[Any, Any]],
+                     t: Any) -> List[Tuple[str, np.ndarray, str, np.ndarray]]:
+    """The criteria that follow from mAPs and GFLOPs ratios, as ``(name, value, target, ok)``: the one place their
+    formulas live. Every value may be a scalar (the study's means) or an array over resamples of the videos
+    (:mod:`sofnet.study_interval`), elementwise alike.
+
+    Args:
+        tsn_map: TSN's mAP (fraction); rows: ``{"SoF-Net": (mAP, GFLOPs ratio), "SoF-Net + ET": (...)}`` (either may
+            be absent); grid: TSN + ET's ``(mAP, GFLOPs ratio)`` at each grid point; t: :class:`Targets`.
+    """
+    out = []
+    floor = 100 * np.asarray(tsn_map) - t.map_drop
+    for label, limit in (("SoF-Net", t.ratio_no_et), ("SoF-Net + ET", t.ratio_et)):
+        if label not in rows:
+            continue
+        m, r = (np.asarray(v) for v in rows[label])
+        out.append((f"{label}: mAP - TSN mAP (points)", 100 * (m - np.asarray(tsn_map)), f">= -{t.map_drop:g}",
+                    100 * m >= floor))
+        out.append((f"{label}: GFLOPs vs TSN (%)", 100 * r, f"<= {100 * limit:g}", r <= limit))
+    if "SoF-Net + ET" in rows:
+        empty = np.empty((0, *floor.shape))  # no grid: no point within the floor (nan, missed)
+        near = 100 * (np.stack([np.asarray(m) for m, _ in grid]) if grid else empty) >= floor  # [points, ...]
+        ratios = np.stack([np.asarray(r) for _, r in grid]) if grid else empty
+        cheapest = np.where(near, ratios, np.inf).min(0, initial=np.inf)
+        found = near.any(0)
+        ratio = np.where(found, cheapest / np.asarray(rows["SoF-Net + ET"][1]), np.nan)
+        out.append(("cheapest TSN + ET within the mAP floor / SoF-Net + ET (GFLOPs)", ratio,
+                    f">= {t.gates_over_et:g}", found & (ratio >= t.gates_over_et)))
+    return out
+
+
 def criteria(rows: Mapping[str, Any], tsn_grid: Sequence[Mapping[str, Any]], t: Any,
              seeds: int = 2) -> List[Dict[str, Any]]:
     """The recipe's targets, each ``{name, value, target, ok}``, on the means over seeds (mAP in points).
@@ -92,25 +123,14 @@ def criteria(rows: Mapping[str, Any], tsn_grid: Sequence[Mapping[str, Any]], t: 
     With one seed (``make demo``) there is no seed spread to check: the two std criteria are left out, not "met".
     """
     tsn, sof, sof_et = rows["TSN"], rows["SoF-Net"], rows.get("SoF-Net + ET")
-    out = []
+    means = {label: (row["mAP"][0], row["gflops_ratio"][0]) for label, row in (("SoF-Net", sof),
+                                                                              ("SoF-Net + ET", sof_et)) if row}
+    out = [{"name": name, "value": float(value), "target": target, "ok": bool(ok)} for name, value, target, ok in
+           criterion_values(tsn["mAP"][0], means, [(p["mAP"][0], p["gflops_ratio"][0]) for p in tsn_grid], t)]
 
     def check(name: str, value: float, target: str, ok: bool) -> None:
         out.append({"name": name, "value": value, "target": target, "ok": bool(ok)})
 
-    floor = 100 * tsn["mAP"][0] - t.map_drop
-    for label, row, limit in (("SoF-Net", sof, t.ratio_no_et), ("SoF-Net + ET", sof_et, t.ratio_et)):
-        if row is None:
-            continue
-        check(f"{label}: mAP - TSN mAP (points)", 100 * (row["mAP"][0] - tsn["mAP"][0]), f">= -{t.map_drop:g}",
-              100 * row["mAP"][0] >= floor)
-        check(f"{label}: GFLOPs vs TSN (%)", 100 * row["gflops_ratio"][0], f"<= {100 * limit:g}",
-              row["gflops_ratio"][0] <= limit)
-    if sof_et is not None:
-        near = [p for p in tsn_grid if 100 * p["mAP"][0] >= floor]
-        cheapest = min((p["gflops_ratio"][0] for p in near), default=float("nan"))
-        ratio = cheapest / sof_et["gflops_ratio"][0] if near else float("nan")
-        check("cheapest TSN + ET within the mAP floor / SoF-Net + ET (GFLOPs)", ratio, f">= {t.gates_over_et:g}",
-              bool(near) and ratio >= t.gates_over_et)
     bg, act = sof.get("stop_rate/background/block2"), sof.get("stop_rate/action/block2")
     if bg is not None and act is not None:
         ratio = bg[0] / act[0] if act[0] > 0 else float("inf")
@@ -173,10 +193,16 @@ def study_table(summary: Mapping[str, Any], header: str = "") -> str:
         for rho in sorted({p["rho"] for p in points}):
             cells = [f"{pm(p['mAP'])} / {pm(p['gflops_ratio'], digits=0)}" for p in points if p["rho"] == rho]
             lines.append(f"| {rho:g} | " + " | ".join(cells) + " |")
+    drawn = any("interval" in c for c in summary["criteria"])  # sofnet.study_interval, where the caches allow
     if summary["criteria"]:
         on = "on the means" if spread else "one seed: no spread to check"
-        lines += ["", f"| criterion ({on}) | measured | target | |", "|---|---|---|---|"]
+        head = " 90 % interval over draws of the videos (met in) |" if drawn else ""
+        lines += ["", f"| criterion ({on}) | measured | target | |{head}", "|---|---|---|---|" + "---|" * drawn]
     for c in summary["criteria"]:
-        lines.append(f"| {c['name']} | {c['value']:.2f} | {c['target']} | {'met' if c['ok'] else 'MISSED'} |")
+        line = f"| {c['name']} | {c['value']:.2f} | {c['target']} | {'met' if c['ok'] else 'MISSED'} |"
+        if drawn:
+            line += (f" {c['interval'][0]:.2f} to {c['interval'][1]:.2f} ({100 * c['met']:.0f} %) |"
+                     if "interval" in c else " - |")
+        lines.append(line)
     return "\n".join(lines)
 

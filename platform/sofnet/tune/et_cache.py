@@ -31,6 +31,7 @@ import torch
 # The full evaluation's own loader and scoring: the replayed metrics must come from the same code to be comparable.
 from sofnet.early_exit import EarlyExit
 from sofnet.evaluation import eval_loader, score
+from sofnet.models.output import SoFOutput
 from sofnet.replay import ETCache, action_frames_only, replay
 
 logger = logging.getLogger(__name__)
@@ -136,6 +137,13 @@ def _write_json(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
+def replayed(bundle: ETBundle, rho: float, t_min: int, mode: str = "reached") -> SoFOutput:
+    """The replayed output of ``(rho, t_min, mode)``, its video score the model's own (``model.video_score``; a cache
+    written before that setting: the official mean, all there was)."""
+    video_score = bundle.meta.get("model", {}).get("video_score", "passed_mean")
+    return replay(bundle.cache, rho, int(t_min), mode, video_score)
+
+
 def replay_metrics(bundle: ETBundle, rho: float, t_min: int, mode: str = "reached",
                    prefix: str = PREFIX) -> Dict[str, float]:
     """The metrics a full evaluation with early exit ``(rho, t_min, mode)`` reports, from the cache alone.
@@ -145,9 +153,7 @@ def replay_metrics(bundle: ETBundle, rho: float, t_min: int, mode: str = "reache
         "frames_processed", "fallback_rate", "survival/<block>", "stop_rate/...", "exit/..."}``, as
         ``sofnet.evaluation.evaluate`` names them.
     """
-    # the model's video score (a cache written before model.video_score: the official mean, all there was)
-    video_score = bundle.meta.get("model", {}).get("video_score", "passed_mean")
-    out = replay(bundle.cache, rho, int(t_min), mode, video_score)
+    out = replayed(bundle, rho, t_min, mode)
     metrics, _ = score(prefix, out.logits.float().softmax(-1).numpy(), bundle.targets, bundle.label,
                        out.decisions.numpy(), out.gflops.double().numpy(), out.fallback.numpy(),
                        bundle.inside, out.exit_step.numpy() if bundle.inside is not None else None)

@@ -1,0 +1,135 @@
+"""How far the study's criteria move with the validation videos: a bootstrap over the videos, replayed from the
+early-exit caches.
+
+Why: every criterion is measured on one set of validation videos (256 on the benchmark task) and carries their
+sampling noise besides the seeds' spread. With one seed (``make demo``) it is the only spread there is, and it is
+largest where a criterion is a minimum over a grid: "the cheapest TSN + ET point within 1 mAP of TSN" takes
+whichever of 32 points landed inside the floor on these videos, while its neighbours sit 2-3 mAP points off. Drawing
+the videos again with replacement (one draw for every seed: they share the validation set), replaying every row and
+grid point on the drawn videos and computing each criterion on the means over seeds, by the same formulas as the
+table (:func:`sofnet.study_table.criterion_values`), gives its 90 % interval and the share of draws that meet it. A
+criterion met in 40 % of the draws is one these videos cannot decide, whichever side its measured value fell on.
+
+It answers "would other videos of the same task say the same", not "would another seed": the seeds' std is beside
+it in the multi-seed table. No network runs: every draw is replayed from the caches that the table's rows come
+from.
+
+Usage::
+
+    from sofnet.study_interval import seed_outputs, criterion_intervals
+    per_seed = [seed_outputs(tsn_bundle, sofnet_bundle, grid=[[0.5, 1], ...], rho=0.99, t_min=3), ...]
+    criterion_intervals(per_seed, Targets(), draws=200)
+    # {"SoF-Net: GFLOPs vs TSN (%)": {"interval": [41.2, 44.9], "met": 1.0}, ...}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from sofnet.study_table import criterion_values
+from sofnet.tune.et_cache import ETBundle, replayed
+
+LEVEL = 0.9  # the interval's coverage: from the 5th to the 95th percentile of the draws
+
+
+@dataclass
+class Scored:
+    """One row or grid point of one seed, per video: what its mAP and GFLOPs are computed from."""
+
+    probs: np.ndarray  # [N, K] class probabilities (the evaluation's softmax of the video logits)
+    gflops: np.ndarray  # [N] accounted GFLOPs of each video
+
+
+def _scored(bundle: ETBundle, rho: float, t_min: int, mode: str = "reached") -> Scored:
+    out = replayed(bundle, rho, t_min, mode)
+    return Scored(out.logits.float().softmax(-1).numpy(), out.gflops.double().numpy())
+
+
+def seed_outputs(tsn: ETBundle, sofnet: ETBundle, grid: Sequence[Sequence[float]], rho: float, t_min: int,
+                 mode: str = "reached") -> Optional[Dict[str, Any]]:
+    """One seed's rows and TSN + ET grid, per video, replayed as the study scores them (TSN and SoF-Net without
+    early exit; SoF-Net + ET at the rows' ``(rho, t_min, mode)``; TSN + ET at each grid point, mode ``reached``);
+    ``None`` where the two caches are not of the same videos in the same order."""
+    if tsn.ids != sofnet.ids:
+        return None
+    never = tsn.cache.decisions.shape[1] + 1  # T_min above the frames: early exit never fires (the rows without it)
+    return {"ids": tsn.ids, "targets": np.asarray(tsn.targets).astype(bool), "tsn": _scored(tsn, 0.5, never),
+            "sofnet": _scored(sofnet, 0.5, never), "sofnet_et": _scored(sofnet, rho, t_min, mode),
+            "tsn_et": [_scored(tsn, r, int(k)) for r, k in grid]}
+
+
+def resampled_map(probs: np.ndarray, targets: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """[B] mAP of each draw ``index[b]`` of the videos, as the evaluation would score ``probs[index[b]]``: per class,
+    non-interpolated AP with tied scores ranked as one group (``sklearn.metrics.average_precision_score``, which the
+    evaluation calls), then the mean over the classes with a positive in the draw.
+
+    A draw is a count per video, so each class is ranked once for all draws: a video drawn c times adds c rows of one
+    score, which rank as one tie group with any equal score, so precision is read at the group's end. Equal to
+    scoring the drawn rows up to float rounding (the tests check); sorting every draw instead cost 20x the time.
+    """
+    draws, n = index.shape
+    counts = np.bincount((index + n * np.arange(draws)[:, None]).ravel(), minlength=draws * n).reshape(draws, n)
+    ap = np.full((draws, probs.shape[1]), np.nan)
+    position = np.arange(n)
+    for c in range(probs.shape[1]):
+        order = np.argsort(-probs[:, c], kind="stable")
+        score, positive, w = probs[order, c], targets[order, c].astype(float), counts[:, order]
+        last = np.ones(n, dtype=bool)  # the last row of each group of equal scores
+        last[:-1] = score[1:] != score[:-1]
+        end = np.minimum.accumulate(np.where(last, position, n)[::-1])[::-1]  # each row's group end
+        hits = np.cumsum(w * positive, axis=1)
+        precision = hits[:, end] / np.maximum(np.cumsum(w, axis=1)[:, end], 1)  # 0/1 only where w is 0 up to it
+        npos = hits[:, -1]
+        ap[:, c] = np.where(npos > 0, (w * positive * precision).sum(1) / np.maximum(npos, 1), np.nan)
+    return np.nanmean(ap, axis=1)
+
+
+def criterion_draws(per_seed: Sequence[Dict[str, Any]], targets: Any,
+                    index: np.ndarray) -> List[Tuple[str, np.ndarray, np.ndarray]]:
+    """Each mAP/GFLOPs criterion in every draw ``index[b]`` of the videos, as ``(name, value [B], ok [B])``: the
+    table's formulas (:func:`sofnet.study_table.criterion_values`) on the means over seeds of the drawn videos' rows
+    and grid points (the identity draw gives the table's own values)."""
+
+    def mean(values: List[np.ndarray]) -> np.ndarray:  # over seeds, as the table's rows are
+        return np.mean(values, axis=0)
+
+    def point(s: Dict[str, Any], scored: Scored) -> Tuple[np.ndarray, np.ndarray]:  # (mAP, GFLOPs vs TSN) per draw
+        return (resampled_map(scored.probs, s["targets"], index),
+                scored.gflops[index].mean(1) / s["tsn"].gflops[index].mean(1))
+
+    seeds = [{"tsn": resampled_map(s["tsn"].probs, s["targets"], index), "sofnet": point(s, s["sofnet"]),
+              "sofnet_et": point(s, s["sofnet_et"]), "tsn_et": [point(s, p) for p in s["tsn_et"]]} for s in per_seed]
+    rows = {label: (mean([s[key][0] for s in seeds]), mean([s[key][1] for s in seeds]))
+            for label, key in (("SoF-Net", "sofnet"), ("SoF-Net + ET", "sofnet_et"))}
+    grid = [(mean([s["tsn_et"][j][0] for s in seeds]), mean([s["tsn_et"][j][1] for s in seeds]))
+            for j in range(len(seeds[0]["tsn_et"]))]
+    return [(name, value, ok) for name, value, _, ok in
+            criterion_values(mean([s["tsn"] for s in seeds]), rows, grid, targets)]
+
+
+def criterion_intervals(per_seed: Sequence[Optional[Dict[str, Any]]], targets: Any, draws: int = 200,
+                        seed: int = 0) -> Dict[str, Dict[str, Any]]:
+    """Each mAP/GFLOPs criterion over ``draws`` draws of the videos: ``{name: {"interval": [low, high], "met":
+    share of draws that meet it}}``; ``{}`` without draws, without seeds, or when a seed's caches are missing or
+    of other videos than the first seed's (then no draw is common to all seeds).
+
+    Args:
+        per_seed: From :func:`seed_outputs`, one per seed.
+        targets: :class:`sofnet.study_table.Targets`.
+        draws: Number of draws of the videos (with replacement, as many as there are).
+        seed: The draws' random seed (the same seed, the same intervals).
+    """
+    if draws < 1 or not per_seed or any(s is None or s["ids"] != per_seed[0]["ids"] for s in per_seed):
+        return {}
+    n = len(per_seed[0]["ids"])
+    index = np.random.default_rng(seed).integers(0, n, size=(draws, n))
+    low, high = 100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2
+    out = {}
+    for name, value, ok in criterion_draws(per_seed, targets, index):
+        finite = value[~np.isnan(value)]  # nan: no grid point within the floor in that draw (and not met)
+        interval = [float(v) for v in np.percentile(finite, [low, high])] if finite.size else [np.nan, np.nan]
+        out[name] = {"interval": interval, "met": float(np.mean(ok))}
+    return out
