@@ -245,6 +245,8 @@ def test_study_two_seeds_end_to_end_and_resume(tmp_path: Path) -> None:
     assert len(drawn) == 5 and "| 90 % interval over draws of the videos (met in) |" in table, table
     gflops = drawn["SoF-Net: GFLOPs vs TSN (%)"]
     assert gflops["interval"][0] <= gflops["value"] <= gflops["interval"][1] and 0 <= gflops["met"] <= 1
+    assert all("interval" in row for row in saved["summary"]["by_action_start"]) and every["interval"] == drawn[
+        "cheapest TSN + ET within the mAP floor / SoF-Net + ET (GFLOPs)"]["interval"]  # all videos: the criterion's
     # where the rows were computed: the training runs' machine tags and the scoring process's, in the header too
     for record in saved["records"]:
         trained, scored = record["machines"]["trained"], record["machines"]["scored"]

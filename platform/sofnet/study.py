@@ -313,8 +313,9 @@ def _replayed_sections(study: Any, summary: Dict[str, Any], et: Any) -> None:
     vs the gates per action-start bucket (``by_action_start``, :mod:`sofnet.study_start`; ``[]`` where a cache lacks
     the annotations) and each criterion's interval over draws of the videos (:mod:`sofnet.study_interval`). Neither
     without SoF-Net or where an evaluation folder was removed by hand (the rows stand without them)."""
-    from sofnet.study_interval import criterion_intervals, seed_outputs
-    from sofnet.study_start import by_action_start, start_summary
+    from sofnet.study_interval import bucket_intervals, criterion_intervals, seed_outputs
+    from sofnet.study_start import ALL, by_action_start, start_summary
+    from sofnet.study_table import EARLY_EXIT_ALONE
     from sofnet.tune.et_cache import ETBundle
 
     summary["by_action_start"] = []
@@ -331,6 +332,9 @@ def _replayed_sections(study: Any, summary: Dict[str, Any], et: Any) -> None:
     intervals = criterion_intervals(outputs, study.targets, study.draws)
     for c in summary["criteria"]:
         c.update(intervals.get(c["name"], {}))
+    by_bucket = bucket_intervals(caches, _grid(study), et.rho, et.t_min, study.targets, et.mode, study.draws)
+    for row in summary["by_action_start"]:  # "all videos" is the table's own criterion
+        row.update(by_bucket.get(row["bucket"], intervals.get(EARLY_EXIT_ALONE, {}) if row["bucket"] == ALL else {}))
 
 
 def _trained_on(cfg: Any, record: Mapping[str, Any]) -> List[str]:

@@ -20,6 +20,8 @@ Usage::
     per_seed = [seed_outputs(tsn_bundle, sofnet_bundle, grid=[[0.5, 1], ...], rho=0.99, t_min=3), ...]
     criterion_intervals(per_seed, Targets(), draws=200)
     # {"SoF-Net: GFLOPs vs TSN (%)": {"interval": [41.2, 44.9], "met": 1.0}, ...}
+    bucket_intervals([(tsn_bundle, sofnet_bundle), ...], grid, 0.99, 3, Targets())
+    # the early-exit-alone criterion per action-start bucket: {"second half": {"interval": [...], "met": 1.0}, ...}
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from sofnet.study_table import criterion_values
+from sofnet.study_start import buckets, subset
+from sofnet.study_table import EARLY_EXIT_ALONE, criterion_values
 from sofnet.tune.et_cache import ETBundle, replayed
 
 LEVEL = 0.9  # the interval's coverage: from the 5th to the 95th percentile of the draws
@@ -132,4 +135,26 @@ def criterion_intervals(per_seed: Sequence[Optional[Dict[str, Any]]], targets: A
         finite = value[~np.isnan(value)]  # nan: no grid point within the floor in that draw (and not met)
         interval = [float(v) for v in np.percentile(finite, [low, high])] if finite.size else [np.nan, np.nan]
         out[name] = {"interval": interval, "met": float(np.mean(ok))}
+    return out
+
+
+def bucket_intervals(pairs: Sequence[Tuple[ETBundle, ETBundle]], grid: Sequence[Sequence[float]], rho: float,
+                     t_min: int, targets: Any, mode: str = "reached", draws: int = 200) -> Dict[str, Dict[str, Any]]:
+    """The early-exit-alone criterion's interval on the videos of each action-start bucket
+    (:data:`sofnet.study_start.BUCKETS`; "all videos" is the table's own criterion): ``{bucket: {"interval",
+    "met"}}``, ``{}`` for caches without the annotations.
+
+    Args:
+        pairs: Each seed's (TSN, SoF-Net) early-exit caches, of the same videos.
+    """
+    if not pairs or pairs[0][0].inside is None:
+        return {}
+    out = {}
+    for name, index in buckets(pairs[0][0].inside)[:-1]:
+        if len(index):
+            per_seed = [seed_outputs(subset(tsn, index), subset(sof, index), grid, rho, t_min, mode)
+                        for tsn, sof in pairs]
+            drawn = criterion_intervals(per_seed, targets, draws).get(EARLY_EXIT_ALONE)
+            if drawn:
+                out[name] = drawn
     return out

@@ -14,11 +14,12 @@ Usage::
     per_seed = [by_action_start(tsn_bundle, sofnet_bundle, grid=[[0.5, 1], [0.9, 2]], rho=0.99, t_min=3), ...]
     rows = start_summary(per_seed, map_drop=1.0)          # [] if a seed's caches lack the annotations
     text = start_table(rows, map_drop=1.0, gates_over_et=1.3, rho=0.99, t_min=3)   # markdown
+    # a row with "interval" and "met" (sofnet.study_interval.bucket_intervals, added by the study) gets a column more
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -34,6 +35,12 @@ def first_action_frame(inside: np.ndarray) -> np.ndarray:
     """[N] index of each video's first sampled frame inside an annotated segment; ``T`` where none is."""
     inside = np.asarray(inside, dtype=bool)
     return np.where(inside.any(1), inside.argmax(1), inside.shape[1])
+
+
+def buckets(inside: np.ndarray) -> List[Tuple[str, np.ndarray]]:
+    """``(bucket, video indices)`` of :data:`BUCKETS`, then every video (:data:`ALL`), from [N, T] ``inside``."""
+    share = first_action_frame(inside) / inside.shape[1]  # no sampled action frame (1.0): only in "all videos"
+    return [(name, np.nonzero((share >= low) & (share < high))[0]) for name, low, high in BUCKETS + ((ALL, 0.0, 2.0),)]
 
 
 def subset(bundle: ETBundle, index: np.ndarray) -> ETBundle:
@@ -59,12 +66,9 @@ def by_action_start(tsn: ETBundle, sofnet: ETBundle, grid: Sequence[Sequence[flo
     ``None`` for caches without annotations (written before they were cached)."""
     if tsn.inside is None or tsn.ids != sofnet.ids:
         return None
-    first = first_action_frame(tsn.inside)
     frames = tsn.inside.shape[1]
     out = []
-    for name, low, high in BUCKETS + ((ALL, 0.0, 2.0),):
-        share = first / frames  # a video without a sampled action frame (share 1.0) only counts in "all videos"
-        index = np.nonzero((share >= low) & (share < high))[0]
+    for name, index in buckets(tsn.inside):
         entry: Dict[str, Any] = {"bucket": name, "videos": int(len(index))}
         if len(index):
             t, s = subset(tsn, index), subset(sofnet, index)
@@ -103,16 +107,22 @@ def start_table(rows: Sequence[Dict[str, Any]], map_drop: float, gates_over_et: 
     """Markdown: the section the study appends to its table (``rows`` from :func:`start_summary`; "" if none)."""
     if not rows:
         return ""
+    drawn = any("interval" in r for r in rows)  # sofnet.study_interval, per bucket
     lines = [f"Early exit alone vs the gates, by where the action starts (the first sampled frame inside a segment; "
              f"means over seeds; SoF-Net + ET at rho={rho:g} t_min={t_min}; GFLOPs vs TSN on the same videos):", "",
              "| action starts in | videos | TSN mAP | SoF-Net + ET: mAP / GFLOPs (%) | cheapest TSN + ET within "
-             f"{map_drop:g} mAP: rho, T_min, mAP / GFLOPs (%) | ratio (target {gates_over_et:g}) |",
-             "|---|---|---|---|---|---|"]
+             f"{map_drop:g} mAP: rho, T_min, mAP / GFLOPs (%) | ratio (target {gates_over_et:g}) |"
+             + (" 90 % interval over draws of the bucket's videos (met in) |" if drawn else ""),
+             "|---|---|---|---|---|---|" + "---|" * drawn]
     for r in rows:
         videos = "/".join(str(v) for v in sorted(set(r["videos"])))
         base, sof, c = r["tsn"], r["sofnet_et"], r["cheapest"]
         point = (f"{c['rho']:g}, {c['t_min']}, {100 * c['mAP']:.1f} / {100 * c['gflops'] / base['gflops']:.0f}"
                  if c else "none")
-        lines.append(f"| {r['bucket']} | {videos} | {100 * base['mAP']:.1f} | {100 * sof['mAP']:.1f} / "
-                     f"{100 * sof['gflops'] / base['gflops']:.0f} | {point} | {r['ratio']:.2f} |")
+        line = (f"| {r['bucket']} | {videos} | {100 * base['mAP']:.1f} | {100 * sof['mAP']:.1f} / "
+                f"{100 * sof['gflops'] / base['gflops']:.0f} | {point} | {r['ratio']:.2f} |")
+        if drawn:
+            line += (f" {r['interval'][0]:.2f} to {r['interval'][1]:.2f} ({100 * r['met']:.0f} %) |" if "interval" in r
+                     else " - |")
+        lines.append(line)
     return "\n".join(lines)
