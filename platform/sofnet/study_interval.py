@@ -71,7 +71,8 @@ def resampled_map(probs: np.ndarray, targets: np.ndarray, index: np.ndarray) -> 
 
     A draw is a count per video, so each class is ranked once for all draws: a video drawn c times adds c rows of one
     score, which rank as one tie group with any equal score, so precision is read at the group's end. Equal to
-    scoring the drawn rows up to float rounding (the tests check); sorting every draw instead cost 20x the time.
+    scoring the drawn rows up to float rounding (the tests check); ranking every draw's rows instead took 11-12x the
+    time (78 s for a five-seed study of 1024 videos, against 7 s).
     """
     draws, n = index.shape
     counts = np.bincount((index + n * np.arange(draws)[:, None]).ravel(), minlength=draws * n).reshape(draws, n)
@@ -84,7 +85,8 @@ def resampled_map(probs: np.ndarray, targets: np.ndarray, index: np.ndarray) -> 
         last[:-1] = score[1:] != score[:-1]
         end = np.minimum.accumulate(np.where(last, position, n)[::-1])[::-1]  # each row's group end
         hits = np.cumsum(w * positive, axis=1)
-        precision = hits[:, end] / np.maximum(np.cumsum(w, axis=1)[:, end], 1)  # 0/1 only where w is 0 up to it
+        # max(., 1): a draw holds no video up to a row's group end only where that row's own count is 0 as well
+        precision = hits[:, end] / np.maximum(np.cumsum(w, axis=1)[:, end], 1)
         npos = hits[:, -1]
         ap[:, c] = np.where(npos > 0, (w * positive * precision).sum(1) / np.maximum(npos, 1), np.nan)
     return np.nanmean(ap, axis=1)

@@ -89,7 +89,7 @@ def summarize(records: Sequence[Mapping[str, Any]], targets: Any,
 def criterion_values(tsn_map: Any, rows: Mapping[str, Tuple[Any, Any]], grid: Sequence[Tuple[Any, Any]],
                      t: Any) -> List[Tuple[str, np.ndarray, str, np.ndarray]]:
     """The criteria that follow from mAPs and GFLOPs ratios, as ``(name, value, target, ok)``: the one place their
-    formulas live. Every value may be a scalar (the study's means) or an array over resamples of the videos
+    formulas live. Every value may be a scalar (the study's means) or an array over draws of the videos
     (:mod:`sofnet.study_interval`), elementwise alike.
 
     Args:
