@@ -2,7 +2,8 @@
 Table A/B rows and the Table C grids as mean ± std over seeds, and whether the recipe meets its targets.
 
     python jobs/study.py --config jobs/configs/study.yaml                  # seeds 1 2 3 of the benchmark task
-    python jobs/study.py --config jobs/configs/study.yaml seeds=[1,2,3,4,5] name=five-seeds
+    python jobs/study.py --config jobs/configs/study.yaml --seeds 5     # seeds 1-5: 4 and 5 beside the three trained
+    python jobs/study.py --config jobs/configs/study.yaml seeds=[7,11] name=two-others
     python jobs/study.py --config jobs/configs/study.yaml "overrides=[model.gate_init=official]" name=official-init
     python jobs/study.py --config jobs/configs/study.yaml name=beta-0.8 stage1_from=bench-study-v5 \
         "overrides=[loss.beta=0.8]"       # stage 2 only, from bench-study-v5's stage 1 of each seed (its TSN rows)
@@ -27,6 +28,8 @@ logger = logging.getLogger("sofnet.jobs.study")
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", required=True, help="study YAML (jobs/configs/study.yaml)")
+    p.add_argument("--seeds", type=_count, default=0, metavar="N",
+                   help="N seeds: the study file's first N, continued past its last (seeds=[...] names them)")
     p.add_argument("--verbose", action="store_true", help="every library's log lines")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the study file (OmegaConf dotlist)")
     args = p.parse_args(argv)
@@ -36,13 +39,19 @@ def main(argv=None) -> int:
     return one_line_errors(lambda: _run(args), errors=(ConfigError,))
 
 
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, not {text!r}")
+    return int(text)
+
+
 def _run(args) -> int:
     from sofnet.config import ConfigError
     from sofnet.console import setup
     from sofnet.session import one_line_errors
     from sofnet.study import load_study
 
-    study = load_study(args.config, args.overrides)  # a bad study file: one line before torch and MLflow load (~3 s)
+    study = load_study(args.config, args.overrides, args.seeds)  # a bad file: one line before torch, MLflow load
     setup(verbose=args.verbose)  # imports MLflow to quiet it
     from sofnet.train.tracking import TrackingError
 

@@ -176,6 +176,21 @@ def test_the_shipped_study_configs_load(monkeypatch: pytest.MonkeyPatch) -> None
         "data.val_shards=data/bench-heldout/shards"]
 
 
+def test_seeds_flag_continues_the_files_seeds(tmp_path: Path) -> None:
+    """``--seeds N``: the file's first N, then consecutive integers past its last, so a longer study keeps every seed
+    a shorter one trained; with ``seeds=`` beside it, one line asks for one of them."""
+    from sofnet.config import ConfigError
+    from sofnet.study import load_study
+
+    path = _study(tmp_path, tmp_path / "no-shards")  # seeds [1, 2]
+    assert [list(load_study(path, [], n).seeds) for n in (1, 2, 4)] == [[1], [1, 2], [1, 2, 3, 4]]
+    assert list(load_study(REPO / "jobs/configs/study_demo.yaml", [], 3).seeds) == [1007, 1008, 1009]
+    with pytest.raises(ConfigError, match=r"^--seeds 3 and seeds= on the command line: give one of them$"):
+        load_study(path, ["seeds=[5]"], 3)
+    proc = _run(tmp_path, path, "--seeds", "0")
+    assert proc.returncode == 2 and "argument --seeds: must be a whole number >= 1, not '0'" in proc.stderr
+
+
 def test_bad_study_config_is_one_line(tmp_path: Path) -> None:
     path = _study(tmp_path, tmp_path / "no-shards")
     proc = _run(tmp_path, path, "seeds=[1,1]")

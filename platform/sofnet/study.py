@@ -98,8 +98,12 @@ class StudyConfig:
     targets: Targets = field(default_factory=Targets)
 
 
-def load_study(path: str | Path, dotlist: Sequence[str] = ()) -> DictConfig:
+def load_study(path: str | Path, dotlist: Sequence[str] = (), seed_count: int = 0) -> DictConfig:
     """Defaults -> the study YAML -> ``dotlist``, typed; the base config is loaded too, so a bad key fails here.
+
+    ``seed_count`` (``jobs/study.py --seeds N``): the file's first N seeds, continued past its last by consecutive
+    integers (``[1, 2, 3]`` and 5: ``[1, 2, 3, 4, 5]``; the demo's ``[1007]`` and 3: ``[1007, 1008, 1009]``), so that a
+    longer study reuses every seed the shorter one trained.
 
     Raises:
         ConfigError: one line naming the file and the key.
@@ -113,6 +117,11 @@ def load_study(path: str | Path, dotlist: Sequence[str] = ()) -> DictConfig:
         raise ConfigError(f"{path}: {str(e).splitlines()[0]}") from None
     if not study.seeds or len(set(study.seeds)) != len(study.seeds):
         raise ConfigError(f"{path}: seeds must be a non-empty list of distinct integers")
+    if seed_count:
+        if any(item.split("=", 1)[0].strip() == "seeds" for item in dotlist):
+            raise ConfigError(f"--seeds {seed_count} and seeds= on the command line: give one of them")
+        study.seeds = list(study.seeds)[:seed_count] + [max(study.seeds) + i + 1
+                                                        for i in range(seed_count - len(study.seeds))]
     if study.draws < 0:
         raise ConfigError(f"{path}: draws must be >= 0 (0: no intervals), not {study.draws}")
     if not study.et_grid.rho or not study.et_grid.t_min:
