@@ -9,7 +9,7 @@ import torch
 
 from sofnet.models.output import PASSED
 from sofnet.replay import ETCache
-from sofnet.study_interval import bucket_intervals
+from sofnet.study_interval import bucket_intervals, seed_outputs
 from sofnet.study_start import by_action_start, first_action_frame, start_summary, start_table, subset
 from sofnet.study_table import Targets
 from sofnet.tune.et_cache import ETBundle, replay_metrics
@@ -88,11 +88,11 @@ def test_each_bucket_has_its_interval_over_draws_of_its_videos() -> None:
     draws, so there the criterion is met in some draws, not all."""
     tsn, sof = _bundle(gated=False), _bundle(gated=True)
     grid = [[r, t] for r in (0.5, 0.9) for t in (1, 2)]
-    drawn = bucket_intervals([(tsn, sof)], grid, rho=0.9, t_min=1, targets=Targets())
+    drawn = bucket_intervals([seed_outputs(tsn, sof, grid, rho=0.9, t_min=1)], Targets())
     assert set(drawn) == {"first quarter", "second quarter", "second half"}  # "all videos": the table's criterion
     late, first = drawn["second half"], drawn["first quarter"]
     assert late["met"] == 1.0 and late["interval"][0] >= 6 / 1.7 - 1e-9 and late["interval"][1] <= 8 / 1.5 + 1e-9
     assert first["interval"][0] == pytest.approx(1.0) and 0.5 < first["met"] < 1.0
     bare = _bundle(gated=False)
     bare.inside = None
-    assert bucket_intervals([(bare, sof)], grid, 0.9, 1, Targets()) == {}
+    assert bucket_intervals([seed_outputs(bare, sof, grid, 0.9, 1)], Targets()) == {}

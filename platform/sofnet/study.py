@@ -341,7 +341,7 @@ def _replayed_sections(study: Any, summary: Dict[str, Any], et: Any) -> None:
     intervals = criterion_intervals(outputs, study.targets, study.draws)
     for c in summary["criteria"]:
         c.update(intervals.get(c["name"], {}))
-    by_bucket = bucket_intervals(caches, _grid(study), et.rho, et.t_min, study.targets, et.mode, study.draws)
+    by_bucket = bucket_intervals(outputs, study.targets, study.draws)
     for row in summary["by_action_start"]:  # "all videos" is the table's own criterion
         row.update(by_bucket.get(row["bucket"], intervals.get(EARLY_EXIT_ALONE, {}) if row["bucket"] == ALL else {}))
 

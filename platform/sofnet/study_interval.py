@@ -20,7 +20,7 @@ Usage::
     per_seed = [seed_outputs(tsn_bundle, sofnet_bundle, grid=[[0.5, 1], ...], rho=0.99, t_min=3), ...]
     criterion_intervals(per_seed, Targets(), draws=200)
     # {"SoF-Net: GFLOPs vs TSN (%)": {"interval": [41.2, 44.9], "met": 1.0}, ...}
-    bucket_intervals([(tsn_bundle, sofnet_bundle), ...], grid, 0.99, 3, Targets())
+    bucket_intervals(per_seed, Targets())
     # the early-exit-alone criterion per action-start bucket: {"second half": {"interval": [...], "met": 1.0}, ...}
 """
 
@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from sofnet.study_start import buckets, subset
+from sofnet.study_start import buckets
 from sofnet.study_table import EARLY_EXIT_ALONE, criterion_values
 from sofnet.tune.et_cache import ETBundle, replayed
 
@@ -59,7 +59,8 @@ def seed_outputs(tsn: ETBundle, sofnet: ETBundle, grid: Sequence[Sequence[float]
     if tsn.ids != sofnet.ids:
         return None
     never = tsn.cache.decisions.shape[1] + 1  # T_min above the frames: early exit never fires (the rows without it)
-    return {"ids": tsn.ids, "targets": np.asarray(tsn.targets).astype(bool), "tsn": _scored(tsn, 0.5, never),
+    return {"ids": tsn.ids, "targets": np.asarray(tsn.targets).astype(bool), "inside": tsn.inside,
+            "tsn": _scored(tsn, 0.5, never),
             "sofnet": _scored(sofnet, 0.5, never), "sofnet_et": _scored(sofnet, rho, t_min, mode),
             "tsn_et": [_scored(tsn, r, int(k)) for r, k in grid]}
 
@@ -74,7 +75,7 @@ def resampled_map(probs: np.ndarray, targets: np.ndarray, index: np.ndarray) -> 
     scoring the drawn rows up to float rounding (the tests check); ranking every draw's rows instead took 11-12x the
     time (78 s for a five-seed study of 1024 videos, against 7 s).
     """
-    draws, n = index.shape
+    draws, n = index.shape[0], probs.shape[0]  # a draw may be of fewer videos than there are (one bucket's)
     counts = np.bincount((index + n * np.arange(draws)[:, None]).ravel(), minlength=draws * n).reshape(draws, n)
     ap = np.full((draws, probs.shape[1]), np.nan)
     position = np.arange(n)
@@ -116,7 +117,7 @@ def criterion_draws(per_seed: Sequence[Dict[str, Any]], targets: Any,
 
 
 def criterion_intervals(per_seed: Sequence[Optional[Dict[str, Any]]], targets: Any, draws: int = 200,
-                        seed: int = 0) -> Dict[str, Dict[str, Any]]:
+                        seed: int = 0, videos: Optional[np.ndarray] = None) -> Dict[str, Dict[str, Any]]:
     """Each mAP/GFLOPs criterion over ``draws`` draws of the videos: ``{name: {"interval": [low, high], "met":
     share of draws that meet it}}``; ``{}`` without draws, without seeds, or when a seed's caches are missing or
     of other videos than the first seed's (then no draw is common to all seeds).
@@ -126,11 +127,13 @@ def criterion_intervals(per_seed: Sequence[Optional[Dict[str, Any]]], targets: A
         targets: :class:`sofnet.study_table.Targets`.
         draws: Number of draws of the videos (with replacement, as many as there are).
         seed: The draws' random seed (the same seed, the same intervals).
+        videos: Indices of the videos to draw from (default: all): a subset scored as if it were the whole set, as
+            each video's replayed result does not depend on the others.
     """
     if draws < 1 or not per_seed or any(s is None or s["ids"] != per_seed[0]["ids"] for s in per_seed):
         return {}
-    n = len(per_seed[0]["ids"])
-    index = np.random.default_rng(seed).integers(0, n, size=(draws, n))
+    videos = np.arange(len(per_seed[0]["ids"])) if videos is None else np.asarray(videos)
+    index = videos[np.random.default_rng(seed).integers(0, len(videos), size=(draws, len(videos)))]
     low, high = 100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2
     out = {}
     for name, value, ok in criterion_draws(per_seed, targets, index):
@@ -140,23 +143,22 @@ def criterion_intervals(per_seed: Sequence[Optional[Dict[str, Any]]], targets: A
     return out
 
 
-def bucket_intervals(pairs: Sequence[Tuple[ETBundle, ETBundle]], grid: Sequence[Sequence[float]], rho: float,
-                     t_min: int, targets: Any, mode: str = "reached", draws: int = 200) -> Dict[str, Dict[str, Any]]:
-    """The early-exit-alone criterion's interval on the videos of each action-start bucket
+def bucket_intervals(per_seed: Sequence[Optional[Dict[str, Any]]], targets: Any,
+                     draws: int = 200) -> Dict[str, Dict[str, Any]]:
+    """The early-exit-alone criterion's interval over draws of the videos of each action-start bucket
     (:data:`sofnet.study_start.BUCKETS`; "all videos" is the table's own criterion): ``{bucket: {"interval",
-    "met"}}``, ``{}`` for caches without the annotations.
+    "met"}}``; ``{}`` for caches without the annotations.
 
     Args:
-        pairs: Each seed's (TSN, SoF-Net) early-exit caches, of the same videos.
+        per_seed: From :func:`seed_outputs`, one per seed (the buckets: the first seed's annotations, the same
+            videos in every seed).
     """
-    if not pairs or pairs[0][0].inside is None:
+    if not per_seed or per_seed[0] is None or per_seed[0]["inside"] is None:
         return {}
     out = {}
-    for name, index in buckets(pairs[0][0].inside)[:-1]:
+    for name, index in buckets(per_seed[0]["inside"])[:-1]:
         if len(index):
-            per_seed = [seed_outputs(subset(tsn, index), subset(sof, index), grid, rho, t_min, mode)
-                        for tsn, sof in pairs]
-            drawn = criterion_intervals(per_seed, targets, draws).get(EARLY_EXIT_ALONE)
+            drawn = criterion_intervals(per_seed, targets, draws, videos=index).get(EARLY_EXIT_ALONE)
             if drawn:
                 out[name] = drawn
     return out
