@@ -23,7 +23,9 @@ What a video shows, and why (issue "results that hold"):
 - **Segments** vary in position and length (15-60 % of the video, one video in four has two), so some actions start
   late or are short: early exit that trusts the first frames costs accuracy and Table C shows a trade-off.
 
-Costs: 768 videos of 8-14 s at 8 fps, 160x120, are rendered and encoded in about a minute on one core.
+Costs: per frame, rendering (~1.9 ms, half of it the sensor noise's normal draws) and x264 (~1.4 ms) run side by
+side in two threads (:func:`data_prep.media.write_video`): 768 videos of 6-12 s at 8 fps, 160x120, take ~2.5 min on
+2 cores (AMD EPYC, 2026-12-07), ~3.5 min drawn and encoded in turn.
 """
 
 from __future__ import annotations

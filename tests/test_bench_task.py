@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from data_prep import bench_task
+from data_prep import bench_task, media
 from data_prep.labels import load_activitynet_json, read_classes
 from data_prep.synthetic import generate, make_shards
 from data_prep_helpers import decoded_frames
@@ -92,3 +94,37 @@ def test_cli_refuses_too_many_classes(tmp_path: Path) -> None:
         "error: --classes: the bench task has at most 8 classes, not 9"]
     assert not (tmp_path / "x").exists()
 
+
+
+def test_frames_drawn_ahead_give_the_serial_bytes_and_its_errors(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """write_video draws frames in a thread while x264 encodes (data_prep.media._ahead): the bytes are those of drawing
+    them in the caller, a generator's error reaches the caller, and no thread outlives the call."""
+    segments = [[1.0, 3.0]]
+    threaded = tmp_path / "threaded.mp4"
+    bench_task.render(np.random.default_rng(5), threaded, 4.0, segments, "Disc, knob left", (96, 72), 8)
+    with monkeypatch.context() as m:
+        m.setattr(media, "_ahead", lambda frames: (frame for frame in frames))  # drawn in the caller, one by one
+        serial = tmp_path / "serial.mp4"
+        bench_task.render(np.random.default_rng(5), serial, 4.0, segments, "Disc, knob left", (96, 72), 8)
+    assert threaded.read_bytes() == serial.read_bytes()
+
+    def broken() -> Iterator[np.ndarray]:
+        for i in range(3):
+            yield media.index_frame(i)
+        raise ValueError("frame 3 cannot be drawn")
+
+    with pytest.raises(ValueError, match="frame 3 cannot be drawn"):
+        media.write_video(tmp_path / "broken.mp4", broken(), fps=8)
+    drawn = []
+
+    def endless() -> Iterator[np.ndarray]:
+        while True:
+            drawn.append(len(drawn))
+            yield media.index_frame(len(drawn) % 1000)
+
+    ahead = media._ahead(endless(), depth=4)
+    assert [media.read_index(next(ahead)) for _ in range(3)] == [1, 2, 3]
+    ahead.close()  # the consumer leaves (an encode failed): the thread stops within a frame and the queue's depth
+    assert len(drawn) <= 3 + 4 + 2
+    assert not [t for t in threading.enumerate() if t.name == "write_video-frames"]
