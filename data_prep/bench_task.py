@@ -23,14 +23,16 @@ What a video shows, and why (issue "results that hold"):
 - **Segments** vary in position and length (15-60 % of the video, one video in four has two), so some actions start
   late or are short: early exit that trusts the first frames costs accuracy and Table C shows a trade-off.
 
-Costs: per frame, rendering (~1.9 ms, half of it the sensor noise's normal draws) and x264 (~1.4 ms) run side by
-side in two threads (:func:`data_prep.media.write_video`): 768 videos of 6-12 s at 8 fps, 160x120, take ~2.5 min on
-2 cores (AMD EPYC, 2026-12-07), ~3.5 min drawn and encoded in turn.
+Costs: each frame's rendering (numpy; its largest part the sensor noise's normal draws, fixed by the random stream)
+runs beside x264's encoding of the one before, in two threads (:func:`data_prep.media.write_video`), and each shape's
+mask is computed in its box only (:func:`_box`). ``make bench-data`` (768 videos of 6-12 s at 8 fps, 160x120, and
+their shards) took 162-170 s on 2 cores (AMD EPYC, 2026-12-07), 185-207 s with the threads alone, 275 s with neither.
 """
 
 from __future__ import annotations
 
 import colorsys
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,6 +98,14 @@ def _bounce(position: float, velocity: float, t: float, low: float, high: float)
     return low + (phase if phase <= span else 2 * span - phase)
 
 
+def _box(cy: float, cx: float, extent: float, height: int, width: int) -> tuple[slice, slice]:
+    """The rows and columns a shape of half-size ``extent`` centred at (cy, cx) can cover, a pixel to spare: masks
+    computed there only give the same pixels as on the whole frame at a fifth of the work (rendering, not x264, set
+    the pace of the benchmark task's generation)."""
+    return (slice(max(0, math.floor(cy - extent) - 1), min(height, math.ceil(cy + extent) + 2)),
+            slice(max(0, math.floor(cx - extent) - 1), min(width, math.ceil(cx + extent) + 2)))
+
+
 def _shape(form: str, ys: np.ndarray, xs: np.ndarray, cy: float, cx: float, radius: float) -> np.ndarray:
     if form == "Square":
         return (np.abs(ys - cy) <= radius * 0.88) & (np.abs(xs - cx) <= radius * 0.88)
@@ -134,15 +144,18 @@ def render(rng: np.random.Generator, path: Path, duration: float, segments: list
             frame += drift[0] * np.sin(2 * np.pi * drift[1] * t)
             for form_d, r, colour, y0, x0, vy, vx in distractors:
                 cy, cx = _bounce(y0, vy, t, r, height - r), _bounce(x0, vx, t, r, width - r)
-                frame[_shape(form_d, ys, xs, cy, cx, r)] = colour
+                box = _box(cy, cx, r, height, width)
+                frame[box][_shape(form_d, ys[box], xs[box], cy, cx, r)] = colour  # frame[box]: a view
             if any(start <= t <= end for start, end in segments):
                 cy = _bounce(actor[0], speed[0], t, reach, height - reach)
                 cx = _bounce(actor[1], speed[1], t, reach, width - reach)
-                body = _shape(form, ys, xs, cy, cx, radius)
-                frame[body & stripes] = body_colour
-                frame[body & ~stripes] = 25.0
-                knob = np.hypot(ys - (cy + dy * radius * 1.45), xs - (cx + dx * radius * 1.45)) <= radius * 0.6
-                frame[knob] = KNOB
+                box = _box(cy, cx, radius, height, width)
+                body, patch, striped = _shape(form, ys[box], xs[box], cy, cx, radius), frame[box], stripes[box]
+                patch[body & striped] = body_colour
+                patch[body & ~striped] = 25.0
+                ky, kx = cy + dy * radius * 1.45, cx + dx * radius * 1.45
+                box = _box(ky, kx, radius * 0.6, height, width)
+                frame[box][np.hypot(ys[box] - ky, xs[box] - kx) <= radius * 0.6] = KNOB
             frame += rng.normal(0, 5, size=frame.shape)
             yield np.clip(frame, 0, 255).astype(np.uint8)
 

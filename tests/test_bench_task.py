@@ -128,3 +128,21 @@ def test_frames_drawn_ahead_give_the_serial_bytes_and_its_errors(tmp_path: Path,
     ahead.close()  # the consumer leaves (an encode failed): the thread stops within a frame and the queue's depth
     assert len(drawn) <= 3 + 4 + 2
     assert not [t for t in threading.enumerate() if t.name == "write_video-frames"]
+
+
+def test_shape_masks_lie_inside_their_boxes() -> None:
+    """render() computes each shape's mask in its _box only: the whole frame's mask is empty outside the box and the
+    same inside it, at random centres and sizes (some off the frame) and at whole-pixel ones (edges on a pixel)."""
+    height, width = 120, 160
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    rng = np.random.default_rng(0)
+    cases = [(rng.uniform(-10, height + 10), rng.uniform(-10, width + 10), rng.uniform(1, 30)) for _ in range(300)]
+    cases += [(50.0, 60.0, 10.0), (0.0, 0.0, 5.0), (119.0, 159.0, 7.0), (60.0, 80.0, 25.0)]
+    for cy, cx, r in cases:
+        box = bench_task._box(cy, cx, r, height, width)
+        inside = np.zeros((height, width), bool)
+        inside[box] = True
+        for form in bench_task.FORMS:
+            whole = bench_task._shape(form, ys, xs, cy, cx, r)
+            assert not (whole & ~inside).any(), (form, cy, cx, r)
+            assert np.array_equal(whole[box], bench_task._shape(form, ys[box], xs[box], cy, cx, r))
