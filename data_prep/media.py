@@ -63,7 +63,7 @@ def _ahead(frames: Iterable[np.ndarray], depth: int = 8) -> Iterator[np.ndarray]
     """``frames``, drawn in a thread up to ``depth`` frames ahead of the caller, in the same order.
 
     The synthetic tasks render each frame with numpy while x264 encodes the one before: both release the GIL, so on two
-    cores the two overlap (the benchmark task's 768 videos: rendering ~55 % and encoding ~45 % of the serial time). The
+    cores the two overlap (the benchmark task, profiled serially: rendering ~58 % of the time, encoding ~42 %). The
     frames and their order are unchanged, so are the bytes; a generator's random draws all happen before
     :func:`write_video` returns. An error in ``frames`` is raised here; an error here stops the thread.
     """
