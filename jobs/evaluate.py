@@ -79,8 +79,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-et", action="store_true", help="skip the early-exit evaluation")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1, ...")
     p.add_argument("--et-cache", default="", metavar="DIR",
-                   help="also write the early-exit cache (one more pass without early exit) for a rho/T_min sweep by "
-                        "replay: jobs/tune_early_exit.py ... cache=DIR")
+                   help="also write the early-exit cache (from the evaluation's pass without early exit) for a rho/T_min "
+                        "sweep by replay: jobs/tune_early_exit.py ... cache=DIR")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the results to MLflow (default: a child run "
                    "of the evaluated model's training run)")
     from sofnet.session import run_command
@@ -106,15 +106,13 @@ def _evaluate(args, cfg) -> int:
     hp = model.hparams()
     if et is not None:
         et = et.check(num_segments=hp["num_segments"])
+    if args.et_cache and not EarlyExit.applies_to(model):  # before the pass, not after it
+        raise PreflightError(f"--et-cache {args.et_cache}: {args.checkpoint or args.model} cannot exit early (a "
+                             "bidirectional TSM reads frames it would not compute), so it has no early-exit cache")
     check_shards(args.shards or cfg.data.val_shards, args.subset or cfg.data.val_subset,
                  key="--shards" if args.shards else "data.val_shards", num_classes=hp["num_classes"])
     report = evaluate_model(model, cfg, out_dir=args.out, et=et, shards=args.shards, subset=args.subset,
-                            device=args.device)
-    if args.et_cache:
-        from sofnet.tune.et_cache import write_cache
-
-        write_cache(model, cfg, args.et_cache, shards=args.shards, subset=args.subset,
-                    source=args.checkpoint or args.model)
+                            device=args.device, et_cache=args.et_cache, source=args.checkpoint or args.model)
     if trained_in and not args.no_mlflow:
         _log(cfg, trained_in, report, args)
     m = report["metrics"]

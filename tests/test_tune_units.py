@@ -10,6 +10,7 @@ import torch
 
 import tune_helpers as th
 from helpers import tiny_model
+from sofnet import checkpoint as checkpoints
 from sofnet.config import ConfigError
 from sofnet.data import make_eval_loader
 from sofnet.replay import replay
@@ -17,6 +18,7 @@ from sofnet.early_exit import EarlyExit
 from sofnet.evaluation import evaluate
 from sofnet.tune.et_cache import ETBundle, load_model, replay_metrics, write_cache
 from sofnet.tune.report import pareto_front, table_c, table_d
+from sofnet.train.pyfunc import write_artifacts
 from sofnet.tune.sweep import (POINT_KEY, load_sweep, param_space, scheduler, search_algorithm, trial_config,
                                trial_params)
 
@@ -172,7 +174,7 @@ def test_cache_errors(trained, tmp_path):
         write_cache(tsm, th.eval_config(trained[0]), tmp_path / "c")
 
 
-def test_evaluate_job_writes_the_cache(trained, tmp_path):
+def test_evaluate_job_writes_the_cache(trained, tmp_path, capsys):
     """jobs/evaluate.py --et-cache: the cache it writes replays its own early-exit columns (metrics.json)."""
     import importlib.util
     import json
@@ -190,6 +192,51 @@ def test_evaluate_job_writes_the_cache(trained, tmp_path):
     assert got["val/et/frames_processed"] < 1.0
     for k, v in got.items():
         assert math.isclose(report[k], v, rel_tol=1e-9, abs_tol=1e-12), k
+    # A model that cannot exit early: one line naming the flag, before the evaluation (nothing written).
+    tsm = tiny_model("tsm", classes=th.CLASSES, segments=th.SEGMENTS, size=th.SIZE, dtype=torch.float32)
+    write_artifacts(tsm, str(tmp_path / "tsm"), {"enabled": True, "rho": 0.99, "t_min": 2, "mode": "reached"})
+    checkpoints.seal(tmp_path / "tsm")
+    capsys.readouterr()
+    assert job.main(["--config", str(th.REPO / "jobs/configs/demo.yaml"), "--checkpoint", str(tmp_path / "tsm"),
+                     "--out", str(tmp_path / "out2"), "--et-cache", str(tmp_path / "cache2"),
+                     f"data.val_shards={shards}", f"data.train_shards={shards}", "data.resize=73",
+                     "data.num_workers=0", "model.num_classes=3"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]  # beside INFO lines
+    assert len(err) == 1 and err[0].startswith("error: --et-cache ") and "cannot exit early" in err[0], err
+    assert not (tmp_path / "out2").exists() and not (tmp_path / "cache2").exists()
+
+
+def test_the_evaluation_writes_the_cache_write_cache_writes(trained, tmp_path):
+    """The evaluator's pass without early exit also writes the cache (``evaluate_model(..., et_cache=...)``, what the
+    study and ``jobs/evaluate.py --et-cache`` use): tensor for tensor the cache of a pass of its own
+    (:func:`write_cache`), and the evaluation's metrics are those it reports without writing one."""
+    from sofnet.evaluation import evaluate_model
+
+    shards, ckpt = trained
+    cfg = th.eval_config(shards)
+    model = load_model(str(ckpt))
+    et = EarlyExit(True, 0.95, 2, "reached")
+    alone = evaluate_model(model, cfg, out_dir=tmp_path / "alone", et=et, device="cpu")
+    both = evaluate_model(model, cfg, out_dir=tmp_path / "both", et=et, device="cpu", et_cache=tmp_path / "merged",
+                          source="ckpt")
+    assert both["metrics"] == alone["metrics"] and both["metrics"]["val/et/frames_processed"] < 1.0
+    own = ETBundle.load(write_cache(model, cfg, tmp_path / "own", source="ckpt"))
+    merged = ETBundle.load(tmp_path / "merged")
+    for name in own.cache.__dataclass_fields__:
+        a, b = getattr(own.cache, name), getattr(merged.cache, name)
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+    for name in ("targets", "label", "inside"):
+        np.testing.assert_array_equal(getattr(own, name), getattr(merged, name))
+    assert merged.ids == own.ids == sorted(own.ids) and len(own.ids) >= 4
+    assert {k: v for k, v in merged.meta.items() if k != "seconds"} == {k: v for k, v in own.meta.items()
+                                                                       if k != "seconds"}
+    got = replay_metrics(merged, 0.95, 2, "reached")
+    for k, v in got.items():
+        assert math.isclose(both["metrics"][k], v, rel_tol=1e-9, abs_tol=1e-12), k
+    tsm = tiny_model("tsm", classes=th.CLASSES, segments=th.SEGMENTS, size=th.SIZE, dtype=torch.float32)
+    with pytest.raises(ValueError, match="causal"):  # refused before the pass: nothing written
+        evaluate_model(tsm, cfg, out_dir=tmp_path / "tsm", et=None, device="cpu", et_cache=tmp_path / "c")
+    assert not (tmp_path / "tsm").exists() and not (tmp_path / "c").exists()
 
 
 def test_asha_max_t_stays_above_the_reports_of_a_trial():

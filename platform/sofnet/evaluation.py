@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -140,7 +140,8 @@ def score(prefix: str, scores: np.ndarray, targets: np.ndarray, label: np.ndarra
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: Any, *, device: torch.device, dtype: torch.dtype = torch.float32,
              num_classes: int, et: Optional[EarlyExit] = None, expected: Optional[int] = None,
-             log_every: int = 50, is_logger: bool = True) -> EvalResult:
+             log_every: int = 50, is_logger: bool = True,
+             on_batch: Optional[Callable[[Dict[str, Any], Any], None]] = None) -> EvalResult:
     """Evaluate with the real skipping path (``model.infer``) and gather all ranks' videos.
 
     Args:
@@ -151,6 +152,8 @@ def evaluate(model: torch.nn.Module, loader: Any, *, device: torch.device, dtype
         et: The early exit of the ``val/et/*`` columns; None (or a non-causal model) evaluates without it only.
         expected: Total number of videos (``loader.dataset.num_videos``), checked after gathering.
         log_every: Batches between progress lines; is_logger: whether this process logs.
+        on_batch: Called with each batch and its output without early exit (the early-exit cache's writer,
+            :class:`sofnet.tune.et_cache.CacheWriter`: one pass serves both).
     """
     was_training = model.training
     model.eval()
@@ -163,6 +166,8 @@ def evaluate(model: torch.nn.Module, loader: Any, *, device: torch.device, dtype
         for i, batch in enumerate(loader):
             frames = batch["frames"].to(device=device, dtype=dtype, non_blocking=True)
             variants = [("", model.infer(frames))]
+            if on_batch is not None:
+                on_batch(batch, variants[0][1])
             if use_et:
                 variants.append(("et_", model.infer(frames, **et.infer_kwargs())))
             for prefix, out in variants:  # kept on the device: one copy to the host after the pass
@@ -222,21 +227,34 @@ def eval_loader(model: torch.nn.Module, data: Any, shards: str = "", subset: str
 
 def evaluate_model(model: torch.nn.Module, cfg: Any, *, out_dir: str | Path, et: Optional[EarlyExit],
                    names: Optional[list[str]] = None, shards: str = "", subset: str = "",
-                   device: str = "auto") -> Dict[str, Any]:
+                   device: str = "auto", et_cache: str | Path = "", source: str = "") -> Dict[str, Any]:
     """Evaluate ``model`` on ``cfg.data.val_shards`` (or ``shards``) in this process; write the reports.
 
     Writes ``metrics.json`` (metrics, per-class AP, the early-exit setting, the shards) and the official ActivityNet
-    submission ``submission.json`` (and ``submission_et.json``) into ``out_dir``; returns the report.
+    submission ``submission.json`` (and ``submission_et.json``) into ``out_dir``; returns the report. With
+    ``et_cache``, also the early-exit cache of :mod:`sofnet.tune.et_cache` there, from the same pass without early
+    exit (``source``: where the model came from, for its ``meta.json``).
+
+    Raises:
+        ValueError: ``et_cache`` for a model that cannot exit early (bidirectional shift), before the pass.
     """
     from sofnet.submission import export_submission
 
     hp = model.hparams()
     shards = shards or cfg.data.val_shards
+    writer = None
+    if et_cache:
+        from sofnet.tune.et_cache import CacheWriter  # it scores with this module: imported here, not at the top
+
+        writer = CacheWriter(model)
     dev = resolve_device(device)
     model = model.to(dev)
     loader = eval_loader(model, cfg.data, shards, subset)
     result = evaluate(model, loader, device=dev, dtype=next(model.parameters()).dtype, num_classes=hp["num_classes"],
-                      et=et, expected=loader.dataset.num_videos)
+                      et=et, expected=loader.dataset.num_videos, on_batch=writer and writer.add)
+    if writer is not None:
+        writer.write(et_cache, shards=shards, subset=subset or cfg.data.val_subset, source=source,
+                     expected=loader.dataset.num_videos)
     names = names or class_names(shards, hp["num_classes"])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

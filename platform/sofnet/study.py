@@ -258,10 +258,9 @@ def _missing(study: Any, seed: int, record: Optional[Mapping[str, Any]]) -> List
 def evaluate_seed(study: Any, seed: int, record: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """Evaluate what ``record`` lacks of one seed (the base run's stages with/without ET and their ET grids; the
     AR-Net run's final stage); written to seed.json."""
-    from sofnet import checkpoint
     from sofnet.train.report import evaluate_run
     from sofnet.train.worker import enabled_stages
-    from sofnet.tune.et_cache import ETBundle, action_frames_metrics, replay_metrics, write_cache
+    from sofnet.tune.et_cache import ETBundle, action_frames_metrics, replay_metrics
 
     record = json.loads(json.dumps(record)) if record else {"seed": seed, "reports": {}, "grids": {}}
     out = _seed_eval(study, seed).parent
@@ -276,10 +275,8 @@ def evaluate_seed(study: Any, seed: int, record: Optional[Mapping[str, Any]] = N
             record["reports"]["stage1"] = source["reports"]["stage1"]
             record["grids"]["stage1"] = source["grids"]["stage1"]
         for stage, run in _scored(study, seed):
-            (_, r), = evaluate_run(cfg, run, out, stages=[stage])
+            (_, r), = evaluate_run(cfg, run, out, stages=[stage], et_cache=True)  # the cache from the same pass
             record["reports"][stage] = {"metrics": r["metrics"], "runs": r["runs"], "stage": stage}
-            model, _ = checkpoint.load_network(run / checkpoint.BEST / stage)
-            write_cache(model, cfg, out / stage / "et_cache", source=str(run))
     if "base" in missing or "grids" in missing:  # a changed et_grid is replayed from the caches, nothing re-run
         for stage, _ in _scored(study, seed):
             bundle = ETBundle.load(out / stage / "et_cache")

@@ -29,11 +29,14 @@ METHOD_NAMES = {("stage1", "tsn"): "TSN", ("stage1", "tsm"): "TSM", ("stage2", "
 
 
 def evaluate_run(cfg: Any, run_dir: str | Path, out_dir: str | Path, device: str = "auto",
-                 stages: Sequence[str] = checkpoint.STAGE_ORDER) -> List[Tuple[str, Dict[str, Any]]]:
+                 stages: Sequence[str] = checkpoint.STAGE_ORDER,
+                 et_cache: bool = False) -> List[Tuple[str, Dict[str, Any]]]:
     """Evaluate the best epoch of every stage of a run (or of ``stages``); returns ``[(method, report), ...]``.
 
     Each report is ``jobs/evaluate.py``'s ``metrics.json`` (written to ``<out_dir>/<stage>/``) plus ``runs``: the
-    MLflow run ids of the training job (``job`` and each stage), read from the checkpoint.
+    MLflow run ids of the training job (``job`` and each stage), read from the checkpoint. With ``et_cache``, each
+    stage's early-exit cache too (``<out_dir>/<stage>/et_cache``, from the evaluation's own pass without early exit;
+    a stage that cannot exit early raises ``ValueError`` before its pass).
     """
     et = EarlyExit.from_config(cfg.early_exit)
     rows = []
@@ -47,7 +50,8 @@ def evaluate_run(cfg: Any, run_dir: str | Path, out_dir: str | Path, device: str
             name = "TSM (causal)"
         else:
             name = METHOD_NAMES.get((stage, arch), arch)
-        report = evaluate_model(model, cfg, out_dir=Path(out_dir) / stage, et=et, device=device)
+        report = evaluate_model(model, cfg, out_dir=Path(out_dir) / stage, et=et, device=device,
+                                et_cache=Path(out_dir) / stage / "et_cache" if et_cache else "", source=str(run_dir))
         report["runs"] = spec["meta"].get("runs", {})
         report["stage"], report["method"] = stage, name
         rows.append((name, report))

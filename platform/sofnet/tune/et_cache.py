@@ -7,6 +7,7 @@ equal those of ``jobs/evaluate.py --rho R --t-min T``::
 
     from sofnet.tune.et_cache import ETBundle, write_cache, replay_metrics
     write_cache(model, cfg, "runs/tune/early_exit/et_cache")            # cfg.data: shards, subset, batch size
+    evaluate_model(model, cfg, out_dir="ev", et=et, et_cache="ev/et_cache")  # the same, from the evaluation's pass
     bundle = ETBundle.load("runs/tune/early_exit/et_cache")
     replay_metrics(bundle, rho=0.99, t_min=4)["val/et/mAP"]
     action_frames_metrics(bundle)["val/mAP"]        # a dense model (TSN) scored on the annotated action frames only
@@ -72,6 +73,73 @@ class ETBundle:
         return bundle
 
 
+class CacheWriter:
+    """One skipping-path pass without early exit, batch by batch, written as the cache directory.
+
+    :func:`write_cache` feeds it from a pass of its own; the evaluator feeds it from its own pass without early exit
+    (``evaluate(..., on_batch=writer.add)``, :func:`sofnet.evaluation.evaluate_model` with ``et_cache``): the same
+    loader, model and ``model.infer`` call, so the same tensors, one pass fewer per evaluated checkpoint.
+
+    Raises:
+        ValueError: the model cannot exit early (bidirectional shift): at construction, before any pass.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        if not EarlyExit.applies_to(model):
+            raise ValueError("early exit needs a causal model; a bidirectional TSM reads frames it would not compute")
+        hp = model.hparams()
+        self.hparams = hp
+        self.cost_by_decision = model.cost_table(hp["input_size"], hp["input_size"]).by_decision()
+        self.outputs: List[SoFOutput] = []
+        self.ids: List[str] = []
+        self.targets: List[np.ndarray] = []
+        self.labels: List[np.ndarray] = []
+        self.inside: List[np.ndarray] = []
+        self.start = time.perf_counter()
+
+    def add(self, batch: Dict[str, Any], out: SoFOutput) -> None:
+        """One batch of the loader and ``model.infer`` of its frames, early exit off."""
+        self.outputs.append(out)
+        self.ids += list(batch["id"])
+        self.targets.append(batch["labels"].numpy())
+        self.labels.append(batch["label"].numpy())
+        self.inside.append(batch["inside"].numpy())
+
+    def write(self, out_dir: str | Path, *, shards: str, subset: str, source: str = "",
+              expected: Optional[int] = None) -> Path:
+        """Write the directory (files replaced atomically); ``expected``: the videos the shards hold
+        (``sizes.json``), checked.
+
+        Raises:
+            ValueError: no video was added, or not ``expected`` of them.
+        """
+        ids = self.ids
+        if not ids:
+            raise ValueError(f"{shards} ({subset}): no video to cache")
+        if expected is not None and expected != len(ids):
+            raise ValueError(f"{shards}: cached {len(ids)} videos, sizes.json says {expected}")
+        cache = ETCache.from_outputs(self.outputs, self.cost_by_decision)
+        # Sorted by id, as the full evaluation gathers them: the same row order gives the same tie-breaking in mAP.
+        order = sorted(range(len(ids)), key=ids.__getitem__)
+        index = torch.tensor(order)
+        cache = ETCache(decisions=cache.decisions[index], frame_logits=cache.frame_logits[index],
+                        logits=cache.logits[index], fallback=cache.fallback[index],
+                        cost_by_decision=cache.cost_by_decision)
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        cache.save(out / CACHE)
+        with open(out / (TARGETS + ".tmp"), "wb") as f:
+            np.savez(f, targets=np.concatenate(self.targets)[order], label=np.concatenate(self.labels)[order],
+                     inside=np.concatenate(self.inside)[order])
+        (out / (TARGETS + ".tmp")).replace(out / TARGETS)
+        _write_json(out / IDS, [ids[i] for i in order])
+        seconds = time.perf_counter() - self.start
+        _write_json(out / META, {"model": self.hparams, "shards": shards, "subset": subset, "videos": len(ids),
+                                 "source": source, "seconds": seconds})
+        logger.info("early-exit cache of %d videos written to %s (%.1fs after its pass began)", len(ids), out, seconds)
+        return out
+
+
 @torch.no_grad()
 def write_cache(model: torch.nn.Module, cfg: Any, out_dir: str | Path, *, shards: str = "", subset: str = "",
                 source: str = "") -> Path:
@@ -90,45 +158,15 @@ def write_cache(model: torch.nn.Module, cfg: Any, out_dir: str | Path, *, shards
     Raises:
         ValueError: the model cannot exit early (bidirectional shift), or the shards hold no video.
     """
-    if not EarlyExit.applies_to(model):
-        raise ValueError("early exit needs a causal model; a bidirectional TSM reads frames it would not compute")
-    hp, d = model.hparams(), cfg.data
+    writer = CacheWriter(model)
+    d = cfg.data
     shards, subset = shards or d.val_shards, subset or d.val_subset
     loader = eval_loader(model, d, shards, subset)  # the full evaluation's loader: same frames, same crop
     model.eval()
     dtype = next(model.parameters()).dtype
-    outputs, ids, targets, labels, inside = [], [], [], [], []
-    start = time.perf_counter()
     for batch in loader:
-        outputs.append(model.infer(batch["frames"].to(dtype=dtype)))
-        ids += list(batch["id"])
-        targets.append(batch["labels"].numpy())
-        labels.append(batch["label"].numpy())
-        inside.append(batch["inside"].numpy())
-    if not ids:
-        raise ValueError(f"{shards} ({subset}): no video to cache")
-    expected = loader.dataset.num_videos
-    if expected is not None and expected != len(ids):
-        raise ValueError(f"{shards}: cached {len(ids)} videos, sizes.json says {expected}")
-    cache = ETCache.from_outputs(outputs, model.cost_table(hp["input_size"], hp["input_size"]).by_decision())
-    # Sorted by id, as the full evaluation gathers them: the same row order gives the same tie-breaking in mAP.
-    order = sorted(range(len(ids)), key=ids.__getitem__)
-    index = torch.tensor(order)
-    cache = ETCache(decisions=cache.decisions[index], frame_logits=cache.frame_logits[index],
-                    logits=cache.logits[index], fallback=cache.fallback[index],
-                    cost_by_decision=cache.cost_by_decision)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cache.save(out / CACHE)
-    with open(out / (TARGETS + ".tmp"), "wb") as f:
-        np.savez(f, targets=np.concatenate(targets)[order], label=np.concatenate(labels)[order],
-                 inside=np.concatenate(inside)[order])
-    (out / (TARGETS + ".tmp")).replace(out / TARGETS)
-    _write_json(out / IDS, [ids[i] for i in order])
-    _write_json(out / META, {"model": hp, "shards": shards, "subset": subset, "videos": len(ids),
-                             "source": source, "seconds": time.perf_counter() - start})
-    logger.info("early-exit cache of %d videos written to %s in %.1fs", len(ids), out, time.perf_counter() - start)
-    return out
+        writer.add(batch, model.infer(batch["frames"].to(dtype=dtype)))
+    return writer.write(out_dir, shards=shards, subset=subset, source=source, expected=loader.dataset.num_videos)
 
 
 def _write_json(path: Path, obj: Any) -> None:
