@@ -100,8 +100,9 @@ def _evaluate(args, cfg) -> int:
     given = given.get("model", {})
     base = EarlyExit.from_config(cfg.early_exit)
     et = None if args.no_et else base.replace(rho=args.rho, t_min=args.t_min, mode=args.mode)
-    if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise PreflightError(f"--out {args.out}: exists and is not a directory")
+    for flag, path in (("--out", args.out), ("--et-cache", args.et_cache)):
+        if path and os.path.exists(path) and not os.path.isdir(path):
+            raise PreflightError(f"{flag} {path}: exists and is not a directory")
     model, trained_in = _load(args, cfg, given)
     hp = model.hparams()
     if et is not None:

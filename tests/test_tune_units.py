@@ -204,6 +204,17 @@ def test_evaluate_job_writes_the_cache(trained, tmp_path, capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]  # beside INFO lines
     assert len(err) == 1 and err[0].startswith("error: --et-cache ") and "cannot exit early" in err[0], err
     assert not (tmp_path / "out2").exists() and not (tmp_path / "cache2").exists()
+    # A file where a directory goes: one line naming the flag, before the evaluation.
+    (tmp_path / "file").write_text("not a directory")
+    for flag in ("--out", "--et-cache"):
+        args = {"--out": str(tmp_path / "out3"), "--et-cache": str(tmp_path / "cache3"), flag: str(tmp_path / "file")}
+        assert job.main(["--config", str(th.REPO / "jobs/configs/demo.yaml"), "--checkpoint", str(ckpt),
+                         *[x for kv in args.items() for x in kv], f"data.val_shards={shards}",
+                         f"data.train_shards={shards}", "data.resize=73", "data.num_workers=0",
+                         "model.num_classes=3"]) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
+        assert err == [f"error: {flag} {tmp_path / 'file'}: exists and is not a directory"], err
+        assert not (tmp_path / "out3").exists() and not (tmp_path / "cache3").exists()
 
 
 def test_the_evaluation_writes_the_cache_write_cache_writes(trained, tmp_path):
