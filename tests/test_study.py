@@ -159,7 +159,8 @@ def test_the_shipped_study_configs_load(monkeypatch: pytest.MonkeyPatch) -> None
         "model.input_size", "data.resize", "train.stage1.epochs", "train.stage1.optim.lr_steps", "train.stage2.epochs",
         "train.stage2.optim.lr_steps", "train.val_every", "train.log_every", "mlflow.experiment",
         "mlflow.registered_model"}
-    # the benchmark recipe scores videos by the frames seen (a deviation, README "The frames-seen score"); the demo too
+    # the benchmark recipe scores videos by the frames seen (a deviation, docs/studies.md "The frames-seen score"); the
+    # demo too
     assert seed_config(study, 1).model.video_score == seed_config(demo, 1007).model.video_score == "frames_seen"
     # Table B stays the study it was measured as: v4, SoF-Net with the official score, as AR-Net's own
     table_b = load_study(REPO / "jobs/configs/study_table_b.yaml")
