@@ -102,7 +102,11 @@ def test_another_arnet_name_is_another_arnet_job_beside_the_same_base_runs(tmp_p
     check_recipe(study, old)
     record = {"seed": 1, "reports": {s: {} for s in enabled_stages(seed_config(study, 1))}, "grids": {},
               "arnet_run": str(run_dir(old))}
-    record["reports"].update(action_frames={}, arnet={})
+    record["reports"].update(action_frames={}, arnet={"stage": "stage3"})
+    assert _missing(study, 1, record) == ["arnet"]  # scored before its per-video outputs were kept: scored again
+    kept = tmp_path / "runs/t/t-seed1-eval/arnet/stage3/per_video.npz"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"")
     assert _missing(study, 1, record) == []
     last = load_study(path)
     last.arnet_overrides = list(last.arnet_overrides) + ["train.val_every=0"]  # the same name: refused, the way out
@@ -320,6 +324,15 @@ def test_study_two_seeds_end_to_end_and_resume(tmp_path: Path) -> None:
     assert "| AR-Net |" in table_b and "| top-5 (%) |" in table_b
     saved = json.loads((tmp_path / "runs/t/study.json").read_text())
     assert saved["records"][0]["reports"]["arnet"]["stage"] == "stage3"
+    # AR-Net against TSN and SoF-Net, from its evaluation's per-video outputs: the rows' own differences, and an
+    # interval over draws of the videos
+    compared, rows = {c["name"]: c for c in saved["summary"]["arnet_comparisons"]}, saved["summary"]["rows"]
+    assert len(compared) == 4 and all(c["interval"][0] <= c["interval"][1] for c in compared.values()), compared
+    assert compared["AR-Net: mAP - TSN mAP (points)"]["value"] == pytest.approx(
+        100 * (rows["AR-Net"]["mAP"][0] - rows["TSN"]["mAP"][0]), abs=1e-6)
+    assert compared["SoF-Net: GFLOPs vs AR-Net (%)"]["value"] == pytest.approx(
+        100 * rows["SoF-Net"]["gflops_per_video"][0] / rows["AR-Net"]["gflops_per_video"][0], rel=1e-9)
+    assert "| AR-Net compared (one seed; no target) | measured | 90 % interval over draws of the videos |" in table_b
     children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
     assert "AR-Net|seed1" in {c.data.tags["tune_trial_id"] for c in children}
     # stage1_from: another stage-2 recipe on study t's stage 1 trains stage 2 only; its TSN rows are t's evaluation

@@ -105,3 +105,51 @@ def test_no_intervals_without_draws_or_for_caches_of_other_videos() -> None:
     other.ids = [f"w{i}" for i in range(20)]
     assert seed_outputs(tsn, other, GRID, RHO, T_MIN) is None
     assert criterion_intervals([ours, None], Targets()) == {}
+
+
+def test_arnet_comparisons_from_its_evaluations_per_video_file(tmp_path) -> None:
+    """Table B's comparisons: AR-Net's per-video outputs as ``evaluate_model`` writes them, read back in the caches'
+    order; the identity draw gives the rows' own differences (the means over seeds of each seed's mAP and GFLOPs,
+    computed here by the evaluation's scoring), the draws an interval around them; a seed without the file, or with
+    other videos, gives none."""
+    from sofnet.evaluation import EvalResult, score, write_per_video
+    from sofnet.study_interval import ARNET_COMPARISONS, arnet_comparisons, arnet_scored
+
+    n, never = 48, T + 1
+    rng = np.random.default_rng(5)
+    seeds, want = [], {name: [] for name in ("tsn", "sofnet", "arnet")}
+    for s in (1, 2):
+        tsn, sof = _bundle(n, s, gated=False), _bundle(n, s, gated=True)
+        probs = rng.dirichlet(np.ones(K), size=n) * 0.5 + 0.5 * tsn.targets  # leans to the label
+        gflops = rng.uniform(0.2, 0.9, size=n)
+        order = rng.permutation(n)  # written in another order than the caches': read back by id
+        arrays = {"scores": probs[order], "gflops": gflops[order], "targets": tsn.targets[order],
+                  "label": tsn.label[order]}
+        path = tmp_path / f"seed{s}" / "per_video.npz"
+        path.parent.mkdir()
+        write_per_video(path, EvalResult(metrics={}, per_class_ap={}, ids=[tsn.ids[i] for i in order],
+                                         arrays=arrays))
+        out = seed_outputs(tsn, sof, GRID, RHO, T_MIN)
+        out["arnet"] = arnet_scored(path, out["ids"])
+        np.testing.assert_array_equal(out["arnet"].probs, probs)
+        seeds.append(out)
+        metrics = {"tsn": replay_metrics(tsn, 0.5, never, prefix="val/"),
+                   "sofnet": replay_metrics(sof, 0.5, never, prefix="val/"),
+                   "arnet": score("val/", probs, tsn.targets, tsn.label, np.zeros((n, T), np.int8), gflops,
+                                  np.zeros(n, bool))[0]}
+        for name, m in metrics.items():
+            want[name].append((m["val/mAP"], m["val/gflops_per_video"]))
+    mean = {name: np.mean(v, axis=0) for name, v in want.items()}  # (mAP, GFLOPs/V) over the seeds
+    expected = [100 * (mean["arnet"][0] - mean["tsn"][0]), 100 * mean["arnet"][1] / mean["tsn"][1],
+                100 * (mean["sofnet"][0] - mean["arnet"][0]), 100 * mean["sofnet"][1] / mean["arnet"][1]]
+    got = arnet_comparisons(seeds, draws=200)
+    assert [c["name"] for c in got] == list(ARNET_COMPARISONS)
+    for c, value in zip(got, expected):
+        assert c["value"] == pytest.approx(value, abs=1e-9), c["name"]
+        low, high = c["interval"]
+        assert low < c["value"] < high, c  # a spread over the draws, around the value of the videos themselves
+    assert got == arnet_comparisons(seeds, draws=200)  # seeded draws
+    assert [set(c) for c in arnet_comparisons(seeds, draws=0)] == [{"name", "value"}] * 4
+    assert arnet_scored(tmp_path / "none.npz", seeds[0]["ids"]) is None
+    assert arnet_scored(tmp_path / "seed1" / "per_video.npz", seeds[0]["ids"][1:]) is None  # other videos
+    assert arnet_comparisons([seeds[0], {**seeds[1], "arnet": None}]) == []

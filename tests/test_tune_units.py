@@ -244,6 +244,17 @@ def test_the_evaluation_writes_the_cache_write_cache_writes(trained, tmp_path):
     got = replay_metrics(merged, 0.95, 2, "reached")
     for k, v in got.items():
         assert math.isclose(both["metrics"][k], v, rel_tol=1e-9, abs_tol=1e-12), k
+    # each video's outputs beside metrics.json, in the same order as the cache; their means are the metrics
+    from sofnet.metrics import activitynet_map
+
+    with np.load(tmp_path / "both/per_video.npz", allow_pickle=False) as f:
+        a = {k: f[k] for k in f.files}
+    assert list(a["ids"]) == own.ids and set(a) == {"ids", "scores", "gflops", "targets", "label", "et_scores",
+                                                   "et_gflops"}
+    for key, prefix in (("", "val/"), ("et_", "val/et/")):
+        m = both["metrics"]
+        assert activitynet_map(a[key + "scores"], a["targets"]).map == pytest.approx(m[prefix + "mAP"], abs=1e-12)
+        assert a[key + "gflops"].mean() == pytest.approx(m[prefix + "gflops_per_video"], rel=1e-12)
     tsm = tiny_model("tsm", classes=th.CLASSES, segments=th.SEGMENTS, size=th.SIZE, dtype=torch.float32)
     with pytest.raises(ValueError, match="causal"):  # refused before the pass: nothing written
         evaluate_model(tsm, cfg, out_dir=tmp_path / "tsm", et=None, device="cpu", et_cache=tmp_path / "c")

@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 BLOCK_NAMES = ("block0", "block1", "block2", "block3", "block4", "classifier")
 OUTPUTS = ("scores", "decisions", "exit_step", "gflops", "fallback")
 BATCH_FIELDS = ("labels", "label", "inside", "timestamps")
+PER_VIDEO = "per_video.npz"  # evaluate_model's per-video outputs beside metrics.json (sofnet.study_interval reads them)
 
 
 @dataclass
@@ -203,6 +204,22 @@ def evaluate(model: torch.nn.Module, loader: Any, *, device: torch.device, dtype
     return EvalResult(metrics=metrics, per_class_ap=aps, ids=gathered_ids, arrays=a)
 
 
+def write_per_video(path: Path, result: EvalResult) -> None:
+    """Each video's outputs, in the evaluation's (sorted) order, as plain arrays (``np.load(..., allow_pickle=False)``
+    reads them): ``ids``, ``scores`` [N, K], ``gflops`` [N], ``targets`` [N, K], ``label`` [N], and with early exit
+    ``et_scores``, ``et_gflops``. What a comparison of two evaluations over draws of the videos needs (the metrics
+    are means over the videos; ``submission.json`` has the scores but not the cost)."""
+    a = result.arrays
+    arrays = {"ids": np.asarray(result.ids, dtype=str), "scores": a["scores"], "gflops": a["gflops"],
+              "targets": a["targets"], "label": a["label"]}
+    if "et_scores" in a:
+        arrays.update(et_scores=a["et_scores"], et_gflops=a["et_gflops"])
+    tmp = path.with_name("." + path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    tmp.replace(path)
+
+
 def class_names(shards: str, num_classes: int) -> list[str]:
     """Class names from the shards' ``manifest.json`` (``class <k>`` when there is none)."""
     directory = shard_directory(shards)
@@ -230,8 +247,9 @@ def evaluate_model(model: torch.nn.Module, cfg: Any, *, out_dir: str | Path, et:
                    device: str = "auto", et_cache: str | Path = "", source: str = "") -> Dict[str, Any]:
     """Evaluate ``model`` on ``cfg.data.val_shards`` (or ``shards``) in this process; write the reports.
 
-    Writes ``metrics.json`` (metrics, per-class AP, the early-exit setting, the shards) and the official ActivityNet
-    submission ``submission.json`` (and ``submission_et.json``) into ``out_dir``; returns the report. With
+    Writes ``metrics.json`` (metrics, per-class AP, the early-exit setting, the shards), the official ActivityNet
+    submission ``submission.json`` (and ``submission_et.json``) and each video's outputs (``per_video.npz``,
+    :func:`write_per_video`) into ``out_dir``; returns the report. With
     ``et_cache``, also the early-exit cache of :mod:`sofnet.tune.et_cache` there, from the same pass without early
     exit (``source``: where the model came from, for its ``meta.json``).
 
@@ -266,6 +284,7 @@ def evaluate_model(model: torch.nn.Module, cfg: Any, *, out_dir: str | Path, et:
     tmp.write_text(json.dumps(report, indent=1))
     tmp.replace(out / "metrics.json")
     export_submission(result.ids, result.arrays["scores"], names, out / "submission.json")
+    write_per_video(out / PER_VIDEO, result)
     if "et_scores" in result.arrays:
         export_submission(result.ids, result.arrays["et_scores"], names, out / "submission_et.json")
     logger.info("wrote %s/metrics.json and the submission files", out)

@@ -250,9 +250,17 @@ def _missing(study: Any, seed: int, record: Optional[Mapping[str, Any]]) -> List
         out.append("action_frames")
     if "arnet" not in study.methods:
         return out
-    # the record's AR-Net row is another AR-Net job's (an earlier arnet_name): this one's is still to be evaluated
+    # the record's AR-Net row is another AR-Net job's (an earlier arnet_name): this one's is still to be evaluated;
+    # one evaluated before its per-video outputs were kept is scored again (one stage) for Table B's intervals
     ours = str(trained_run(study, arnet_config(study, seed)))
-    return out + (["arnet"] if "arnet" not in have or record.get("arnet_run") != ours else [])
+    stale = "arnet" not in have or record.get("arnet_run") != ours or "stage" not in have["arnet"]
+    return out + (["arnet"] if stale or not _arnet_per_video(study, seed, have["arnet"]["stage"]).is_file() else [])
+
+
+def _arnet_per_video(study: Any, seed: int, stage: str) -> Path:
+    from sofnet.evaluation import PER_VIDEO
+
+    return _seed_eval(study, seed).parent / study.arnet_name / stage / PER_VIDEO
 
 
 def evaluate_seed(study: Any, seed: int, record: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
@@ -317,10 +325,12 @@ def _cache(study: Any, seed: int, stage: str) -> Path:
 def _replayed_sections(study: Any, summary: Dict[str, Any], et: Any) -> None:
     """What is replayed from every seed's caches of both stages into ``summary``: the criterion of early exit alone
     vs the gates per action-start bucket (``by_action_start``, :mod:`sofnet.study_start`; ``[]`` where a cache lacks
-    the annotations) and each criterion's interval over draws of the videos (:mod:`sofnet.study_interval`). Neither
-    without SoF-Net or where an evaluation folder was removed by hand (the rows stand without them)."""
+    the annotations), each criterion's interval over draws of the videos (:mod:`sofnet.study_interval`) and, with
+    AR-Net, Table B's comparisons (``arnet_comparisons``, from its evaluation's per-video outputs). None without
+    SoF-Net or where an evaluation folder was removed by hand (the rows stand without them)."""
     from sofnet.study_interval import bucket_intervals, criterion_intervals, seed_outputs
     from sofnet.study_start import ALL, by_action_start, start_summary
+    from sofnet.train.worker import enabled_stages
     from sofnet.study_table import EARLY_EXIT_ALONE
     from sofnet.tune.et_cache import ETBundle
 
@@ -341,6 +351,14 @@ def _replayed_sections(study: Any, summary: Dict[str, Any], et: Any) -> None:
     by_bucket = bucket_intervals(outputs, study.targets, study.draws)
     for row in summary["by_action_start"]:  # "all videos" is the table's own criterion
         row.update(by_bucket.get(row["bucket"], intervals.get(EARLY_EXIT_ALONE, {}) if row["bucket"] == ALL else {}))
+    if "arnet" in study.methods:  # Table B: AR-Net per video from its evaluation, on the same videos as the caches
+        from sofnet.study_interval import arnet_comparisons, arnet_scored
+
+        for s, o in zip(study.seeds, outputs):
+            if o is not None:
+                stage = enabled_stages(arnet_config(study, s))[-1]
+                o["arnet"] = arnet_scored(_arnet_per_video(study, s, stage), o["ids"])
+        summary["arnet_comparisons"] = arnet_comparisons(outputs, study.draws)
 
 
 def _trained_on(cfg: Any, record: Mapping[str, Any]) -> List[str]:

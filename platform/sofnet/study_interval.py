@@ -22,11 +22,14 @@ Usage::
     # {"SoF-Net: GFLOPs vs TSN (%)": {"interval": [41.2, 44.9], "met": 1.0}, ...}
     bucket_intervals(per_seed, Targets())
     # the early-exit-alone criterion per action-start bucket: {"second half": {"interval": [...], "met": 1.0}, ...}
+    per_seed[0]["arnet"] = arnet_scored("<seed eval>/arnet-last/stage3/per_video.npz", per_seed[0]["ids"])
+    arnet_comparisons(per_seed)   # Table B: [{"name": "AR-Net: mAP - TSN mAP (points)", "value", "interval"}, ...]
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -161,4 +164,56 @@ def bucket_intervals(per_seed: Sequence[Optional[Dict[str, Any]]], targets: Any,
             drawn = criterion_intervals(per_seed, targets, draws, videos=index).get(EARLY_EXIT_ALONE)
             if drawn:
                 out[name] = drawn
+    return out
+
+
+# Table B's comparisons with AR-Net (no target: how far apart the methods are, and whether other videos would say so)
+ARNET_COMPARISONS = ("AR-Net: mAP - TSN mAP (points)", "AR-Net: GFLOPs vs TSN (%)",
+                     "SoF-Net: mAP - AR-Net mAP (points)", "SoF-Net: GFLOPs vs AR-Net (%)")
+
+
+def arnet_scored(path: str | Path, ids: Sequence[str]) -> Optional[Scored]:
+    """AR-Net's final stage per video from its evaluation's ``per_video.npz`` (:data:`sofnet.evaluation.PER_VIDEO`),
+    in the order of ``ids``; ``None`` where there is no file (evaluated before it was written) or it holds other
+    videos than ``ids``."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as f:
+        row = {str(v): i for i, v in enumerate(f["ids"])}
+        if len(row) != len(f["ids"]) or sorted(row) != sorted(ids):
+            return None
+        order = [row[v] for v in ids]
+        return Scored(f["scores"][order].astype(np.float64), f["gflops"][order].astype(np.float64))
+
+
+def arnet_comparisons(per_seed: Sequence[Optional[Dict[str, Any]]], draws: int = 200,
+                      seed: int = 0) -> List[Dict[str, Any]]:
+    """AR-Net against TSN and SoF-Net (without early exit) on the means over seeds, as :data:`ARNET_COMPARISONS`:
+    ``[{"name", "value" (all videos), "interval" (90 % over ``draws`` draws of the videos; absent without draws)}]``;
+    ``[]`` unless every seed has all three methods on the same videos (``seed_outputs`` with ``"arnet"`` added)."""
+    if not per_seed or any(s is None or s.get("arnet") is None or s["ids"] != per_seed[0]["ids"] for s in per_seed):
+        return []
+    n = len(per_seed[0]["ids"])
+    index = np.arange(n)[None, :]  # the identity draw first: the values of the table's own videos
+    if draws > 0:
+        index = np.concatenate([index, np.random.default_rng(seed).integers(0, n, size=(draws, n))])
+
+    def per_draw(s: Dict[str, Any], key: str) -> Tuple[np.ndarray, np.ndarray]:  # (mAP, mean GFLOPs) per draw
+        return resampled_map(s[key].probs, s["targets"], index), s[key].gflops[index].mean(1)
+
+    seeds = [{key: per_draw(s, key) for key in ("tsn", "sofnet", "arnet")} for s in per_seed]
+
+    def mean(key: str, part: int) -> np.ndarray:
+        return np.mean([s[key][part] for s in seeds], axis=0)
+
+    values = (100 * (mean("arnet", 0) - mean("tsn", 0)), 100 * mean("arnet", 1) / mean("tsn", 1),
+              100 * (mean("sofnet", 0) - mean("arnet", 0)), 100 * mean("sofnet", 1) / mean("arnet", 1))
+    low, high = 100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2
+    out = []
+    for name, v in zip(ARNET_COMPARISONS, values):
+        row: Dict[str, Any] = {"name": name, "value": float(v[0])}
+        if draws > 0:
+            row["interval"] = [float(x) for x in np.percentile(v[1:], [low, high])]
+        out.append(row)
     return out

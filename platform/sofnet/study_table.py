@@ -205,5 +205,13 @@ def study_table(summary: Mapping[str, Any], header: str = "") -> str:
             line += (f" {c['interval'][0]:.2f} to {c['interval'][1]:.2f} ({100 * c['met']:.0f} %) |"
                      if "interval" in c else " - |")
         lines.append(line)
+    comparisons = summary.get("arnet_comparisons") or []  # sofnet.study_interval.arnet_comparisons: Table B
+    if comparisons:
+        drawn = "interval" in comparisons[0]
+        lines += ["", f"| AR-Net compared ({'on the means' if spread else 'one seed'}; no target) | measured |"
+                  + (" 90 % interval over draws of the videos |" if drawn else ""), "|---|---|" + "---|" * drawn]
+        for c in comparisons:
+            lines.append(f"| {c['name']} | {c['value']:.2f} |"
+                         + (f" {c['interval'][0]:.2f} to {c['interval'][1]:.2f} |" if drawn else ""))
     return "\n".join(lines)
 
