@@ -249,9 +249,9 @@ def evaluate_model(model: torch.nn.Module, cfg: Any, *, out_dir: str | Path, et:
 
     Writes ``metrics.json`` (metrics, per-class AP, the early-exit setting, the shards), the official ActivityNet
     submission ``submission.json`` (and ``submission_et.json``) and each video's outputs (``per_video.npz``,
-    :func:`write_per_video`) into ``out_dir``; returns the report. With
-    ``et_cache``, also the early-exit cache of :mod:`sofnet.tune.et_cache` there, from the same pass without early
-    exit (``source``: where the model came from, for its ``meta.json``).
+    :func:`write_per_video`) into ``out_dir``; returns the report. With ``et_cache``, also the early-exit cache of
+    :mod:`sofnet.tune.et_cache` there, from the same pass without early exit (``source``: where the model came from,
+    for its ``meta.json``).
 
     Raises:
         ValueError: ``et_cache`` for a model that cannot exit early (bidirectional shift), before the pass.
