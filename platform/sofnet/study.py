@@ -59,7 +59,7 @@ from sofnet.study_recipe import (
     DIGESTS, SCORED_BY, check_recipe, check_source, recipe_of, shard_digests, study_dir,
 )
 from sofnet.machine import fingerprint, kernel_level
-from sofnet.study_mlflow import log_study
+from sofnet.study_mlflow import log_study, trained_on
 from sofnet.study_table import METHODS, Targets, machines_line, study_table, summarize
 
 logger = logging.getLogger(__name__)
@@ -306,7 +306,7 @@ def evaluate_seed(study: Any, seed: int, record: Optional[Mapping[str, Any]] = N
         record["reports"]["arnet"] = {"metrics": r["metrics"], "runs": r["runs"], "stage": final}
         record["arnet_run"] = str(trained_run(study, acfg))
     machines = record.setdefault("machines", {})
-    machines["trained"] = _trained_on(seed_config(study, seed), record)
+    machines["trained"] = trained_on(seed_config(study, seed), record)
     if "base" in missing or "arnet" in missing:  # scored here and now (a grid is replayed from what was scored)
         machines["scored"] = sorted(set(machines.get("scored", [])) | {kernel_level(fingerprint())})
     tmp = _seed_eval(study, seed).with_suffix(".tmp")
@@ -330,8 +330,8 @@ def _replayed_sections(study: Any, summary: Dict[str, Any], et: Any) -> None:
     SoF-Net or where an evaluation folder was removed by hand (the rows stand without them)."""
     from sofnet.study_interval import bucket_intervals, criterion_intervals, seed_outputs
     from sofnet.study_start import ALL, by_action_start, start_summary
-    from sofnet.train.worker import enabled_stages
     from sofnet.study_table import EARLY_EXIT_ALONE
+    from sofnet.train.worker import enabled_stages
     from sofnet.tune.et_cache import ETBundle
 
     summary["by_action_start"] = []
@@ -359,26 +359,6 @@ def _replayed_sections(study: Any, summary: Dict[str, Any], et: Any) -> None:
                 stage = enabled_stages(arnet_config(study, s))[-1]
                 o["arnet"] = arnet_scored(_arnet_per_video(study, s, stage), o["ids"])
         summary["arnet_comparisons"] = arnet_comparisons(outputs, study.draws)
-
-
-def _trained_on(cfg: Any, record: Mapping[str, Any]) -> List[str]:
-    """The kernel levels of the training runs behind the record's rows, from their ``machine.*`` MLflow tags (each
-    stage run has them; a run the store no longer has, or one from before the tags, counts as unknown)."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    from sofnet.train.tracking import resolve_tracking_uri
-
-    client = MlflowClient(tracking_uri=resolve_tracking_uri(cfg.mlflow.tracking_uri))
-    levels = set()
-    for run_id in {i for report in record["reports"].values() for k, i in report.get("runs", {}).items() if k != "job"}:
-        try:
-            tags = client.get_run(run_id).data.tags
-        except MlflowException:
-            continue
-        if "machine.aten_capability" in tags:
-            levels.add(kernel_level(tags))
-    return sorted(levels)
 
 
 def run_study(study: Any, *, train: Optional[Any] = None) -> Dict[str, Any]:
@@ -434,7 +414,7 @@ def run_study(study: Any, *, train: Optional[Any] = None) -> Dict[str, Any]:
         missing = _missing(study, seed, record)
         if not missing:
             if "machines" not in record:  # evaluated before the record kept them: what trained it is in MLflow
-                records[seed] = {**record, "machines": {"trained": _trained_on(seed_config(study, seed), record)}}
+                records[seed] = {**record, "machines": {"trained": trained_on(seed_config(study, seed), record)}}
             continue
         logger.info("seed %d: evaluating the best epochs (%s)", seed, ", ".join(missing))
         records[seed] = evaluate_seed(study, seed, record)

@@ -6,12 +6,14 @@ Usage::
 
     from sofnet.study_mlflow import log_study
     run_id = log_study(study, cfg, summary, records, table)     # the parent run's id
+    trained_on(cfg, record)          # the kernel levels of a seed's training runs, from their machine.* tags
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, List, Mapping, Sequence
 
+from sofnet.machine import kernel_level
 from sofnet.study_recipe import study_dir
 from sofnet.study_table import ROWS, row_metrics
 
@@ -44,3 +46,23 @@ def log_study(study: Any, cfg: Any, summary: Mapping[str, Any], records: Sequenc
     parent.finish({"study_table.md": table})
     parent.client.log_dict(parent.run_id, {"summary": summary}, "study.json")
     return parent.run_id
+
+
+def trained_on(cfg: Any, record: Mapping[str, Any]) -> List[str]:
+    """The kernel levels of the training runs behind the record's rows, from their ``machine.*`` MLflow tags (each
+    stage run has them; a run the store no longer has, or one from before the tags, counts as unknown)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from sofnet.train.tracking import resolve_tracking_uri
+
+    client = MlflowClient(tracking_uri=resolve_tracking_uri(cfg.mlflow.tracking_uri))
+    levels = set()
+    for run_id in {i for report in record["reports"].values() for k, i in report.get("runs", {}).items() if k != "job"}:
+        try:
+            tags = client.get_run(run_id).data.tags
+        except MlflowException:
+            continue
+        if "machine.aten_capability" in tags:
+            levels.add(kernel_level(tags))
+    return sorted(levels)
