@@ -79,8 +79,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-et", action="store_true", help="skip the early-exit evaluation")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1, ...")
     p.add_argument("--et-cache", default="", metavar="DIR",
-                   help="also write the early-exit cache (from the evaluation's pass without early exit) for a rho/T_min "
-                        "sweep by replay: jobs/tune_early_exit.py ... cache=DIR")
+                   help="also write the early-exit cache (from the evaluation's pass without early exit) for a "
+                        "rho/T_min sweep by replay: jobs/tune_early_exit.py ... cache=DIR")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the results to MLflow (default: a child run "
                    "of the evaluated model's training run)")
     from sofnet.session import run_command
