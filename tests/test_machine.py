@@ -6,10 +6,13 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
 from sofnet.machine import fingerprint
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_fingerprint_names_kernels_versions_and_threads() -> None:
@@ -43,3 +46,16 @@ def test_rank_tags_name_what_differs_between_ranks() -> None:
     assert tags["machine.rank1.aten_capability"] == "AVX2-on-rank1"
     assert tags["machine.rank0.env.ATEN_CPU_CAPABILITY"] == ""
     assert tags["machine.rank2.aten_capability"] == same["machine.aten_capability"]
+
+
+def test_kernel_bits_probe_repeats_and_runs_at_the_asked_level() -> None:
+    """``bench/kernel_bits.py``: the same setting twice gives the same hashes (its answer is the variables', not
+    noise); a forced level is the level its child ran at."""
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import kernel_bits
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    native, again = kernel_bits.run(""), kernel_bits.run("")
+    assert native == again and set(native) == {"aten", *kernel_bits.OPS}
+    assert kernel_bits.run("ATEN_CPU_CAPABILITY=default")["aten"] == "DEFAULT"
