@@ -28,7 +28,7 @@ test: setup
 test-fast: setup
 	$(PYTEST) -m 'not slow'
 
-# The demo: the benchmark task's recipe at one seed, shrunk to 9-18 min here (jobs/configs/study_demo.yaml: 48 px crops,
+# The demo: the benchmark task's recipe at one seed, shrunk to 5-18 min here (jobs/configs/study_demo.yaml: 48 px crops,
 # 6 + 6 epochs, one validation a stage), through the study command: the shards (bench-data, shared with
 # `make study`), stage 1 (TSN) and stage 2 (SoF-Net) on 2 CPU workers (local Ray, DeepSpeed), both best epochs through
 # the one evaluator, the TSN + ET grid and the criteria, logged to MLflow (./mlflow.db). A rerun reuses the finished
