@@ -41,6 +41,26 @@ def _cpu() -> tuple[str, str]:
     return (model.group(1).strip() if model else platform.processor() or platform.machine()), vector
 
 
+def _cpu_id() -> str:
+    """The CPU's vendor, family, model and stepping (x86 ``/proc/cpuinfo``), or ``""`` where there are none.
+
+    Cloud VMs mask the model name: "AMD EPYC" named both a Zen 3 machine without AVX-512 (family 25) and a Zen 5
+    with it (family 26) that ran this project's tables; the numbers say which CPU it was."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    fields = {}
+    for key in ("vendor_id", "cpu family", "model", "stepping"):
+        found = re.search(rf"^{key}\s*:\s*(\S+)\s*$", text, re.M)
+        if found:
+            fields[key] = found.group(1)
+    if "cpu family" not in fields:
+        return ""
+    return (f"{fields.get('vendor_id', '?')} family {fields['cpu family']} model {fields.get('model', '?')} "
+            f"stepping {fields.get('stepping', '?')}")
+
+
 def _onednn() -> str:
     import torch
 
@@ -49,8 +69,9 @@ def _onednn() -> str:
 
 
 def fingerprint() -> Dict[str, str]:
-    """``machine.*`` tags: CPU model and vector extensions, torch / torchvision / oneDNN versions, the ATen CPU
-    capability in use, threads, deterministic-algorithms mode, Python, and the kernel-level variables if set.
+    """``machine.*`` tags: CPU model, its family/model numbers and vector extensions, torch / torchvision / oneDNN
+    versions, the ATen CPU capability in use, threads, deterministic-algorithms mode, Python, and the kernel-level
+    variables if set.
     No host name or user: runs are shared."""
     import torch  # here, not at import: a study's bad config is refused before torch loads (~1.5 s)
     import torchvision
@@ -69,6 +90,8 @@ def fingerprint() -> Dict[str, str]:
         "machine.deterministic_algorithms": str(torch.are_deterministic_algorithms_enabled()),
         "machine.python": sys.version.split()[0],
     }
+    if cpu_id := _cpu_id():
+        tags["machine.cpu_id"] = cpu_id
     if torch.cuda.is_available():
         tags["machine.gpu"] = torch.cuda.get_device_name(0)
         tags["machine.cuda"] = str(torch.version.cuda)
