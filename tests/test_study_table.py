@@ -103,6 +103,9 @@ def test_the_header_says_which_kernels_trained_and_scored_each_seed() -> None:
     avx2 = kernel_level({"machine.cpu_model": "Xeon", "machine.aten_capability": "AVX2", "machine.threads": "2",
                          "machine.env.ONEDNN_MAX_CPU_ISA": "AVX2", "machine.env.ATEN_CPU_CAPABILITY": "avx2"})
     assert (native, avx2) == ("Xeon, AVX512, 2 threads", "Xeon, AVX2, ONEDNN_MAX_CPU_ISA=AVX2, 2 threads")
+    assert kernel_level({"machine.cpu_model": "Xeon", "machine.aten_capability": "AVX2", "machine.threads": "1",
+                         "machine.env.ONEDNN_MAX_CPU_ISA": "AVX2", "machine.env.MKL_ENABLE_INSTRUCTIONS": "AVX2"}) \
+        == "Xeon, AVX2, ONEDNN_MAX_CPU_ISA=AVX2, MKL_ENABLE_INSTRUCTIONS=AVX2, 1 thread"  # MKL's own cap, if set
     assert kernel_level({"machine.cpu_model": "Xeon", "machine.aten_capability": "AVX512", "machine.threads": "1"}) \
         == "Xeon, AVX512, 1 thread"  # a Ray Train worker's: one CPU each
     same = [{"seed": s, "machines": {"trained": [native], "scored": [native]}} for s in (1, 2)]

@@ -13,6 +13,8 @@ runs other kernels (AVX-512 vs AVX2 vs plain C++ in ATen, another oneDNN ISA), w
 training run amplifies that into other weights. ``ATEN_CPU_CAPABILITY=avx2`` (or ``default``) with
 ``ONEDNN_MAX_CPU_ISA=AVX2`` makes this machine run those other kernels, which is how the README's cross-CPU checks
 were made; the tags say which level a run really used (``machine.aten_capability``), not only what was asked for.
+On an AMD EPYC with AVX-512 they reproduced an AVX2-only AMD EPYC's demo to the last printed digit; on Intel, MKL
+(the BLAS) is capped apart, by ``MKL_ENABLE_INSTRUCTIONS``, which is tagged too when set.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from pathlib import Path
 from typing import Dict, Mapping, Sequence
 
 # The environment variables that change which CPU kernels run (asked-for levels; the capability tag says what ran).
-KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# MKL's own cap (the BLAS under matmul, linear layers, the LSTM) is left alone by the other two (bench/kernel_bits.py).
+KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "OMP_NUM_THREADS",
+              "MKL_NUM_THREADS")
 
 
 def _cpu() -> tuple[str, str]:
@@ -107,8 +111,9 @@ def kernel_level(tags: Mapping[str, str]) -> str:
     ATen capability that ran, oneDNN's cap if one was set, the threads; e.g. ``Intel(R) Xeon(R) Processor, AVX512,
     2 threads`` or ``..., AVX2, ONEDNN_MAX_CPU_ISA=AVX2, 2 threads`` (how the README's cross-CPU rows were made)."""
     parts = [tags.get("machine.cpu_model", "?"), tags.get("machine.aten_capability", "?")]
-    if tags.get("machine.env.ONEDNN_MAX_CPU_ISA"):
-        parts.append(f"ONEDNN_MAX_CPU_ISA={tags['machine.env.ONEDNN_MAX_CPU_ISA']}")
+    for cap in ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS"):
+        if tags.get(f"machine.env.{cap}"):
+            parts.append(f"{cap}={tags[f'machine.env.{cap}']}")
     threads = tags.get("machine.threads", "?")
     return ", ".join(parts + [f"{threads} thread{'' if threads == '1' else 's'}"])
 
