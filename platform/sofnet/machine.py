@@ -32,37 +32,25 @@ KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTI
               "MKL_NUM_THREADS")
 
 
-def _cpu() -> tuple[str, str]:
-    """CPU model name and the vector extensions that pick kernels (from /proc/cpuinfo where there is one)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine(), ""
-    model = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-    flags = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
-    have = set(flags.group(1).split()) if flags else set()
-    vector = ",".join(f for f in ("avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "avx2", "fma") if f in have)
-    return (model.group(1).strip() if model else platform.processor() or platform.machine()), vector
-
-
-def _cpu_id() -> str:
-    """The CPU's vendor, family, model and stepping (x86 ``/proc/cpuinfo``), or ``""`` where there are none.
+def _cpu() -> tuple[str, str, str]:
+    """CPU model name, the vector extensions that pick kernels, and the vendor, family, model and stepping (x86;
+    ``""`` elsewhere), from /proc/cpuinfo where there is one.
 
     Cloud VMs mask the model name: "AMD EPYC" named both a Zen 3 machine without AVX-512 (family 25) and a Zen 5
     with it (family 26) that ran this project's tables; the numbers say which CPU it was."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return ""
-    fields = {}
-    for key in ("vendor_id", "cpu family", "model", "stepping"):
-        found = re.search(rf"^{key}\s*:\s*(\S+)\s*$", text, re.M)
-        if found:
-            fields[key] = found.group(1)
-    if "cpu family" not in fields:
-        return ""
-    return (f"{fields.get('vendor_id', '?')} family {fields['cpu family']} model {fields.get('model', '?')} "
-            f"stepping {fields.get('stepping', '?')}")
+        return platform.processor() or platform.machine(), "", ""
+    model = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+    flags = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
+    have = set(flags.group(1).split()) if flags else set()
+    vector = ",".join(f for f in ("avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "avx2", "fma") if f in have)
+    keys = ("vendor_id", "cpu family", "model", "stepping")
+    found = [re.search(rf"^{key}\s*:\s*(\S+)\s*$", text, re.M) for key in keys]
+    vendor, family, number, stepping = (m.group(1) if m else "?" for m in found)
+    cpu_id = f"{vendor} family {family} model {number} stepping {stepping}" if family != "?" else ""
+    return (model.group(1).strip() if model else platform.processor() or platform.machine()), vector, cpu_id
 
 
 def _onednn() -> str:
@@ -75,12 +63,11 @@ def _onednn() -> str:
 def fingerprint() -> Dict[str, str]:
     """``machine.*`` tags: CPU model, its family/model numbers and vector extensions, torch / torchvision / oneDNN
     versions, the ATen CPU capability in use, threads, deterministic-algorithms mode, Python, and the kernel-level
-    variables if set.
-    No host name or user: runs are shared."""
+    variables if set. No host name or user: runs are shared."""
     import torch  # here, not at import: a study's bad config is refused before torch loads (~1.5 s)
     import torchvision
 
-    model, vector = _cpu()
+    model, vector, cpu_id = _cpu()
     tags = {
         "machine.cpu_model": model,
         "machine.cpu_vector": vector,
@@ -94,7 +81,7 @@ def fingerprint() -> Dict[str, str]:
         "machine.deterministic_algorithms": str(torch.are_deterministic_algorithms_enabled()),
         "machine.python": sys.version.split()[0],
     }
-    if cpu_id := _cpu_id():
+    if cpu_id:
         tags["machine.cpu_id"] = cpu_id
     if torch.cuda.is_available():
         tags["machine.gpu"] = torch.cuda.get_device_name(0)
@@ -108,7 +95,7 @@ def fingerprint() -> Dict[str, str]:
 
 def kernel_level(tags: Mapping[str, str]) -> str:
     """What picked a run's CPU kernels, in one phrase for a table, from its ``machine.*`` tags: the CPU model, the
-    ATen capability that ran, oneDNN's cap if one was set, the threads; e.g. ``Intel(R) Xeon(R) Processor, AVX512,
+    ATen capability that ran, oneDNN's and MKL's caps if set, the threads; e.g. ``Intel(R) Xeon(R) Processor, AVX512,
     2 threads`` or ``..., AVX2, ONEDNN_MAX_CPU_ISA=AVX2, 2 threads`` (how the README's cross-CPU rows were made)."""
     parts = [tags.get("machine.cpu_model", "?"), tags.get("machine.aten_capability", "?")]
     for cap in ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS"):
