@@ -22,6 +22,8 @@ import subprocess
 import sys
 from typing import Dict, List
 
+from sofnet.machine import KERNEL_ENV  # the variables that pick kernels, as every run's tags name them
+
 SETTINGS = ["", "MKL_ENABLE_INSTRUCTIONS=AVX2", "ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2",
             "ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2",
             "ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=AVX2"]
@@ -44,8 +46,7 @@ def probe() -> Dict[str, str]:
 
 def run(setting: str) -> Dict[str, str]:
     """:func:`probe` in a new process under ``setting`` (``NAME=value`` words), one thread."""
-    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
-                                                           "MKL_ENABLE_INSTRUCTIONS")}
+    env = {k: v for k, v in os.environ.items() if k not in KERNEL_ENV}  # only what the setting asks for
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     env.update(word.split("=", 1) for word in setting.split())
     code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import kernel_bits; "
