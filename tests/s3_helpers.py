@@ -28,6 +28,7 @@ from sofnet.session import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+HEALTH_WAIT_S = 240.0  # how long mlflow_server waits for the server's /health
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
@@ -122,17 +123,21 @@ def mlflow_server(host: str, directory: Path, artifacts: str = "", env: Mapping[
     uri = f"http://{host}:{port}"
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        for _ in range(180):  # bounded: 180 x 0.5 s
+        # Bounded in time and count. It starts in ~6 s on a quiet machine, once took 77 s beside a training job: a slow
+        # CI machine gets room, a dead server is still seen at once (proc.poll).
+        healthy, deadline = False, time.monotonic() + HEALTH_WAIT_S
+        for _ in range(int(HEALTH_WAIT_S / 0.5) + 1):
             try:
                 with opener.open(f"{uri}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
+                    healthy = r.status == 200
             except OSError:
                 if proc.poll() is not None:
                     raise RuntimeError(f"mlflow server exited: {log_path.read_text()[-2000:]}") from None
-                time.sleep(0.5)
-        else:
-            raise RuntimeError(f"mlflow server not healthy after 90 s: {log_path.read_text()[-2000:]}")
+            if healthy or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        if not healthy:
+            raise RuntimeError(f"mlflow server not healthy after {HEALTH_WAIT_S:.0f} s: {log_path.read_text()[-2000:]}")
         yield uri
     finally:
         stop_process_group(proc, grace=20)

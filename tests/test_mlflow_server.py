@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -13,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
-from process_helpers import stop_process_group
 
 from sofnet.config import load_config
 from sofnet.models import build_model
@@ -25,29 +23,11 @@ NAME = "sofnet-server-test"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("mlflow_server")
-    port = free_port()
-    env = dict(os.environ, MLFLOW_BIN=str(Path(sys.executable).parent / "mlflow"))
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen([str(REPO / "infra" / "mlflow_server.sh"), "--port", str(port), "--dir", str(root)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, (root / "server.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "mlflow server did not answer in 90 s"
-            time.sleep(0.5)
+    """``infra/mlflow_server.sh`` on 127.0.0.1 (a free port), started once for the module; yields its URI."""
+    from s3_helpers import mlflow_server
+
+    with mlflow_server("127.0.0.1", tmp_path_factory.mktemp("mlflow_server")) as uri:
         yield uri
-    finally:
-        stop_process_group(proc, grace=20)
-        log.close()
 
 
 def _cfg(uri: str):
