@@ -5,8 +5,9 @@ The module's cluster (``infra/local_cluster.py``, started once, brought down in 
 head 198.51.100.10 (0 CPUs: job drivers), w1 .11 with 2 CPUs (two ranks can share it), w2 .12 and w3 .13 with 1.
 Data prep runs on it too (its shard tasks spread over the workers). Jobs are submitted from the host as a user would
 (``ray job submit --address http://198.51.100.10:8265``). Most use absolute paths on this machine's filesystem,
-which the namespaces share (the stand-in for an NFS mount); the lost-host test shares no directory: its shards, Ray
-Train's storage and MLflow's artifacts are in a real S3 API (moto) and MLflow behind its server, both on the bridge.
+which the namespaces share (the stand-in for an NFS mount); the lost-host test and both data-prep tests share no
+directory: their videos, shards, Ray Train's storage and MLflow's artifacts are in a real S3 API (moto) and MLflow
+behind its server, both on the bridge.
 """
 
 from __future__ import annotations
@@ -114,30 +115,41 @@ def bucket(cluster: list, shards: Path, tmp_path_factory: pytest.TempPathFactory
             yield mn.runtime_env(tmp / "runtime_env.yaml", aws), uri
 
 
+def _videos_in_bucket(tmp_path: Path, prefix: str, videos: int, *sizes: str) -> tuple:
+    """Generate ``videos`` encoded videos with ActivityNet-style annotations, copy both to ``s3://data/<prefix>``
+    and delete them here, so that no node can find a video or the annotations on a disk: (annotations, videos)."""
+    import pyarrow.fs as pafs
+
+    from data_prep.synthetic import main as synthetic
+    from sofnet import storage
+
+    raw = tmp_path / f"raw-{prefix}"
+    assert synthetic(["--out", str(raw), "--videos", str(videos), "--classes", "3", *sizes, "--no-progress"]) == 0
+    fs, root = pafs.FileSystem.from_uri(f"s3://data/{prefix}/videos")
+    pafs.copy_files(str(raw / "videos"), root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    storage.write_bytes(f"s3://data/{prefix}/anet.json", (raw / "activity_net.synthetic.json").read_bytes())
+    shutil.rmtree(raw)
+    return f"s3://data/{prefix}/anet.json", f"s3://data/{prefix}/videos"
+
+
+def _prep_entry(annotations: str, videos: str, out: str) -> list:
+    return ["python", "-m", "data_prep.activitynet", "--annotations", annotations, "--videos", videos, "--out", out,
+            "--shard-size", "2", "--ray-address", "auto", "--no-progress"]
+
+
 def test_data_prep_spreads_over_the_nodes_into_the_bucket(cluster: list, bucket: tuple, tmp_path: Path) -> None:
     """``python -m data_prep.activitynet --annotations s3://... --videos s3://... --out s3://... --ray-address auto``
     as a job on the cluster, with no file of the dataset on any disk: shard tasks run on several worker nodes, each
     copies its videos from the bucket one at a time and uploads its shards and their state there, ``report.json``
     says which node wrote which shard and video, and no video is lost or doubled."""
     import json
-    import shutil
 
-    import pyarrow.fs as pafs
-
-    from data_prep.synthetic import main as synthetic
     from sofnet import storage
 
     runtime, _ = bucket
-    raw, out = tmp_path / "raw", "s3://data/prep-spread"
-    assert synthetic(["--out", str(raw), "--videos", "16", "--classes", "3", "--min-duration", "3",
-                      "--max-duration", "4", "--no-progress"]) == 0
-    fs, root = pafs.FileSystem.from_uri("s3://data/videos")
-    pafs.copy_files(str(raw / "videos"), root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-    storage.write_bytes("s3://data/anet.json", (raw / "activity_net.synthetic.json").read_bytes())
-    shutil.rmtree(raw)  # no node can find a video or the annotations on this disk
-    done = mn.submit("mn-prep", ["python", "-m", "data_prep.activitynet", "--annotations", "s3://data/anet.json",
-                                 "--videos", "s3://data/videos", "--out", out, "--shard-size", "2", "--ray-address",
-                                 "auto", "--no-progress"], runtime=runtime)
+    out = "s3://data/prep-spread"
+    annotations, videos = _videos_in_bucket(tmp_path, "spread", 16, "--min-duration", "3", "--max-duration", "4")
+    done = mn.submit("mn-prep", _prep_entry(annotations, videos, out), runtime=runtime)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     report = json.loads(storage.read_text(f"{out}/report.json"))
     workers = {n.ip for n in cluster if not n.head}
@@ -226,38 +238,45 @@ def test_local_storage_on_several_nodes_is_refused_before_training(cluster: list
     assert "Traceback" not in log and "RayTrainWorker" not in log and not (tmp_path / "runs" / "mn-local").exists()
 
 
-def test_data_prep_survives_a_lost_node_and_a_rerun(cluster: list, tmp_path: Path) -> None:
-    """SIGKILL a worker node while data prep writes its shards (last: it costs the cluster a node). The runner
-    resubmits a lost node's running shards elsewhere; a rerun writes nothing again; no video is lost or doubled."""
+def test_data_prep_survives_a_lost_node_and_a_rerun(cluster: list, bucket: tuple, tmp_path: Path) -> None:
+    """SIGKILL a worker node while data prep reads its videos from the bucket and writes its shards there (no disk
+    shared; last: it costs the cluster a node). The runner resubmits a lost node's running shards elsewhere; a rerun
+    writes nothing again; no video is lost or doubled."""
     import json
     import time
 
-    out = tmp_path / "prep"
-    entry = ["python", "-m", "data_prep.synthetic", "--out", str(out / "raw"), "--videos", "48", "--classes", "3",
-             "--min-duration", "4", "--max-duration", "6", "--shards", str(out / "shards"), "--shard-size", "2",
-             "--ray-address", "auto", "--no-progress"]
-    done = mn.submit("mn-prep-lost", entry, wait=False, timeout=120)
+    from sofnet import storage
+
+    runtime, _ = bucket
+    out = "s3://data/prep-lost"
+    annotations, videos = _videos_in_bucket(tmp_path, "lost", 48, "--min-duration", "4", "--max-duration", "6")
+    entry = _prep_entry(annotations, videos, out)
+    done = mn.submit("mn-prep-lost", entry, wait=False, timeout=120, runtime=runtime)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    state = out / "shards" / ".state"
+
+    def finished() -> list:  # the shards whose state is in the bucket (written after the shard itself)
+        return [n for n in storage.list_names(f"{out}/.state") if n.endswith(".tar.json")]
+
     for _ in range(600):  # bounded: 600 x 0.2 s, until the first shard is finished (tasks are running)
-        if list(state.glob("*.tar.json")) or mn.status("mn-prep-lost") in {"SUCCEEDED", "FAILED"}:
+        if finished() or mn.status("mn-prep-lost") in {"SUCCEEDED", "FAILED"}:
             break
         time.sleep(0.2)
-    first = sorted(state.glob("*.tar.json"))
+    first = finished()
     assert first, "no shard was written"
-    busy = json.loads(first[0].read_text())["node"]  # a node that is writing shards: it holds the next task
+    busy = json.loads(storage.read_text(f"{out}/.state/{first[0]}"))["node"]  # writing shards: it holds the next task
     victim = next(n for n in cluster if n.ip == busy)
-    finished = len(list(state.glob("*.tar.json")))
     assert local_cluster.kill_node(victim.name, mn.STATE_DIR, signal.SIGKILL)
-    assert finished < 24, "data prep ended before the node was lost"
+    assert len(finished()) < 24, "data prep ended before the node was lost"
     mn.wait_status("mn-prep-lost", "SUCCEEDED", timeout=600)
     # Whether a shard task was in flight on the node at the kill is a race (usually one is, and the log then shows
     # "shard ... failed"); what must hold either way is below: every video once, and an idempotent rerun.
-    report = json.loads((out / "shards" / "report.json").read_text())
-    videos = sorted(v for node in report["nodes"].values() for v in node["videos"])
-    assert len(videos) == len(set(videos)) == report["counts"]["written"] == 48 and report["counts"]["skipped"] == 0
-    digest = json.loads((out / "shards" / "manifest.json").read_text())["digest"]
-    again = mn.submit("mn-prep-rerun", entry, timeout=600)
+    report = json.loads(storage.read_text(f"{out}/report.json"))
+    written = sorted(v for node in report["nodes"].values() for v in node["videos"])
+    assert len(written) == len(set(written)) == report["counts"]["written"] == 48 and report["counts"]["skipped"] == 0
+    sizes = json.loads(storage.read_text(f"{out}/sizes.json"))
+    assert sum(sizes.values()) == 48 and sorted(sizes) == [n for n in storage.list_names(out) if n.endswith(".tar")]
+    digest = json.loads(storage.read_text(f"{out}/manifest.json"))["digest"]
+    again = mn.submit("mn-prep-rerun", entry, timeout=600, runtime=runtime)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-2000:]
-    assert json.loads((out / "shards" / "manifest.json").read_text())["digest"] == digest  # the same shards
+    assert json.loads(storage.read_text(f"{out}/manifest.json"))["digest"] == digest  # the same shards
     assert "0 videos decoded in this run" in mn.logs("mn-prep-rerun")
