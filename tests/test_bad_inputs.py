@@ -94,6 +94,8 @@ CASES: List[tuple] = [
     ("rho out of range", "train", lambda w: _train(w, "early_exit.rho=1.5"), ["early_exit.rho"]),
     ("resize below the crop", "train", lambda w: _train(w, "data.resize=32"), ["data.resize"]),
     ("zero epochs", "train", lambda w: _train(w, "train.stage1.epochs=0"), ["epochs"]),
+    ("a name that is a path", "train", lambda w: _train(w, "name=../../elsewhere"),
+     ["name='../../elsewhere'", "letters, digits"]),
     ("shards missing", "train", lambda w: _train(w, f"data.train_shards={w['root'] / 'missing'}"),
      ["data.train_shards", "does not exist"]),
     ("shard dir without shards", "train", lambda w: _train(w, f"data.train_shards={w['no_shards']}"),

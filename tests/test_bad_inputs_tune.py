@@ -55,6 +55,7 @@ CASES: Dict[str, Case] = {
                                        "    loss.alpha: {sampler: uniform, low: 0.8, high: 1.0}\n", [],
                                    ["search.algorithm", "not installed"]),
     "empty search": Case(AB, "search:\n  space: {}\n", [], ["search", "points or a space"]),
+    "a name that is a path": Case(AB, POINT, ["name=a/b"], ["name='a/b'", "letters, digits"]),
     "unknown sampler": Case(AB, "search:\n  algorithm: random\n  space:\n"
                                 "    loss.alpha: {sampler: normal, low: 0.8, high: 1.0}\n", [],
                             ["search.space.loss.alpha", "sampler"]),

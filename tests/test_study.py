@@ -118,7 +118,7 @@ def test_another_arnet_name_is_another_arnet_job_beside_the_same_base_runs(tmp_p
     assert new.name == "t-arnet-last-seed1" and run_dir(new) != run_dir(old) and new.train.val_every == 0
     check_recipe(last, new)  # first sight of this job: kept beside the old one's
     assert _missing(last, 1, record) == ["arnet"]  # only AR-Net: the base runs' rows are reused
-    with pytest.raises(ConfigError, match=r"arnet_name='a/b' must be letters"):
+    with pytest.raises(ConfigError, match=r"arnet_name='a/b' must be letters, digits"):
         load_study(path, ["arnet_name=a/b"])
 
 
@@ -217,8 +217,14 @@ def test_bad_study_config_is_one_line(tmp_path: Path) -> None:
     proc = _run(tmp_path, path, "stage1_from=none")
     assert proc.returncode == 2 and "stage1_from=none: " in proc.stderr and "has no evaluated stage 1 of seed 1" \
         in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    for key in ("name", "runs_from", "stage1_from"):  # one folder name: "../x" would put runs outside output_dir
+        proc = _run(tmp_path, path, f"{key}=../x")
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+            f"error: {path}: {key}='../x' must be letters, digits, '.', '_', '-', a letter or digit first (it names a "
+            "folder of the output directory)"], proc.stderr
     proc = _run(tmp_path, path)  # shards missing: refused before Ray starts
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "no-shards" in proc.stderr
+    assert not (tmp_path / "x").exists() and not (tmp_path.parent / "x").exists()
 
 
 def test_a_rescoring_study_needs_another_studys_finished_runs(tmp_path: Path) -> None:

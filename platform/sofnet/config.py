@@ -14,6 +14,7 @@ ignored key. Errors surface as one :class:`ConfigError` line naming the key and 
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -33,6 +34,19 @@ class ConfigError(ValueError):
     """A configuration problem, phrased as one line that names the key and the file."""
 
 
+# A run's, study's or sweep's name becomes a folder under its output directory (and Ray Train's and MLflow's run
+# names): one path component, so that "a/b" or "../x" cannot put a run in another run's folder or outside its own.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_name(value: str, key: str, src: str, optional: bool = False) -> None:
+    """Refuse a name that is not one folder name (letters, digits, '.', '_', '-'; a letter or digit first);
+    ``optional``: "" passes too (a default applies). Raises :class:`ConfigError`."""
+    if not (optional and value == "") and not NAME_PATTERN.fullmatch(value):
+        raise ConfigError(f"{src}: {key}={value!r} must be letters, digits, '.', '_', '-', a letter or digit first "
+                          "(it names a folder of the output directory)")
+
+
 def _choice(value: str, choices: Sequence[str], key: str, src: str) -> None:
     if value not in choices:
         raise ConfigError(f"{src}: {key}={value!r} is not one of {', '.join(choices)}")
@@ -41,6 +55,8 @@ def _choice(value: str, choices: Sequence[str], key: str, src: str) -> None:
 def validate(cfg: Any, src: str = "<config>") -> None:
     """Check the values a type cannot: choices and ranges. Raises :class:`ConfigError`."""
     m, loss, et = cfg.model, cfg.loss, cfg.early_exit
+    if "name" in cfg:  # a full config (model_config() validates a model section alone); "": <dataset>_<arch>
+        check_name(cfg.name, "name", src, optional=True)
     _choice(m.arch, ARCHS, "model.arch", src)
     _choice(m.backbone, BACKBONES, "model.backbone", src)
     _choice(m.shift, SHIFTS, "model.shift", src)

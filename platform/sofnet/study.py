@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +53,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from sofnet.config import ConfigError, load_config, parse_dotlist
+from sofnet.config import ConfigError, check_name, load_config, parse_dotlist
 from sofnet.study_recipe import (
     DIGESTS, SCORED_BY, check_recipe, check_source, recipe_of, shard_digests, study_dir,
 )
@@ -132,15 +131,16 @@ def load_study(path: str | Path, dotlist: Sequence[str] = (), seed_count: int = 
     if bad or "tsn" not in study.methods or len(set(study.methods)) != len(study.methods):
         raise ConfigError(f"{path}: methods must be distinct values of {list(METHODS)} and include tsn (every GFLOPs "
                           f"ratio is against the seed's TSN); got {list(study.methods)}")
+    check_name(study.name, "name", str(path))
+    for key in ("stage1_from", "runs_from"):
+        check_name(study[key], key, str(path), optional=True)
     base = seed_config(study, study.seeds[0])  # the base config and the overrides, checked before anything runs
     if study.runs_from and study.runs_from in (study.name, study.stage1_from):
         raise ConfigError(f"{path}: runs_from={study.runs_from} must name another study than this one and stage1_from")
     if study.stage1_from and not study.runs_from:  # rescored: stage 1 is scored here, however the source scored it
         _check_stage1_source(study, path, base)
     if "arnet" in study.methods:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", study.arnet_name):
-            raise ConfigError(f"{path}: arnet_name={study.arnet_name!r} must be letters, digits, '.', '_', '-' (it "
-                              "names AR-Net's runs)")
+        check_name(study.arnet_name, "arnet_name", str(path))
         arnet = arnet_config(study, study.seeds[0])
         if arnet.model.arch != "arnet":
             raise ConfigError(f"{study.arnet_config}: arnet_config must train model.arch=arnet, not {arnet.model.arch}")

@@ -47,7 +47,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sofnet.config import ConfigError, parse_dotlist, validate
+from sofnet.config import ConfigError, check_name, parse_dotlist, validate
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +119,7 @@ def _check(ok: bool, src: str, key: str, why: str) -> None:
 def validate_sweep(sweep: Any, src: str = "<sweep>") -> None:
     """Check choices, samplers and that the search algorithm fits the space. Raises :class:`ConfigError`."""
     s = sweep.search
+    check_name(sweep.name, "name", src)
     _check(sweep.kind in KINDS, src, "kind", f"must be one of {', '.join(KINDS)}")
     _check(bool(sweep.base_config), src, "base_config", "must name the training config")
     _check(s.algorithm in ALGORITHMS, src, "search.algorithm", f"must be one of {', '.join(ALGORITHMS)}")
