@@ -204,6 +204,9 @@ def test_bad_study_config_is_one_line(tmp_path: Path) -> None:
     proc = _run(tmp_path, path, "overrides=[a=[1],b]")  # an unquoted nested list: the command line's, not the file's
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "error: command line: overrides=[a=[1],b]: while parsing a flow sequence"], proc.stderr
+    proc = _run(tmp_path, path, "seed=[1]")  # an unknown key of the command line: named, and where it came from
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: command line: bad key seed: Key 'seed' not in 'StudyConfig'. Did you mean: 'seeds'?"], proc.stderr
     proc = _run(tmp_path, path, "et_grid.rho=[1.5]")
     assert proc.returncode == 2 and "et_grid.rho must be in (0, 1)" in proc.stderr
     proc = _run(tmp_path, path, "draws=-1")
