@@ -145,7 +145,9 @@ def _schema() -> DictConfig:
     return OmegaConf.structured(Config)
 
 
-def _merge(base: DictConfig, other: Any, src: str) -> DictConfig:
+def merge_config(base: DictConfig, other: Any, src: str) -> DictConfig:
+    """``OmegaConf.merge(base, other)``; an unknown key or a wrong type is one :class:`ConfigError` line naming the
+    key and ``src``, where ``other`` came from (a file, "command line"). The one place that phrases these."""
     try:
         return OmegaConf.merge(base, other)
     except OmegaConfBaseException as e:
@@ -191,16 +193,16 @@ def load_config(yaml_path: Optional[str | Path] = None, dotlist: Sequence[str] =
             raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(loaded, DictConfig):
             raise ConfigError(f"{path}: expected a mapping at the top level")
-        cfg = _merge(cfg, loaded, str(path))
+        cfg = merge_config(cfg, loaded, str(path))
     if dotlist:
-        cfg = _merge(cfg, parse_dotlist(dotlist), "command line")
+        cfg = merge_config(cfg, parse_dotlist(dotlist), "command line")
     validate(cfg, str(yaml_path or "<defaults>") + (" + command line" if dotlist else ""))
     return cfg
 
 
 def model_config(**overrides: Any) -> DictConfig:
     """A validated typed model section, for code and tests that build a model directly."""
-    cfg = _merge(OmegaConf.structured(ModelConfig), overrides, "model_config()")
+    cfg = merge_config(OmegaConf.structured(ModelConfig), overrides, "model_config()")
     validate(OmegaConf.create({"model": cfg, "loss": dataclasses.asdict(LossConfig()),
                                "early_exit": dataclasses.asdict(EarlyExitConfig())}), "model_config()")
     return cfg
@@ -238,7 +240,7 @@ def flatten(cfg: Any) -> dict[str, Any]:
 
 def from_container(values: Any, src: str = "<dict>") -> DictConfig:
     """A typed, validated config from a plain dict (e.g. what crossed the Ray boundary): the schema again."""
-    cfg = _merge(_schema(), values, src)
+    cfg = merge_config(_schema(), values, src)
     validate(cfg, src)
     return cfg
 

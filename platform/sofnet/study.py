@@ -53,7 +53,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from sofnet.config import ConfigError, check_name, load_config, parse_dotlist
+from sofnet.config import ConfigError, check_name, load_config, merge_config, parse_dotlist
 from sofnet.study_recipe import (
     DIGESTS, SCORED_BY, check_recipe, check_source, recipe_of, shard_digests, study_dir,
 )
@@ -97,12 +97,6 @@ class StudyConfig:
     targets: Targets = field(default_factory=Targets)
 
 
-def _why(e: Exception) -> str:
-    """OmegaConf's first line, with the key it names (its own message may not)."""
-    key, msg = getattr(e, "full_key", None), str(e).splitlines()[0]
-    return f"bad key {key}: {msg}" if key else msg
-
-
 def load_study(path: str | Path, dotlist: Sequence[str] = (), seed_count: int = 0) -> DictConfig:
     """Defaults -> the study YAML -> ``dotlist``, typed; the base config is loaded too, so a bad key fails here.
 
@@ -115,15 +109,12 @@ def load_study(path: str | Path, dotlist: Sequence[str] = (), seed_count: int = 
     """
     cli = parse_dotlist(dotlist)  # its errors name the command line, not the file
     try:
-        study = OmegaConf.merge(OmegaConf.structured(StudyConfig), OmegaConf.load(path))
+        loaded = OmegaConf.load(path)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such study config") from None
-    except Exception as e:  # omegaconf's errors: unknown key, wrong type
-        raise ConfigError(f"{path}: {_why(e)}") from None
-    try:
-        study = OmegaConf.merge(study, cli)
-    except Exception as e:
-        raise ConfigError(f"command line: {_why(e)}") from None
+    except Exception as e:  # not YAML
+        raise ConfigError(f"{path}: {str(e).splitlines()[0]}") from None
+    study = merge_config(merge_config(OmegaConf.structured(StudyConfig), loaded, str(path)), cli, "command line")
     if not study.seeds or len(set(study.seeds)) != len(study.seeds):
         raise ConfigError(f"{path}: seeds must be a non-empty list of distinct integers")
     if seed_count:

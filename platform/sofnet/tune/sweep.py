@@ -47,7 +47,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sofnet.config import ConfigError, check_name, parse_dotlist, validate
+from sofnet.config import ConfigError, check_name, merge_config, parse_dotlist, validate
 
 logger = logging.getLogger(__name__)
 
@@ -205,12 +205,8 @@ def load_sweep(path: str | Path, dotlist: Sequence[str] = (), smoke: bool = Fals
     if dotlist:
         layers.append((parse_dotlist(dotlist), "command line"))
     sweep = OmegaConf.structured(SweepConfig)
-    for layer, src in layers:
-        try:
-            # points replace, not merge element-wise: a smoke grid is a different grid
-            sweep = OmegaConf.merge(sweep, layer)
-        except OmegaConfBaseException as e:
-            raise ConfigError(f"{src}: bad key {getattr(e, 'full_key', '?')}: {str(e).splitlines()[0]}") from None
+    for layer, src in layers:  # points replace, not merge element-wise: a smoke grid is a different grid
+        sweep = merge_config(sweep, layer, src)
     validate_sweep(sweep, str(path))
     return sweep
 
