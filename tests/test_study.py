@@ -93,6 +93,7 @@ def test_another_arnet_name_is_another_arnet_job_beside_the_same_base_runs(tmp_p
     (the base runs' rows stay)."""
     from sofnet.config import ConfigError
     from sofnet.study import _missing, arnet_config, check_recipe, load_study, seed_config
+    from sofnet.study_recipe import scoring_of
     from sofnet.train.worker import enabled_stages, run_dir
 
     path = _study(tmp_path, tmp_path / "shards", arnet=True)
@@ -101,7 +102,7 @@ def test_another_arnet_name_is_another_arnet_job_beside_the_same_base_runs(tmp_p
     assert old.name == "t-arnet-seed1"
     check_recipe(study, old)
     record = {"seed": 1, "reports": {s: {} for s in enabled_stages(seed_config(study, 1))}, "grids": {},
-              "arnet_run": str(run_dir(old))}
+              "arnet_run": str(run_dir(old)), "scored_with": scoring_of(seed_config(study, 1))}
     record["reports"].update(action_frames={}, arnet={"stage": "stage3"})
     assert _missing(study, 1, record) == ["arnet"]  # scored before its per-video outputs were kept: scored again
     kept = tmp_path / "runs/t/t-seed1-eval/arnet/stage3/per_video.npz"
@@ -120,6 +121,40 @@ def test_another_arnet_name_is_another_arnet_job_beside_the_same_base_runs(tmp_p
     assert _missing(last, 1, record) == ["arnet"]  # only AR-Net: the base runs' rows are reused
     with pytest.raises(ConfigError, match=r"arnet_name='a/b' must be letters, digits"):
         load_study(path, ["arnet_name=a/b"])
+
+
+def test_another_early_exit_scores_the_finished_runs_again(tmp_path: Path) -> None:
+    """Early exit acts at evaluation only: under a finished study's name another ``early_exit`` is not a changed recipe
+    (refused) but another scoring, so the seed's evaluation is done again (``rescore``) and nothing retrains; a record
+    from before ``scored_with`` was kept is read from its evaluation's ``metrics.json``."""
+    from sofnet.study import _missing, check_recipe, load_study, seed_config
+    from sofnet.study_recipe import EARLY_EXIT, scoring_of
+    from sofnet.train.worker import enabled_stages
+
+    path = _study(tmp_path, tmp_path / "shards")
+    study = load_study(path)
+    check_recipe(study, seed_config(study, 1))
+    scored = scoring_of(seed_config(study, 1))
+    assert set(scored) == set(EARLY_EXIT) == {"early_exit.enabled", "early_exit.rho", "early_exit.t_min",
+                                              "early_exit.mode"} and scored["early_exit.rho"] == 0.99
+    record = {"seed": 1, "reports": {s: {} for s in enabled_stages(seed_config(study, 1))}, "grids": {},
+              "scored_with": scored}
+    record["reports"]["action_frames"] = {}
+    assert _missing(study, 1, record) == []
+    et = load_study(path)
+    et.overrides = list(et.overrides) + ["early_exit.rho=0.5", "early_exit.t_min=2"]
+    check_recipe(et, seed_config(et, 1))  # not refused: the weights do not depend on it
+    assert _missing(et, 1, record) == ["rescore"]
+    del record["scored_with"]  # an older record: its evaluation says what it was scored with
+    assert _missing(study, 1, record) == ["rescore"]  # nothing says: scored again
+    metrics = tmp_path / "runs/t/t-seed1-eval/stage1/metrics.json"
+    metrics.parent.mkdir(parents=True)
+    metrics.write_text(json.dumps({"early_exit": {"enabled": True, "rho": 0.99, "t_min": 3, "mode": "reached"}}))
+    assert _missing(study, 1, record) == [] and _missing(et, 1, record) == ["rescore"]
+    bad = load_study(path)
+    bad.overrides = list(bad.overrides) + ["early_exit.rho=0.5", "model.tau0=2.0"]  # ... but not with a trained key
+    with pytest.raises(Exception, match=r"trained with other settings \(model.tau0: 5.0 -> 2.0\)"):
+        check_recipe(bad, seed_config(bad, 1))
 
 
 def test_runs_on_other_data_at_the_same_path_are_refused(tmp_path: Path) -> None:
@@ -405,3 +440,18 @@ def test_study_two_seeds_end_to_end_and_resume(tmp_path: Path) -> None:
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     assert "runs_from=t: t-seed1 was trained with other settings (loss.beta: 0.5 -> 0.9)" in refused.stderr and \
         "only scoring (data.val_shards, " in refused.stderr
+    # another early exit under t's name: t's finished runs are scored again at it (nothing retrains, not refused);
+    # each SoF-Net + ET row is the full evaluation at the new setting, equal to the grid's point replayed for it
+    et = OmegaConf.load(path)
+    et.overrides = list(et.overrides) + ["early_exit.rho=0.5", "early_exit.t_min=1"]
+    OmegaConf.save(et, tmp_path / "study_et.yaml")
+    seventh = _run(tmp_path, tmp_path / "study_et.yaml")
+    assert seventh.returncode == 0 and "training " not in seventh.stderr, seventh.stderr[-3000:]
+    assert seventh.stderr.count("scoring its trained runs again (nothing retrained): early exit rho=0.5 t_min=1, "
+                                "not rho=0.99 t_min=3") == 2, seventh.stderr[-3000:]
+    assert "ET in rows: rho=0.5 t_min=1" in (tmp_path / "runs/t/study_table.md").read_text()
+    for record in json.loads((tmp_path / "runs/t/study.json").read_text())["records"]:
+        assert record["scored_with"]["early_exit.rho"] == 0.5 and record["scored_with"]["early_exit.t_min"] == 1
+        point = next(p for p in record["grids"]["stage2"] if (p["rho"], p["t_min"]) == (0.5, 1))
+        for key in ("val/et/mAP", "val/et/gflops_per_video", "val/et/frame_usage"):
+            assert record["reports"]["stage2"]["metrics"][key] == pytest.approx(point[key], abs=1e-6), key

@@ -17,7 +17,9 @@ go through :func:`sofnet.train.report.evaluate_run` (with and without early exit
 for the Table C grid, through the early-exit cache of :mod:`sofnet.tune.et_cache` (a replayed point equals a full
 evaluation, as its tests prove), for TSN and SoF-Net alike. A seed whose evaluation is on disk is not
 retrained nor re-evaluated (resumable; a method added later trains and evaluates only that method); a seed whose
-training stopped part-way resumes from its last checkpoint.
+training stopped part-way resumes from its last checkpoint. Another early exit (``early_exit.*`` of the base config or
+the overrides) under a finished study's name scores its runs again at that setting: no weights depend on it
+(:data:`sofnet.study_recipe.EARLY_EXIT`), so nothing retrains.
 
 ``stage1_from: <study>`` compares stage-2 recipes without retraining stage 1: each seed's stage 2 starts from that
 study's stage-1 best epoch of the same seed (same output folder), and the TSN rows and grid are that study's
@@ -55,7 +57,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from sofnet.config import ConfigError, check_name, load_config, merge_config, parse_dotlist
 from sofnet.study_recipe import (
-    DIGESTS, SCORED_BY, check_recipe, check_source, recipe_of, shard_digests, study_dir,
+    DIGESTS, SCORED_BY, check_recipe, check_source, et_text, recipe_of, scored_with, scoring_of, shard_digests,
+    study_dir,
 )
 from sofnet.machine import fingerprint, kernel_level
 from sofnet.study_mlflow import log_study, trained_on
@@ -189,6 +192,7 @@ def _check_stage1_source(study: Any, path: str | Path, base: Any) -> None:
                               f"{seed}; run that study for this seed first")
         recipe = Path(study.output_dir) / study.stage1_from / f"{study.stage1_from}-seed{seed}.recipe.yaml"
         theirs = dict(OmegaConf.to_container(OmegaConf.load(recipe))) if recipe.is_file() else {}
+        theirs.update(scored_with(record, source.parent, ["stage1"]) or {})  # its early exit: last scored with
         differ = [f"{k}={theirs.get(k)}, not {ours.get(k)}" for k in SCORED_BY if theirs.get(k) != ours.get(k)]
         if _points(record["grids"].get("stage1", [])) != grid:
             differ.append("another et_grid")
@@ -238,12 +242,16 @@ def _seed_eval(study: Any, seed: int) -> Path:
 
 
 def _missing(study: Any, seed: int, record: Optional[Mapping[str, Any]]) -> List[str]:
-    """What the seed still lacks: the evaluation of a job, ``base`` (TSN, SoF-Net) or ``arnet``; ``grids``, the
-    early-exit grids replayed again from the caches when ``et_grid`` changed; TSN's ``action_frames`` diagnostic
+    """What the seed still lacks: the evaluation of a job, ``base`` (TSN, SoF-Net) or ``arnet``; ``rescore``, the
+    base job's evaluation again when the rows were scored with another early exit than the config's now; ``grids``,
+    the early-exit grids replayed again from the caches when ``et_grid`` changed; TSN's ``action_frames`` diagnostic
     (scored from stage 1's early-exit cache: records from before it get it on resume)."""
     have = (record or {}).get("reports", {})
     stages = [stage for stage, _ in _scored(study, seed)]
     out = [] if all(s in have for s in stages) else ["base"]
+    own = [s for s in stages if not (s == "stage1" and study.stage1_from and not study.runs_from)]
+    if not out and scored_with(record, _seed_eval(study, seed).parent, own) != scoring_of(seed_config(study, seed)):
+        out.append("rescore")
     grids = (record or {}).get("grids", {})
     if not out and any(s in grids and _points(grids[s]) != _grid(study) for s in stages):
         out.append("grids")
@@ -274,8 +282,9 @@ def evaluate_seed(study: Any, seed: int, record: Optional[Mapping[str, Any]] = N
     record = json.loads(json.dumps(record)) if record else {"seed": seed, "reports": {}, "grids": {}}
     out = _seed_eval(study, seed).parent
     missing = _missing(study, seed, record)
-    if "base" in missing:
+    if "base" in missing or "rescore" in missing:
         cfg = seed_config(study, seed)
+        record["scored_with"] = scoring_of(cfg)
         record["run"] = str(trained_run(study, cfg))
         if study.stage1_from:
             record["stage1_run"] = str(_stage1_run(study, seed))
@@ -286,7 +295,7 @@ def evaluate_seed(study: Any, seed: int, record: Optional[Mapping[str, Any]] = N
         for stage, run in _scored(study, seed):
             (_, r), = evaluate_run(cfg, run, out, stages=[stage], et_cache=True)  # the cache from the same pass
             record["reports"][stage] = {"metrics": r["metrics"], "runs": r["runs"], "stage": stage}
-    if "base" in missing or "grids" in missing:  # a changed et_grid is replayed from the caches, nothing re-run
+    if {"base", "rescore", "grids"} & set(missing):  # a changed et_grid is replayed from the caches, nothing re-run
         for stage, _ in _scored(study, seed):
             bundle = ETBundle.load(out / stage / "et_cache")
             record["grids"][stage] = [{"rho": rho, "t_min": t, **replay_metrics(bundle, rho, t)}
@@ -308,7 +317,7 @@ def evaluate_seed(study: Any, seed: int, record: Optional[Mapping[str, Any]] = N
         record["arnet_run"] = str(trained_run(study, acfg))
     machines = record.setdefault("machines", {})
     machines["trained"] = trained_on(seed_config(study, seed), record)
-    if "base" in missing or "arnet" in missing:  # scored here and now (a grid is replayed from what was scored)
+    if {"base", "rescore", "arnet"} & set(missing):  # scored here and now (a grid is replayed from what was scored)
         machines["scored"] = sorted(set(machines.get("scored", [])) | {kernel_level(fingerprint())})
     tmp = _seed_eval(study, seed).with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1))
@@ -417,6 +426,10 @@ def run_study(study: Any, *, train: Optional[Any] = None) -> Dict[str, Any]:
             if "machines" not in record:  # evaluated before the record kept them: what trained it is in MLflow
                 records[seed] = {**record, "machines": {"trained": trained_on(seed_config(study, seed), record)}}
             continue
+        if "rescore" in missing:
+            before = scored_with(record, _seed_eval(study, seed).parent, ["stage2", "stage1"]) or {}
+            logger.info("seed %d: scoring its trained runs again (nothing retrained): early exit %s, not %s", seed,
+                        et_text(scoring_of(seed_config(study, seed))), et_text(before))
         logger.info("seed %d: evaluating the best epochs (%s)", seed, ", ".join(missing))
         records[seed] = evaluate_seed(study, seed, record)
     records = [records[seed] for seed in study.seeds]

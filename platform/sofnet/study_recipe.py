@@ -2,17 +2,19 @@
 
 Usage (what :mod:`sofnet.study` does before anything trains)::
 
-    from sofnet.study_recipe import check_recipe, check_source
+    from sofnet.study_recipe import check_recipe, check_source, scoring_of
     check_recipe(study, cfg)        # first sight: <study dir>/<run>.recipe.yaml kept; later: the same or refused
     check_source(study, cfg, run)   # runs_from: the other study's finished run has this recipe but for scoring keys
+    scoring_of(cfg)                 # the early-exit settings the rows are scored with (a change re-scores, not retrains)
 
 A recipe is the resolved config but where a run logs (``_NOT_RECIPE``), plus the digests of the shards it read.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 from omegaconf import OmegaConf
 
@@ -31,6 +33,10 @@ _SHARD_KEYS = ("data.train_shards", "data.val_shards")  # where the shards of ea
 # With ``runs_from`` these are the only keys that may differ from the trained runs' recipe: scoring, not training.
 SCORED_BY = ("data.val_shards", "data.val_subset", DIGESTS[1], "early_exit.enabled", "early_exit.rho",
              "early_exit.t_min", "early_exit.mode")
+# Of those, what no trained weights depend on: early exit acts at evaluation only (training logs val/et/ metrics but picks
+# a best epoch by one without it, schema.BEST_METRICS), so a study's finished runs under another early exit are scored
+# again, not retrained. Not the validation shards: with train.val_every a stage's best epoch is picked on them.
+EARLY_EXIT = tuple(k for k in SCORED_BY if k.startswith("early_exit."))
 
 
 # Settings that do not change what a run computes (where it logs, how often, how often it may fail; stage 2 on or
@@ -61,11 +67,42 @@ def recipe_of(cfg: Any) -> Dict[str, Any]:
     return {**{k: v for k, v in flat.items() if not k.startswith(_NOT_RECIPE)}, **shard_digests(cfg)}
 
 
+def scoring_of(cfg: Any) -> Dict[str, Any]:
+    """The early-exit settings (:data:`EARLY_EXIT`) a run's rows are scored with, as its recipe names them."""
+    return {key: cfg.early_exit[key.split(".", 1)[1]] for key in EARLY_EXIT}
+
+
+def scored_with(record: Optional[Mapping[str, Any]], folder: Path, stages: Sequence[str]) -> Optional[Dict[str, Any]]:
+    """The early-exit settings (:data:`EARLY_EXIT` keys) the record's rows were scored with: kept in the record, or
+    for a record from before it kept them, its evaluations' ``metrics.json`` (``early_exit``) in ``folder``; None
+    where neither says (scored again)."""
+    if record and "scored_with" in record:
+        return dict(record["scored_with"])
+    for stage in stages:
+        metrics = folder / stage / "metrics.json"
+        if metrics.is_file():
+            et = json.loads(metrics.read_text()).get("early_exit") or {}
+            return {key: et.get(key.split(".", 1)[1]) for key in EARLY_EXIT}
+    return None
+
+
+def et_text(scoring: Mapping[str, Any]) -> str:
+    """``rho=0.5 t_min=2`` (``off`` when disabled; ``mode`` when not the default) of :func:`scoring_of`'s dict."""
+    if not scoring:
+        return "unknown"
+    if not scoring.get("early_exit.enabled"):
+        return "off"
+    mode = scoring.get("early_exit.mode")
+    return (f"rho={scoring.get('early_exit.rho')} t_min={scoring.get('early_exit.t_min')}"
+            + (f" mode={mode}" if mode != "reached" else ""))
+
+
 def check_recipe(study: Any, cfg: Any) -> None:
     """A study's runs are reused by name (resume), so a run must have been trained with the settings and on the data
     the study now asks for: the first time a job is seen its recipe (:func:`recipe_of`) is kept as
     ``<study dir>/<run name>.recipe.yaml``; a later call with other settings (a changed ``overrides`` or base file,
-    under the same study name) or with other shards at the same path (regenerated data) is refused.
+    under the same study name) or with other shards at the same path (regenerated data) is refused. Early exit
+    (:data:`EARLY_EXIT`) may differ from the kept recipe: the weights do not depend on it, the study scores them again.
 
     Raises:
         ConfigError: one line naming the run and the first differing keys, or the shards whose content changed.
@@ -95,7 +132,8 @@ def check_recipe(study: Any, cfg: Any) -> None:
             raise ConfigError(f"{path}: {cfg.name} was {done} on other {subset} shards than {shards} holds now "
                               f"(digest {before[key][:12] or 'none'} -> {now[key][:12] or 'none'}: regenerated or "
                               "replaced data); " + again.format("this data's"))
-    diff = _differ(before, now)
+    diff = _differ({k: v for k, v in before.items() if k not in EARLY_EXIT},
+                   {k: v for k, v in now.items() if k not in EARLY_EXIT})
     if diff:
         raise ConfigError(f"{path}: {cfg.name} was {done} with other settings ({_first(diff)}); "
                           + again.format("this recipe's"))
