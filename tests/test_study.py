@@ -201,6 +201,11 @@ def test_the_shipped_study_configs_load(monkeypatch: pytest.MonkeyPatch) -> None
     # the benchmark recipe scores videos by the frames seen (a deviation, docs/studies.md "The frames-seen score"); the
     # demo too
     assert seed_config(study, 1).model.video_score == seed_config(demo, 1007).model.video_score == "frames_seen"
+    # the rows' early exit (README, "The early-exit row at rho 0.5, T_min 2"): one point of the grid, so that the
+    # SoF-Net + ET row and the criteria are read at a setting the grid shows beside its neighbours
+    et = seed_config(study, 1).early_exit
+    assert (et.enabled, et.rho, et.t_min) == (True, 0.5, 2) and seed_config(demo, 1007).early_exit == et
+    assert et.rho in study.et_grid.rho and et.t_min in study.et_grid.t_min
     # Table B stays the study it was measured as: v4, SoF-Net with the official score, as AR-Net's own
     table_b = load_study(REPO / "jobs/configs/study_table_b.yaml")
     assert table_b.methods == ["tsn", "sofnet", "arnet"] and table_b.name == "bench-study-v4" != study.name
