@@ -55,12 +55,16 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from sofnet.config import ConfigError, check_name, load_config, merge_config, parse_dotlist
+from sofnet.config import ConfigError, check_name, merge_config, parse_dotlist
 from sofnet.study_recipe import (
     DIGESTS, SCORED_BY, check_recipe, check_source, et_text, recipe_of, scored_with, scoring_of, shard_digests,
     study_dir,
 )
 from sofnet.machine import fingerprint, kernel_level
+from sofnet.study_layout import (  # seed_config, arnet_config: also this module's API (jobs/study.py, the tests)
+    arnet_config, arnet_per_video, et_cache_dir, grid_of, points, scored_stages, seed_config, seed_eval, stage1_record,
+    stage1_run, trained_run,
+)
 from sofnet.study_mlflow import log_study, trained_on
 from sofnet.study_table import METHODS, Targets, machines_line, study_table, summarize
 
@@ -158,34 +162,15 @@ def load_study(path: str | Path, dotlist: Sequence[str] = (), seed_count: int = 
     return study
 
 
-def seed_config(study: Any, seed: int) -> DictConfig:
-    """The training config of one seed: the base, the study's overrides, its name, seed and output folder."""
-    only_tsn = [] if "sofnet" in study.methods else ["train.stage2.enabled=false"]
-    shared = []
-    if study.stage1_from:
-        shared = ["train.stage1.enabled=false", f"train.stage2.init_from={_stage1_run(study, seed) / 'best/stage1'}"]
-    return load_config(study.base_config, list(study.overrides) + only_tsn + shared + [
-        f"name={study.name}-seed{seed}", f"train.seed={seed}", f"train.output_dir={study_dir(study)}"])
-
-
-def _stage1_run(study: Any, seed: int) -> Path:
-    """The run directory of ``stage1_from``'s seed ``seed``."""
-    return Path(study.output_dir) / study.stage1_from / f"{study.stage1_from}-seed{seed}"
-
-
-def _stage1_record(study: Any, seed: int) -> Path:
-    return Path(study.output_dir) / study.stage1_from / f"{study.stage1_from}-seed{seed}-eval" / "seed.json"
-
-
 def _check_stage1_source(study: Any, path: str | Path, base: Any) -> None:
     """``stage1_from``: SoF-Net is studied, the source is another study that evaluated every seed's stage 1 on the
     same validation shards, with the same early-exit settings and grid."""
     if "sofnet" not in study.methods or study.stage1_from == study.name:
         raise ConfigError(f"{path}: stage1_from={study.stage1_from} needs methods with sofnet and another study's name")
     ours = recipe_of(base)
-    grid = _grid(study)
+    grid = grid_of(study)
     for seed in study.seeds:
-        source = _stage1_record(study, seed)
+        source = stage1_record(study, seed)
         record = json.loads(source.read_text()) if source.is_file() else {}
         if "stage1" not in record.get("reports", {}):
             raise ConfigError(f"{path}: stage1_from={study.stage1_from}: {source} has no evaluated stage 1 of seed "
@@ -194,51 +179,11 @@ def _check_stage1_source(study: Any, path: str | Path, base: Any) -> None:
         theirs = dict(OmegaConf.to_container(OmegaConf.load(recipe))) if recipe.is_file() else {}
         theirs.update(scored_with(record, source.parent, ["stage1"]) or {})  # its early exit: last scored with
         differ = [f"{k}={theirs.get(k)}, not {ours.get(k)}" for k in SCORED_BY if theirs.get(k) != ours.get(k)]
-        if _points(record["grids"].get("stage1", [])) != grid:
+        if points(record["grids"].get("stage1", [])) != grid:
             differ.append("another et_grid")
         if differ:
             raise ConfigError(f"{path}: stage1_from={study.stage1_from}: its seed {seed} was scored with "
                               f"{'; '.join(differ)}: every row must be scored the same way")
-
-
-def _grid(study: Any) -> List[List[float]]:
-    """The study's early-exit grid as ``[[rho, t_min], ...]``, in the order the grids are replayed."""
-    return [[float(r), int(t)] for r in study.et_grid.rho for t in study.et_grid.t_min]
-
-
-def _points(replayed: Sequence[Mapping[str, Any]]) -> List[List[float]]:
-    """The ``[[rho, t_min], ...]`` of a record's replayed grid, comparable with :func:`_grid`."""
-    return [[p["rho"], p["t_min"]] for p in replayed]
-
-
-def trained_run(study: Any, cfg: Any) -> Path:
-    """Where a job's weights are: its own run directory, or with ``runs_from`` that study's job of the same seed."""
-    from sofnet.train.worker import run_dir
-
-    if not study.runs_from:
-        return Path(run_dir(cfg))
-    return Path(study.output_dir) / study.runs_from / (study.runs_from + cfg.name[len(study.name):])
-
-
-def _scored(study: Any, seed: int) -> List[tuple[str, Path]]:
-    """``(stage, run)`` of each stage this study evaluates for the base job: its enabled stages, and stage 1 from
-    ``stage1_from``'s run when rescoring (``runs_from``), where the source's scores of it are of other videos."""
-    from sofnet.train.worker import enabled_stages
-
-    cfg = seed_config(study, seed)
-    own = [(stage, trained_run(study, cfg)) for stage in enabled_stages(cfg)]
-    return ([("stage1", _stage1_run(study, seed))] if study.stage1_from and study.runs_from else []) + own
-
-
-def arnet_config(study: Any, seed: int) -> DictConfig:
-    """The AR-Net job of one seed: ``arnet_config``, ``arnet_overrides``, its name, seed and output folder."""
-    return load_config(study.arnet_config, list(study.arnet_overrides) + [
-        f"name={study.name}-{study.arnet_name}-seed{seed}", f"train.seed={seed}",
-        f"train.output_dir={study_dir(study)}"])
-
-
-def _seed_eval(study: Any, seed: int) -> Path:
-    return study_dir(study) / f"{study.name}-seed{seed}-eval" / "seed.json"
 
 
 def _missing(study: Any, seed: int, record: Optional[Mapping[str, Any]]) -> List[str]:
@@ -247,13 +192,13 @@ def _missing(study: Any, seed: int, record: Optional[Mapping[str, Any]]) -> List
     the early-exit grids replayed again from the caches when ``et_grid`` changed; TSN's ``action_frames`` diagnostic
     (scored from stage 1's early-exit cache: records from before it get it on resume)."""
     have = (record or {}).get("reports", {})
-    stages = [stage for stage, _ in _scored(study, seed)]
+    stages = [stage for stage, _ in scored_stages(study, seed)]
     out = [] if all(s in have for s in stages) else ["base"]
     own = [s for s in stages if not (s == "stage1" and study.stage1_from and not study.runs_from)]
-    if not out and scored_with(record, _seed_eval(study, seed).parent, own) != scoring_of(seed_config(study, seed)):
+    if not out and scored_with(record, seed_eval(study, seed).parent, own) != scoring_of(seed_config(study, seed)):
         out.append("rescore")
     grids = (record or {}).get("grids", {})
-    if not out and any(s in grids and _points(grids[s]) != _grid(study) for s in stages):
+    if not out and any(s in grids and points(grids[s]) != grid_of(study) for s in stages):
         out.append("grids")
     if "action_frames" not in have and (out or "stage1" in grids):
         out.append("action_frames")
@@ -263,13 +208,7 @@ def _missing(study: Any, seed: int, record: Optional[Mapping[str, Any]]) -> List
     # one evaluated before its per-video outputs were kept is scored again (one stage) for Table B's intervals
     ours = str(trained_run(study, arnet_config(study, seed)))
     stale = "arnet" not in have or record.get("arnet_run") != ours or "stage" not in have["arnet"]
-    return out + (["arnet"] if stale or not _arnet_per_video(study, seed, have["arnet"]["stage"]).is_file() else [])
-
-
-def _arnet_per_video(study: Any, seed: int, stage: str) -> Path:
-    from sofnet.evaluation import PER_VIDEO
-
-    return _seed_eval(study, seed).parent / study.arnet_name / stage / PER_VIDEO
+    return out + (["arnet"] if stale or not arnet_per_video(study, seed, have["arnet"]["stage"]).is_file() else [])
 
 
 def evaluate_seed(study: Any, seed: int, record: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
@@ -280,33 +219,33 @@ def evaluate_seed(study: Any, seed: int, record: Optional[Mapping[str, Any]] = N
     from sofnet.tune.et_cache import ETBundle, action_frames_metrics, replay_metrics
 
     record = json.loads(json.dumps(record)) if record else {"seed": seed, "reports": {}, "grids": {}}
-    out = _seed_eval(study, seed).parent
+    out = seed_eval(study, seed).parent
     missing = _missing(study, seed, record)
     if "base" in missing or "rescore" in missing:
         cfg = seed_config(study, seed)
         record["scored_with"] = scoring_of(cfg)
         record["run"] = str(trained_run(study, cfg))
         if study.stage1_from:
-            record["stage1_run"] = str(_stage1_run(study, seed))
+            record["stage1_run"] = str(stage1_run(study, seed))
         if study.stage1_from and not study.runs_from:  # the source study's evaluation of the stage 1 it started from
-            source = json.loads(_stage1_record(study, seed).read_text())
+            source = json.loads(stage1_record(study, seed).read_text())
             record["reports"]["stage1"] = source["reports"]["stage1"]
             record["grids"]["stage1"] = source["grids"]["stage1"]
-        for stage, run in _scored(study, seed):
+        for stage, run in scored_stages(study, seed):
             (_, r), = evaluate_run(cfg, run, out, stages=[stage], et_cache=True)  # the cache from the same pass
             record["reports"][stage] = {"metrics": r["metrics"], "runs": r["runs"], "stage": stage}
     if {"base", "rescore", "grids"} & set(missing):  # a changed et_grid is replayed from the caches, nothing re-run
-        for stage, _ in _scored(study, seed):
+        for stage, _ in scored_stages(study, seed):
             bundle = ETBundle.load(out / stage / "et_cache")
             record["grids"][stage] = [{"rho": rho, "t_min": t, **replay_metrics(bundle, rho, t)}
-                                      for rho, t in _grid(study)]
+                                      for rho, t in grid_of(study)]
     if "action_frames" in missing and "stage1" in record["grids"]:  # TSN's cache: a causal stage 1 was cached
         shared = study.stage1_from and not study.runs_from  # stage 1 scored by its own study, not here
-        source = shared and json.loads(_stage1_record(study, seed).read_text())["reports"]
+        source = shared and json.loads(stage1_record(study, seed).read_text())["reports"]
         if source and "action_frames" in source:
             record["reports"]["action_frames"] = source["action_frames"]
         else:
-            tsn = ETBundle.load(_cache(study, seed, "stage1"))
+            tsn = ETBundle.load(et_cache_dir(study, seed, "stage1"))
             record["reports"]["action_frames"] = {"metrics": action_frames_metrics(tsn),
                                                   "runs": record["reports"]["stage1"]["runs"], "stage": "stage1"}
     if "arnet" in missing:
@@ -319,17 +258,10 @@ def evaluate_seed(study: Any, seed: int, record: Optional[Mapping[str, Any]] = N
     machines["trained"] = trained_on(seed_config(study, seed), record)
     if {"base", "rescore", "arnet"} & set(missing):  # scored here and now (a grid is replayed from what was scored)
         machines["scored"] = sorted(set(machines.get("scored", [])) | {kernel_level(fingerprint())})
-    tmp = _seed_eval(study, seed).with_suffix(".tmp")
+    tmp = seed_eval(study, seed).with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(_seed_eval(study, seed))
+    tmp.replace(seed_eval(study, seed))
     return record
-
-
-def _cache(study: Any, seed: int, stage: str) -> Path:
-    """A seed's early-exit cache of ``stage``: this study's evaluation, or for a stage 1 taken from another study
-    (``stage1_from`` without ``runs_from``) that study's."""
-    shared = stage == "stage1" and study.stage1_from and not study.runs_from
-    return (_stage1_record(study, seed) if shared else _seed_eval(study, seed)).parent / stage / "et_cache"
 
 
 def _replayed_sections(study: Any, summary: Dict[str, Any], et: Any) -> None:
@@ -348,13 +280,13 @@ def _replayed_sections(study: Any, summary: Dict[str, Any], et: Any) -> None:
     if "sofnet" not in study.methods:
         return
     try:
-        caches = [(ETBundle.load(_cache(study, s, "stage1")), ETBundle.load(_cache(study, s, "stage2")))
+        caches = [(ETBundle.load(et_cache_dir(study, s, "stage1")), ETBundle.load(et_cache_dir(study, s, "stage2")))
                   for s in study.seeds]
     except FileNotFoundError:
         return
-    per_seed = [by_action_start(tsn, sof, _grid(study), et.rho, et.t_min, et.mode) for tsn, sof in caches]
+    per_seed = [by_action_start(tsn, sof, grid_of(study), et.rho, et.t_min, et.mode) for tsn, sof in caches]
     summary["by_action_start"] = start_summary(per_seed, study.targets.map_drop)
-    outputs = [seed_outputs(tsn, sof, _grid(study), et.rho, et.t_min, et.mode) for tsn, sof in caches]
+    outputs = [seed_outputs(tsn, sof, grid_of(study), et.rho, et.t_min, et.mode) for tsn, sof in caches]
     intervals = criterion_intervals(outputs, study.targets, study.draws)
     for c in summary["criteria"]:
         c.update(intervals.get(c["name"], {}))
@@ -367,7 +299,7 @@ def _replayed_sections(study: Any, summary: Dict[str, Any], et: Any) -> None:
         for s, o in zip(study.seeds, outputs):
             if o is not None:
                 stage = enabled_stages(arnet_config(study, s))[-1]
-                o["arnet"] = arnet_scored(_arnet_per_video(study, s, stage), o["ids"])
+                o["arnet"] = arnet_scored(arnet_per_video(study, s, stage), o["ids"])
         summary["arnet_comparisons"] = arnet_comparisons(outputs, study.draws)
 
 
@@ -398,13 +330,13 @@ def run_study(study: Any, *, train: Optional[Any] = None) -> Dict[str, Any]:
                 check_source(study, cfg, trained_run(study, cfg))
             check_recipe(study, cfg)
         if study.runs_from:  # rescoring: every stage's best epoch is there, stage 1's too
-            bests = (run / checkpoint.BEST / stage for stage, run in _scored(study, seed))
+            bests = (run / checkpoint.BEST / stage for stage, run in scored_stages(study, seed))
             absent = [best for best in bests if not best.is_dir()]
             if absent:
                 raise ConfigError(f"{study_dir(study)}: runs_from={study.runs_from}: no {absent[0]} to score")
     to_train: List[Any] = []  # every seed's unfinished jobs, trained side by side where the cluster has room
     for seed in study.seeds:
-        done = _seed_eval(study, seed)
+        done = seed_eval(study, seed)
         records[seed] = json.loads(done.read_text()) if done.is_file() else None
         missing = _missing(study, seed, records[seed])
         if not missing:
@@ -427,7 +359,7 @@ def run_study(study: Any, *, train: Optional[Any] = None) -> Dict[str, Any]:
                 records[seed] = {**record, "machines": {"trained": trained_on(seed_config(study, seed), record)}}
             continue
         if "rescore" in missing:
-            before = scored_with(record, _seed_eval(study, seed).parent, ["stage2", "stage1"]) or {}
+            before = scored_with(record, seed_eval(study, seed).parent, ["stage2", "stage1"]) or {}
             logger.info("seed %d: scoring its trained runs again (nothing retrained): early exit %s, not %s", seed,
                         et_text(scoring_of(seed_config(study, seed))), et_text(before))
         logger.info("seed %d: evaluating the best epochs (%s)", seed, ", ".join(missing))
