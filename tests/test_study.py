@@ -8,182 +8,13 @@ trains, and its row joins the table (Table B).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from sofnet.study import StudyConfig
 from sofnet.study_table import machines_line
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-ARNET_TINY = ["model.arch=arnet", "model.arnet_backbones=[resnet18,resnet18]", "model.arnet_sizes=[64,32]",
-              "model.arnet_policy_size=32", "model.arnet_hidden=16", "model.arnet_skips=[1,2]",
-              "early_exit.enabled=false", "train.stage3.epochs=1"]
-
-
-def _overrides(shards: Path) -> list:
-    from sofnet.session import SMOKE
-
-    return SMOKE + [f"data.train_shards={shards}", f"data.val_shards={shards}", "model.num_classes=3",
-                    "train.keep_checkpoints=1", "mlflow.registered_model=''", "scaling.num_workers=1"]
-
-
-def _study(tmp: Path, shards: Path, extra: str = "", arnet: bool = False) -> Path:
-    demo = str(REPO / "jobs/configs/demo.yaml")
-    study = OmegaConf.structured(StudyConfig(name="t", base_config=demo, overrides=_overrides(shards), seeds=[1, 2],
-                                             output_dir=str(tmp / "runs")))
-    if arnet:  # Table B: AR-Net's job is the same tiny demo config as arch arnet
-        study.methods, study.arnet_config = ["tsn", "sofnet", "arnet"], demo
-        study.arnet_overrides = _overrides(shards) + ARNET_TINY
-    study.et_grid.rho, study.et_grid.t_min = [0.5, 0.99], [1, 2]
-    path = tmp / ("study_b.yaml" if arnet else "study.yaml")
-    path.write_text(OmegaConf.to_yaml(study) + extra)
-    return path
-
-
-def _run(tmp: Path, path: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "DS_ACCELERATOR": "cpu",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    return subprocess.run([sys.executable, str(REPO / "jobs/study.py"), "--config", str(path), *extra], cwd=tmp,
-                          env=env, capture_output=True, text=True, timeout=900, start_new_session=True)
-
-
-def test_a_changed_recipe_under_the_same_name_is_refused(tmp_path: Path) -> None:
-    from sofnet.config import ConfigError
-    from sofnet.study import arnet_config, check_recipe, load_study, seed_config
-
-    path = _study(tmp_path, tmp_path / "shards", arnet=True)
-    study = load_study(path)
-    check_recipe(study, seed_config(study, 1))  # first sight: kept
-    check_recipe(study, seed_config(study, 1))  # the same settings: fine
-    changed = load_study(path)
-    changed.overrides = list(changed.overrides) + ["model.tau0=2.0"]
-    with pytest.raises(ConfigError, match=r"t-seed1.recipe.yaml: t-seed1 was trained with other settings \(.*"
-                                          r"model.tau0: 5.0 -> 2.0.*give the study another name, "
-                                          r"or remove .*/t to train it anew$"):
-        check_recipe(changed, seed_config(changed, 1))
-    check_recipe(study, arnet_config(study, 1))
-    other = load_study(path)
-    other.arnet_overrides = list(other.arnet_overrides) + ["loss.arnet_eff=relative", "mlflow.experiment=elsewhere"]
-    with pytest.raises(ConfigError, match=r"loss.arnet_eff: official -> relative"):
-        check_recipe(other, arnet_config(other, 1))
-    kept = tmp_path / "runs" / "t" / "t-seed1.recipe.yaml"
-    recipe = kept.read_text()
-    assert "gate_margin" in recipe  # a setting added after a run was trained is absent from its file: its default
-    kept.write_text("\n".join(line for line in recipe.splitlines() if "gate_margin" not in line) + "\n")
-    check_recipe(study, seed_config(study, 1))
-    margin = load_study(path)
-    margin.overrides = list(margin.overrides) + ["loss.gate_margin=0.1"]
-    with pytest.raises(ConfigError, match=r"loss.gate_margin: 0.0 -> 0.1"):
-        check_recipe(margin, seed_config(margin, 1))
-    tsn_only = load_study(path, ["methods=[tsn]"])  # stage 2 off leaves stage 1's recipe as it was
-    check_recipe(tsn_only, seed_config(tsn_only, 1))
-
-
-def test_another_arnet_name_is_another_arnet_job_beside_the_same_base_runs(tmp_path: Path) -> None:
-    """A changed AR-Net recipe under the study's name is refused (its runs are reused by name); another
-    ``arnet_name`` names other AR-Net runs, and a seed whose record holds the old AR-Net row evaluates the new one
-    (the base runs' rows stay)."""
-    from sofnet.config import ConfigError
-    from sofnet.study import _missing, arnet_config, check_recipe, load_study, seed_config
-    from sofnet.study_recipe import scoring_of
-    from sofnet.train.worker import enabled_stages, run_dir
-
-    path = _study(tmp_path, tmp_path / "shards", arnet=True)
-    study = load_study(path)
-    old = arnet_config(study, 1)
-    assert old.name == "t-arnet-seed1"
-    check_recipe(study, old)
-    record = {"seed": 1, "reports": {s: {} for s in enabled_stages(seed_config(study, 1))}, "grids": {},
-              "arnet_run": str(run_dir(old)), "scored_with": scoring_of(seed_config(study, 1))}
-    record["reports"].update(action_frames={}, arnet={"stage": "stage3"})
-    assert _missing(study, 1, record) == ["arnet"]  # scored before its per-video outputs were kept: scored again
-    kept = tmp_path / "runs/t/t-seed1-eval/arnet/stage3/per_video.npz"
-    kept.parent.mkdir(parents=True)
-    kept.write_bytes(b"")
-    assert _missing(study, 1, record) == []
-    last = load_study(path)
-    last.arnet_overrides = list(last.arnet_overrides) + ["train.val_every=0"]  # the same name: refused, the way out
-    with pytest.raises(ConfigError, match=r"t-arnet-seed1 was trained with other settings \(train.val_every: 1 -> 0"
-                                          r"\).*give the study another name \(or AR-Net another arnet_name\)"):
-        check_recipe(last, arnet_config(last, 1))
-    last.arnet_name = "arnet-last"
-    new = arnet_config(last, 1)
-    assert new.name == "t-arnet-last-seed1" and run_dir(new) != run_dir(old) and new.train.val_every == 0
-    check_recipe(last, new)  # first sight of this job: kept beside the old one's
-    assert _missing(last, 1, record) == ["arnet"]  # only AR-Net: the base runs' rows are reused
-    with pytest.raises(ConfigError, match=r"arnet_name='a/b' must be letters, digits"):
-        load_study(path, ["arnet_name=a/b"])
-
-
-def test_another_early_exit_scores_the_finished_runs_again(tmp_path: Path) -> None:
-    """Early exit acts at evaluation only: under a finished study's name another ``early_exit`` is not a changed recipe
-    (refused) but another scoring, so the seed's evaluation is done again (``rescore``) and nothing retrains; a record
-    from before ``scored_with`` was kept is read from its evaluation's ``metrics.json``."""
-    from sofnet.study import _missing, check_recipe, load_study, seed_config
-    from sofnet.study_recipe import EARLY_EXIT, scoring_of
-    from sofnet.train.worker import enabled_stages
-
-    path = _study(tmp_path, tmp_path / "shards")
-    study = load_study(path)
-    check_recipe(study, seed_config(study, 1))
-    scored = scoring_of(seed_config(study, 1))
-    assert set(scored) == set(EARLY_EXIT) == {"early_exit.enabled", "early_exit.rho", "early_exit.t_min",
-                                              "early_exit.mode"} and scored["early_exit.rho"] == 0.99
-    record = {"seed": 1, "reports": {s: {} for s in enabled_stages(seed_config(study, 1))}, "grids": {},
-              "scored_with": scored}
-    record["reports"]["action_frames"] = {}
-    assert _missing(study, 1, record) == []
-    et = load_study(path)
-    et.overrides = list(et.overrides) + ["early_exit.rho=0.5", "early_exit.t_min=2"]
-    check_recipe(et, seed_config(et, 1))  # not refused: the weights do not depend on it
-    assert _missing(et, 1, record) == ["rescore"]
-    del record["scored_with"]  # an older record: its evaluation says what it was scored with
-    assert _missing(study, 1, record) == ["rescore"]  # nothing says: scored again
-    metrics = tmp_path / "runs/t/t-seed1-eval/stage1/metrics.json"
-    metrics.parent.mkdir(parents=True)
-    metrics.write_text(json.dumps({"early_exit": {"enabled": True, "rho": 0.99, "t_min": 3, "mode": "reached"}}))
-    assert _missing(study, 1, record) == [] and _missing(et, 1, record) == ["rescore"]
-    bad = load_study(path)
-    bad.overrides = list(bad.overrides) + ["early_exit.rho=0.5", "model.tau0=2.0"]  # ... but not with a trained key
-    with pytest.raises(Exception, match=r"trained with other settings \(model.tau0: 5.0 -> 2.0\)"):
-        check_recipe(bad, seed_config(bad, 1))
-
-
-def test_runs_on_other_data_at_the_same_path_are_refused(tmp_path: Path) -> None:
-    """Regenerated shards at the same path (the benchmark data before mbtree=0 changed with every generation) must
-    not reuse the runs trained on the old ones: the recipe keeps the manifest's digests and compares them."""
-    import shutil
-
-    from sofnet.config import ConfigError
-    from sofnet.session import ensure_synthetic_shards
-    from sofnet.study import DIGESTS, check_recipe, load_study, seed_config
-
-    shards = ensure_synthetic_shards(tmp_path / "data", videos=8, classes=3, seed=0)
-    path = _study(tmp_path, shards)
-    study = load_study(path)
-    check_recipe(study, seed_config(study, 1))
-    kept = tmp_path / "runs" / "t" / "t-seed1.recipe.yaml"
-    recipe = OmegaConf.load(kept)
-    manifest = json.loads((shards / "manifest.json").read_text())
-    assert [recipe[k] for k in DIGESTS] == [manifest["subsets"][s]["digest"] for s in ("training", "validation")]
-    check_recipe(study, seed_config(study, 1))  # the same data: reused
-    shutil.rmtree(tmp_path / "data")
-    ensure_synthetic_shards(tmp_path / "data", videos=8, classes=3, seed=1)  # other videos, the same path
-    digest = recipe[DIGESTS[0]][:12]
-    with pytest.raises(ConfigError, match=r"t-seed1.recipe.yaml: t-seed1 was trained on other training shards than "
-                                          rf"{shards} holds now \(digest {digest} -> .*give the study"):
-        check_recipe(study, seed_config(study, 1))
-    kept.write_text("\n".join(line for line in kept.read_text().splitlines() if "shards_digest" not in line) + "\n")
-    with pytest.raises(ConfigError, match=r"t-seed1 was trained before the study recorded its shards' digests"):
-        check_recipe(study, seed_config(study, 1))  # a recipe kept before the digests: its data is unknown
+from study_helpers import REPO, run_cli, tiny_study
 
 
 def test_the_shipped_study_configs_load(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -227,45 +58,45 @@ def test_seeds_flag_continues_the_files_seeds(tmp_path: Path) -> None:
     from sofnet.config import ConfigError
     from sofnet.study import load_study
 
-    path = _study(tmp_path, tmp_path / "no-shards")  # seeds [1, 2]
+    path = tiny_study(tmp_path, tmp_path / "no-shards")  # seeds [1, 2]
     assert [list(load_study(path, [], n).seeds) for n in (1, 2, 4)] == [[1], [1, 2], [1, 2, 3, 4]]
     assert list(load_study(REPO / "jobs/configs/study_demo.yaml", [], 3).seeds) == [1007, 1008, 1009]
     with pytest.raises(ConfigError, match=r"^--seeds 3 and seeds= on the command line: give one of them$"):
         load_study(path, ["seeds=[5]"], 3)
-    proc = _run(tmp_path, path, "--seeds", "0")
+    proc = run_cli(tmp_path, path, "--seeds", "0")
     assert proc.returncode == 2 and "argument --seeds: must be a whole number >= 1, not '0'" in proc.stderr
 
 
 def test_bad_study_config_is_one_line(tmp_path: Path) -> None:
-    path = _study(tmp_path, tmp_path / "no-shards")
-    proc = _run(tmp_path, path, "seeds=[1,1]")
+    path = tiny_study(tmp_path, tmp_path / "no-shards")
+    proc = run_cli(tmp_path, path, "seeds=[1,1]")
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         f"error: {path}: seeds must be a non-empty list of distinct integers"], proc.stderr
-    proc = _run(tmp_path, path, "overrides=[a=[1],b]")  # an unquoted nested list: the command line's, not the file's
+    proc = run_cli(tmp_path, path, "overrides=[a=[1],b]")  # an unquoted nested list: the command line's, not the file's
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "error: command line: overrides=[a=[1],b]: while parsing a flow sequence"], proc.stderr
-    proc = _run(tmp_path, path, "seed=[1]")  # an unknown key of the command line: named, and where it came from
+    proc = run_cli(tmp_path, path, "seed=[1]")  # an unknown key of the command line: named, and where it came from
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "error: command line: bad key seed: Key 'seed' not in 'StudyConfig'. Did you mean: 'seeds'?"], proc.stderr
-    proc = _run(tmp_path, path, "et_grid.rho=[1.5]")
+    proc = run_cli(tmp_path, path, "et_grid.rho=[1.5]")
     assert proc.returncode == 2 and "et_grid.rho must be in (0, 1)" in proc.stderr
-    proc = _run(tmp_path, path, "draws=-1")
+    proc = run_cli(tmp_path, path, "draws=-1")
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         f"error: {path}: draws must be >= 0 (0: no intervals), not -1"], proc.stderr
-    proc = _run(tmp_path, path, "methods=[sofnet,arnet]")
+    proc = run_cli(tmp_path, path, "methods=[sofnet,arnet]")
     assert proc.returncode == 2 and "methods must be distinct values of ['tsn', 'sofnet', 'arnet'] and include tsn" \
         in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    proc = _run(tmp_path, path, "methods=[tsn,arnet]", f"arnet_config={REPO / 'jobs/configs/bench_arnet.yaml'}")
+    proc = run_cli(tmp_path, path, "methods=[tsn,arnet]", f"arnet_config={REPO / 'jobs/configs/bench_arnet.yaml'}")
     assert proc.returncode == 2 and "data.val_shards=data/bench/shards differs from the base config's" in proc.stderr
-    proc = _run(tmp_path, path, "stage1_from=none")
+    proc = run_cli(tmp_path, path, "stage1_from=none")
     assert proc.returncode == 2 and "stage1_from=none: " in proc.stderr and "has no evaluated stage 1 of seed 1" \
         in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     for key in ("name", "runs_from", "stage1_from"):  # one folder name: "../x" would put runs outside output_dir
-        proc = _run(tmp_path, path, f"{key}=../x")
+        proc = run_cli(tmp_path, path, f"{key}=../x")
         assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
             f"error: {path}: {key}='../x' must be letters, digits, '.', '_', '-', a letter or digit first (it names a "
             "folder of the output directory)"], proc.stderr
-    proc = _run(tmp_path, path)  # shards missing: refused before Ray starts
+    proc = run_cli(tmp_path, path)  # shards missing: refused before Ray starts
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "no-shards" in proc.stderr
     assert not (tmp_path / "x").exists() and not (tmp_path.parent / "x").exists()
 
@@ -276,7 +107,7 @@ def test_a_rescoring_study_needs_another_studys_finished_runs(tmp_path: Path) ->
     from sofnet.config import ConfigError
     from sofnet.study import load_study, run_study
 
-    path = _study(tmp_path, tmp_path / "shards")
+    path = tiny_study(tmp_path, tmp_path / "shards")
     for bad in (["runs_from=t"], ["runs_from=u", "stage1_from=u"]):
         with pytest.raises(ConfigError, match=r"runs_from=.* must name another study than this one and stage1_from"):
             load_study(path, bad)
@@ -294,8 +125,8 @@ def test_study_two_seeds_end_to_end_and_resume(tmp_path: Path) -> None:
     from sofnet.session import ensure_synthetic_shards
 
     shards = ensure_synthetic_shards(tmp_path / "data", videos=24, classes=3)
-    path = _study(tmp_path, shards)
-    first = _run(tmp_path, path)
+    path = tiny_study(tmp_path, shards)
+    first = run_cli(tmp_path, path)
     assert first.returncode == 0, first.stderr[-3000:]
     table = (tmp_path / "runs/t/study_table.md").read_text()
     assert "study t: 2 seeds [1, 2]" in table and "| SoF-Net + ET |" in table and "± " in table
@@ -350,7 +181,7 @@ def test_study_two_seeds_end_to_end_and_resume(tmp_path: Path) -> None:
     assert sorted(c.data.tags["tune_trial_id"] for c in children) == sorted(
         f"{m}|seed{s}" for m in ("TSN", "TSN + ET", "TSN on action frames", "SoF-Net", "SoF-Net + ET") for s in (1, 2))
     # rerun: both seeds are on disk, nothing trains again, same table, same parent, no duplicate child
-    again = _run(tmp_path, path)
+    again = run_cli(tmp_path, path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "not retrained" in again.stderr and "training " not in again.stderr
     assert (tmp_path / "runs/t/study_table.md").read_text() == table
@@ -358,7 +189,7 @@ def test_study_two_seeds_end_to_end_and_resume(tmp_path: Path) -> None:
     assert len(client.search_runs([exp.experiment_id],
                                   f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")) == 10
     # another early-exit grid: replayed from the caches (nothing trains or is evaluated again), not ignored
-    regrid = _run(tmp_path, path, "et_grid.rho=[0.7]", "et_grid.t_min=[1,3]")
+    regrid = run_cli(tmp_path, path, "et_grid.rho=[0.7]", "et_grid.t_min=[1,3]")
     assert regrid.returncode == 0, regrid.stderr[-3000:]
     assert "training " not in regrid.stderr and "evaluating the best epochs (grids)" in regrid.stderr
     grid_rows = [ln for ln in (tmp_path / "runs/t/study_table.md").read_text().splitlines() if ln.startswith("| 0.")]
@@ -366,7 +197,7 @@ def test_study_two_seeds_end_to_end_and_resume(tmp_path: Path) -> None:
     regridded = json.loads((tmp_path / "runs/t/study.json").read_text())["records"][0]["grids"]["stage2"]
     assert [(p["rho"], p["t_min"]) for p in regridded] == [(0.7, 1), (0.7, 3)]
     # Table B: AR-Net added to seed 1's study trains AR-Net only (the base run is reused) and joins the table
-    third = _run(tmp_path, _study(tmp_path, shards, arnet=True), "seeds=[1]")
+    third = run_cli(tmp_path, tiny_study(tmp_path, shards, arnet=True), "seeds=[1]")
     assert third.returncode == 0, third.stderr[-3000:]
     assert third.stderr.count("seed 1: training ") == 1 and "t-arnet-seed1" in third.stderr
     table_b = (tmp_path / "runs/t/study_table.md").read_text()
@@ -389,7 +220,7 @@ def test_study_two_seeds_end_to_end_and_resume(tmp_path: Path) -> None:
     s1.name, s1.stage1_from, s1.seeds = "t2", "t", [1]
     s1.overrides = list(s1.overrides) + ["loss.beta=0.9"]
     OmegaConf.save(s1, tmp_path / "study_s1.yaml")
-    fourth = _run(tmp_path, tmp_path / "study_s1.yaml")
+    fourth = run_cli(tmp_path, tmp_path / "study_s1.yaml")
     assert fourth.returncode == 0, fourth.stderr[-3000:]
     assert fourth.stderr.count("seed 1: training ") == 1 and "t2-seed1" in fourth.stderr
     assert not list((tmp_path / "runs/t2/t2-seed1").glob("checkpoint-stage1*")) and \
@@ -400,7 +231,7 @@ def test_study_two_seeds_end_to_end_and_resume(tmp_path: Path) -> None:
         source["grids"]["stage1"] and shared["stage1_run"].endswith("t/t-seed1")
     assert "stage2" in shared["reports"] and "stage 1 from study t" in (tmp_path / "runs/t2/study_table.md").read_text()
     for bad, why in (("et_grid.rho=[0.5]", "another et_grid"), ("overrides=[early_exit.t_min=1]", "early_exit.t_min=")):
-        refused = _run(tmp_path, tmp_path / "study_s1.yaml", "name=t3", bad)  # TSN's rows were scored otherwise
+        refused = run_cli(tmp_path, tmp_path / "study_s1.yaml", "name=t3", bad)  # TSN's rows were scored otherwise
         assert refused.returncode == 2 and why in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, \
             refused.stderr
     # runs_from: t's trained runs scored on other validation videos (a held-out set): nothing trains, every stage of
@@ -410,7 +241,7 @@ def test_study_two_seeds_end_to_end_and_resume(tmp_path: Path) -> None:
     rescore.name, rescore.runs_from = "t4", "t"
     rescore.overrides = list(rescore.overrides) + [f"data.val_shards={other}"]
     OmegaConf.save(rescore, tmp_path / "study_r.yaml")
-    fifth = _run(tmp_path, tmp_path / "study_r.yaml")
+    fifth = run_cli(tmp_path, tmp_path / "study_r.yaml")
     assert fifth.returncode == 0, fifth.stderr[-3000:]
     assert "training " not in fifth.stderr and not list((tmp_path / "runs/t4").glob("t4-seed?/"))
     assert "the trained runs of study t (nothing trained here)" in (tmp_path / "runs/t4/study_table.md").read_text()
@@ -424,7 +255,7 @@ def test_study_two_seeds_end_to_end_and_resume(tmp_path: Path) -> None:
         assert not set(ids) & set(scores[seed - 1]["results"]) and len(ids) == 6
     rescore.overrides = list(rescore.overrides)[:-1]  # t4 again on t's own videos: its scores are of others, refused
     OmegaConf.save(rescore, tmp_path / "study_r1.yaml")
-    again = _run(tmp_path, tmp_path / "study_r1.yaml")
+    again = run_cli(tmp_path, tmp_path / "study_r1.yaml")
     assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1, again.stderr
     assert f"t4-seed1 was scored with other settings (data.val_shards: {other} -> {shards}; shards_digest." in \
         again.stderr and again.stderr.strip().endswith("to score it anew"), again.stderr
@@ -432,7 +263,7 @@ def test_study_two_seeds_end_to_end_and_resume(tmp_path: Path) -> None:
     both.name, both.runs_from = "t5", "t2"
     both.overrides = list(both.overrides) + [f"data.val_shards={other}"]
     OmegaConf.save(both, tmp_path / "study_r2.yaml")
-    sixth = _run(tmp_path, tmp_path / "study_r2.yaml")
+    sixth = run_cli(tmp_path, tmp_path / "study_r2.yaml")
     assert sixth.returncode == 0 and "training " not in sixth.stderr, sixth.stderr[-3000:]
     record = json.loads((tmp_path / "runs/t5/study.json").read_text())["records"][0]
     assert record["stage1_run"].endswith("t/t-seed1") and record["run"].endswith("t2/t2-seed1")
@@ -441,7 +272,7 @@ def test_study_two_seeds_end_to_end_and_resume(tmp_path: Path) -> None:
     # a rescored study whose recipe is not the runs' (a training setting changed): refused in one line, nothing run
     rescore.name, rescore.overrides = "t6", list(rescore.overrides) + ["loss.beta=0.9"]
     OmegaConf.save(rescore, tmp_path / "study_r3.yaml")
-    refused = _run(tmp_path, tmp_path / "study_r3.yaml")
+    refused = run_cli(tmp_path, tmp_path / "study_r3.yaml")
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     assert "runs_from=t: t-seed1 was trained with other settings (loss.beta: 0.5 -> 0.9)" in refused.stderr and \
         "only scoring (data.val_shards, " in refused.stderr
@@ -450,7 +281,7 @@ def test_study_two_seeds_end_to_end_and_resume(tmp_path: Path) -> None:
     et = OmegaConf.load(path)
     et.overrides = list(et.overrides) + ["early_exit.rho=0.5", "early_exit.t_min=1"]
     OmegaConf.save(et, tmp_path / "study_et.yaml")
-    seventh = _run(tmp_path, tmp_path / "study_et.yaml")
+    seventh = run_cli(tmp_path, tmp_path / "study_et.yaml")
     assert seventh.returncode == 0 and "training " not in seventh.stderr, seventh.stderr[-3000:]
     assert seventh.stderr.count("scoring its trained runs again (nothing retrained): early exit rho=0.5 t_min=1, "
                                 "not rho=0.99 t_min=3") == 2, seventh.stderr[-3000:]

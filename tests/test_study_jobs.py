@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from test_study import REPO, _study
+from study_helpers import REPO, tiny_study
 
 
 def test_jobs_train_side_by_side_as_far_as_the_cluster_holds_them() -> None:
@@ -39,7 +39,7 @@ def test_a_failed_job_is_named_after_the_others_trained(tmp_path: Path) -> None:
     job that failed is named with its error, after the others finished, and nothing is evaluated (exit 1)."""
     from sofnet.study import load_study, run_study
 
-    study = load_study(_study(tmp_path, tmp_path / "shards"), ["seeds=[1,2,3]"])
+    study = load_study(tiny_study(tmp_path, tmp_path / "shards"), ["seeds=[1,2,3]"])
     given = []
 
     def train(cfgs: list) -> list:
