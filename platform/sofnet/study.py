@@ -186,6 +186,14 @@ def _check_stage1_source(study: Any, path: str | Path, base: Any) -> None:
                               f"{'; '.join(differ)}: every row must be scored the same way")
 
 
+def _scored_before(study: Any, seed: int, record: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The early-exit settings the seed's rows were scored with (:func:`sofnet.study_recipe.scored_with`), read from
+    the stages this study evaluates itself (not a stage 1 copied from ``stage1_from``'s record)."""
+    copied = study.stage1_from and not study.runs_from  # stage 1's rows are the source study's
+    own = [s for s, _ in scored_stages(study, seed) if not (s == "stage1" and copied)]
+    return scored_with(record, seed_eval(study, seed).parent, own)
+
+
 def _missing(study: Any, seed: int, record: Optional[Mapping[str, Any]]) -> List[str]:
     """What the seed still lacks: the evaluation of a job, ``base`` (TSN, SoF-Net) or ``arnet``; ``rescore``, the
     base job's evaluation again when the rows were scored with another early exit than the config's now; ``grids``,
@@ -194,8 +202,7 @@ def _missing(study: Any, seed: int, record: Optional[Mapping[str, Any]]) -> List
     have = (record or {}).get("reports", {})
     stages = [stage for stage, _ in scored_stages(study, seed)]
     out = [] if all(s in have for s in stages) else ["base"]
-    own = [s for s in stages if not (s == "stage1" and study.stage1_from and not study.runs_from)]
-    if not out and scored_with(record, seed_eval(study, seed).parent, own) != scoring_of(seed_config(study, seed)):
+    if not out and _scored_before(study, seed, record) != scoring_of(seed_config(study, seed)):
         out.append("rescore")
     grids = (record or {}).get("grids", {})
     if not out and any(s in grids and points(grids[s]) != grid_of(study) for s in stages):
@@ -359,9 +366,9 @@ def run_study(study: Any, *, train: Optional[Any] = None) -> Dict[str, Any]:
                 records[seed] = {**record, "machines": {"trained": trained_on(seed_config(study, seed), record)}}
             continue
         if "rescore" in missing:
-            before = scored_with(record, seed_eval(study, seed).parent, ["stage2", "stage1"]) or {}
+            now, before = scoring_of(seed_config(study, seed)), _scored_before(study, seed, record) or {}
             logger.info("seed %d: scoring its trained runs again (nothing retrained): early exit %s, not %s", seed,
-                        et_text(scoring_of(seed_config(study, seed))), et_text(before))
+                        et_text(now), et_text(before))
         logger.info("seed %d: evaluating the best epochs (%s)", seed, ", ".join(missing))
         records[seed] = evaluate_seed(study, seed, record)
     records = [records[seed] for seed in study.seeds]
